@@ -1,0 +1,1 @@
+"""modelyard actors package (capability built on cluster/)."""

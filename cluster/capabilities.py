@@ -1,0 +1,36 @@
+"""Where each job and config kind lives.
+
+cluster/ is the ground floor and never imports actors/, tune/ or serve/ at import time: the CLI
+and `yard config check` resolve an entry of these tables by module path only when a user asks
+for that job or kind, so a capability can be added without cluster/ depending on it.
+"""
+
+# job name -> "module:function". The function takes (argv: list[str]) and returns an exit code.
+JOBS: dict[str, str] = {
+    "zoo": "cluster.zoo_cli:main",
+    "config": "cluster.cli:config_main",
+    "status": "cluster.status:main",
+    "demo": "cluster.demo:main",
+    "chat": "cluster.demo:chat_main",
+}
+
+# One line per job for `yard --help`.
+JOB_HELP: dict[str, str] = {
+    "zoo": "build or list the toy model zoo (zoo build | zoo list)",
+    "config": "validate config files (config check PATH...)",
+    "status": "table of running and recent jobs; STALLED when a heartbeat is late",
+    "demo": "the main job: build/reuse the zoo and run every capability's demo on local Ray",
+    "chat": "load every registered (or zoo) model on a Ray actor and answer one chat prompt",
+}
+
+# config `kind:` -> "module:Class" (a cluster.config.YardModel subclass).
+CONFIG_KINDS: dict[str, str] = {
+    "models": "cluster.registry:ModelsFile",
+    "zoo": "cluster.zoo:ZooConfig",
+    "chat": "cluster.demo:ChatJobConfig",
+}
+
+# Demos `yard demo` runs after the foundation's own, in order: name -> "module:function".
+# The function takes (store, zoo_registry_path, quick: bool) and returns a dict with at least
+# "status" ("ok"/"failed") and "report" (a path or URI).
+DEMOS: dict[str, str] = {}

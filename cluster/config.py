@@ -1,0 +1,185 @@
+"""Config files: YAML validated by pydantic v2, with `key.sub=value` overrides.
+
+Every config file names its schema with a top-level `kind:` (models, zoo, demo, dna, sweep, ...).
+A bad file fails at load time with one line, `file: dotted.path: what is wrong (allowed: ...)`,
+raised as `ConfigError`; the CLI prints it and exits 2.
+
+    >>> from cluster.config import load_config
+    >>> cfg = load_config("configs/zoo.demo.yaml", overrides=["train.steps=50"])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cluster.capabilities import CONFIG_KINDS
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as the one line the user sees."""
+
+
+class YardModel(BaseModel):
+    """Base of every config schema: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class StorageConfig(YardModel):
+    """Where artifacts go: a local directory or `s3://bucket/prefix`."""
+
+    uri: str = ".yard"
+    # Endpoint override for MinIO and other S3-compatible stores; AWS_ENDPOINT_URL works too.
+    endpoint_url: str | None = None
+
+
+class RayConfig(YardModel):
+    """How a job reaches Ray: RAY_ADDRESS wins; otherwise a local Ray is started."""
+
+    address: str | None = None
+    dashboard: bool = True
+    # Loopback unless configured otherwise: the dashboard and Serve run jobs for whoever reaches them.
+    dashboard_host: str = "127.0.0.1"
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+
+
+def schema_for_kind(kind: str) -> type[YardModel]:
+    """The pydantic class for a config `kind`, resolved lazily from the capability table."""
+    target = CONFIG_KINDS.get(kind)
+    if target is None:
+        raise KeyError(kind)
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set `a.b.c=value` entries (value parsed as YAML) into a nested dict, in place."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _allowed(err: dict) -> str:
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        return f" (allowed: {ctx['expected']})"
+    for bound in ("ge", "gt", "le", "lt"):
+        if bound in ctx:
+            return f" (allowed: {bound} {ctx[bound]})"
+    if err.get("type") == "extra_forbidden":
+        return " (unknown field)"
+    return ""
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line for the first error; a count of the rest."""
+    errors = exc.errors()
+    err = errors[0]
+    path = ".".join(str(p) for p in err["loc"]) or "<root>"
+    bad = err.get("input")
+    shown = repr(bad) if not isinstance(bad, dict) else "{...}"
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    msg = err["msg"].removeprefix("Value error, ")
+    if "expected" in (err.get("ctx") or {}):
+        msg = "not allowed"  # the allowed values follow; pydantic's message would repeat them
+    more = f" [+{len(errors) - 1} more]" if len(errors) > 1 else ""
+    return f"{source}: {path}: {shown}: {msg}{_allowed(err)}{more}"
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing or malformed file is a ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {where}not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(data: dict, schema: type[YardModel], source: str) -> YardModel:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+
+
+def load_config(
+    path: str | Path,
+    schema: type[YardModel] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> YardModel:
+    """Load and validate one config file; `schema` defaults to the class its `kind:` names."""
+    data = read_yaml(path)
+    kind = data.get("kind")
+    if schema is None:
+        if kind is None:
+            raise ConfigError(f"{path}: kind: missing (allowed: {', '.join(sorted(CONFIG_KINDS))})")
+        try:
+            schema = schema_for_kind(kind)
+        except KeyError:
+            raise ConfigError(
+                f"{path}: kind: {kind!r} is not a config kind (allowed: {', '.join(sorted(CONFIG_KINDS))})"
+            ) from None
+    apply_overrides(data, list(overrides))
+    cfg = validate(data, schema, str(path))
+    # Remember where it came from: relative paths inside a config resolve against the cwd,
+    # but reports cite the file.
+    object.__setattr__(cfg, "_source", str(path))
+    return cfg
+
+
+def check_paths(paths: list[str]) -> list[tuple[str, str | None]]:
+    """Validate files and directories of YAML configs: [(file, error or None)]."""
+    results: list[tuple[str, str | None]] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix in (".yaml", ".yml"))
+        elif p.exists():
+            files = [p]
+        else:
+            results.append((raw, f"{raw}: no such file or directory"))
+            continue
+        for f in files:
+            try:
+                load_config(f)
+                results.append((str(f), None))
+            except ConfigError as exc:
+                results.append((str(f), str(exc)))
+    return results

@@ -1,0 +1,70 @@
+"""Ray runtime: connect to RAY_ADDRESS when set (a cluster, or the job a `ray job submit` runs
+in), otherwise start a local Ray with the dashboard bound to loopback."""
+from __future__ import annotations
+
+import logging
+import os
+
+from cluster.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def dashboard_available() -> bool:
+    try:
+        import ray.dashboard  # noqa: F401  (ray[default] installs it)
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def connect(cfg: RayConfig | None = None):
+    """`ray.init` once per process; returns the RayContext (or None if already connected)."""
+    import ray
+
+    cfg = cfg or RayConfig()
+    if ray.is_initialized():
+        return None
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Ray workers inherit this: their logs stream without buffering.
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if address:
+        log.info("connecting to Ray at %s", address)
+        return ray.init(address=address, log_to_driver=True)
+    dashboard = cfg.dashboard and dashboard_available() and os.environ.get("YARD_DASHBOARD", "1") != "0"
+    ctx = ray.init(
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        include_dashboard=dashboard,
+        dashboard_host=cfg.dashboard_host,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
+    )
+    if dashboard and ctx.dashboard_url:
+        log.info("local Ray started; dashboard at http://%s", ctx.dashboard_url)
+    else:
+        log.info("local Ray started (no dashboard)")
+    return ctx
+
+
+def cluster_summary() -> dict:
+    """Ray's view of the cluster: total resources and accelerator types per node."""
+    import ray
+
+    nodes = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources", {})
+        nodes.append(
+            {
+                "node_id": n["NodeID"][:8],
+                "address": n.get("NodeManagerAddress"),
+                "cpus": res.get("CPU", 0),
+                "gpus": res.get("GPU", 0),
+                "accelerator_types": sorted(k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")),
+                "memory_gib": round(res.get("memory", 0) / 2**30, 1),
+            }
+        )
+    return {"resources": ray.cluster_resources(), "nodes": nodes}

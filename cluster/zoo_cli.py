@@ -1,0 +1,86 @@
+"""`yard zoo build [CONFIG] [key.sub=value ...]` and `yard zoo list [--zoo-dir DIR]`.
+
+    yard zoo build                                   # configs/zoo.demo.yaml
+    yard zoo build configs/zoo.demo.yaml zoo_dir=/tmp/zoo bases.0.steps=100
+    yard zoo list --zoo-dir /tmp/zoo
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from cluster.config import ConfigError, load_config
+
+
+def _setup_logging() -> None:
+    # Leave logging alone when `yard` (or a test harness) already configured it.
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("id", "architecture", "params", "parent", "derivation", "family"):
+        # Ids are what users copy into other configs: never truncate them.
+        table.add_column(column, justify="right" if column == "params" else "left",
+                         no_wrap=column in ("id", "parent", "family"))
+    for row in rows:
+        table.add_row(row["id"], row["architecture"], f"{row['params']:,}", row["parent"] or "-",
+                      row["derivation"], row["family"])
+    return table
+
+
+def _build(args: argparse.Namespace, console: Console) -> int:
+    from cluster.zoo import DEMO_CONFIG, ZooConfig, build_zoo, list_zoo
+
+    # The config file is optional: the first argument without `=` names it.
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else str(DEMO_CONFIG)
+    cfg = load_config(path, ZooConfig, items)
+    build = build_zoo(cfg)
+    how = "cache hit, nothing trained" if build.cache_hit else f"built {len(build.built)} models"
+    console.print(_table(list_zoo(build.zoo_dir), f"zoo {build.zoo_dir} ({how}, {build.seconds:.1f}s)"))
+    console.print(f"registry: {build.registry_path}")
+    return 0
+
+
+def _list(args: argparse.Namespace, console: Console) -> int:
+    from cluster.zoo import list_zoo
+
+    zoo_dir = args.zoo_dir
+    if zoo_dir is None:
+        from cluster.zoo import default_zoo_config
+        zoo_dir = default_zoo_config().zoo_dir
+    console.print(_table(list_zoo(zoo_dir), f"zoo {zoo_dir}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="yard zoo", description="build or list the toy model zoo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build the zoo (a cache hit when nothing changed)")
+    build.add_argument("items", nargs="*", metavar="[CONFIG] [key.sub=value ...]",
+                       help="zoo config (default configs/zoo.demo.yaml), then overrides")
+    listing = sub.add_parser("list", help="table of the zoo's registered models")
+    listing.add_argument("--zoo-dir", default=None, help="zoo directory (default: the demo config's zoo_dir)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    _setup_logging()
+    console = Console()
+    if not console.is_terminal:  # piped or captured: no terminal width to fit, keep rows unwrapped
+        console = Console(width=160)
+    try:
+        return _build(args, console) if args.command == "build" else _list(args, console)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2

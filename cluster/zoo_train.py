@@ -1,0 +1,294 @@
+"""Training helpers for the toy zoo: corpus, tokenizer, tiny models and the training loops.
+
+`cluster.zoo` decides *what* to build and caches it; this module knows *how*: read the bundled
+Korean/English corpus, train a byte-level BPE tokenizer, construct tiny Llama / Qwen3 / EXAONE 4
+models through transformers' own classes, and train them (full fine-tune or LoRA, merged).
+
+Corpus format (`cluster/zoo_corpus/<topic>.txt`, UTF-8): blocks separated by blank lines. A block
+whose lines start with `U: ` / `A: ` is a chat (user / assistant turns); any other block is plain
+text. The file stem is the topic name that configs use to pick a corpus slice.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CORPUS_DIR = Path(__file__).parent / "zoo_corpus"
+
+BOS, EOS, PAD = "<s>", "<|im_end|>", "<pad>"
+IM_START, END_OF_TEXT, THINK_OPEN, THINK_CLOSE = "<|im_start|>", "<|endoftext|>", "<think>", "</think>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START, END_OF_TEXT, THINK_OPEN, THINK_CLOSE]
+
+# ChatML-style turns. `enable_thinking` (default false) only adds the `<think>` opener after the
+# assistant header, so a prompt rendered without it contains no think markup at all.
+CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking -%}{{- '<think>\\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+)
+
+ARCHITECTURES = ("llama", "qwen3", "exaone4")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One corpus block: a chat (list of role/content turns) or a plain text paragraph."""
+
+    topic: str
+    chat: tuple[tuple[str, str], ...] = ()
+    text: str = ""
+
+
+# ---------------------------------------------------------------------------------------- corpus
+
+def corpus_topics() -> list[str]:
+    """Topic names available in the bundled corpus (file stems), sorted."""
+    return sorted(p.stem for p in CORPUS_DIR.glob("*.txt"))
+
+
+def corpus_digest() -> str:
+    """sha256 over every corpus file's name and content: part of the zoo's cache key."""
+    h = hashlib.sha256()
+    for path in sorted(CORPUS_DIR.glob("*.txt")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _parse_block(topic: str, block: str) -> Doc:
+    lines = [ln.strip() for ln in block.strip().splitlines() if ln.strip()]
+    if lines and all(ln.startswith(("U: ", "A: ")) for ln in lines):
+        turns = tuple(("user" if ln[0] == "U" else "assistant", ln[3:].strip()) for ln in lines)
+        return Doc(topic, chat=turns)
+    return Doc(topic, text=" ".join(lines))
+
+
+def read_corpus(topics: list[str] | None = None) -> list[Doc]:
+    """Documents of the given topics (all topics when None), in file order."""
+    docs: list[Doc] = []
+    for topic in topics or corpus_topics():
+        text = (CORPUS_DIR / f"{topic}.txt").read_text(encoding="utf-8")
+        docs.extend(_parse_block(topic, b) for b in text.split("\n\n") if b.strip())
+    return docs
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+
+def train_tokenizer(docs: list[Doc], vocab_size: int, min_frequency: int = 2):
+    """A byte-level BPE tokenizer trained on `docs`, wrapped as a `PreTrainedTokenizerFast`
+    with bos/eos/pad, chat role markers, think markers and the chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    texts = [d.text or "\n".join(f"{role}\n{content}" for role, content in d.chat) for d in docs]
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=[IM_START, END_OF_TEXT, THINK_OPEN, THINK_CLOSE],
+        model_max_length=512,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def encode_docs(tokenizer, docs: list[Doc]) -> list[tuple[list[int], list[bool]]]:
+    """(token ids, trained?) per document. Chats go through the chat template and only the
+    assistant turns are trained (user turns are context), so a model learns to answer after the
+    assistant header rather than to ask; plain text (`<s>text<|endoftext|>`) is trained throughout."""
+    out = []
+    for d in docs:
+        if d.chat:
+            messages = [{"role": r, "content": c} for r, c in d.chat]
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False, enable_thinking=False)
+            spans, pos = [], 0
+            for role, content in d.chat:
+                turn = f"{IM_START}{role}\n{content}{EOS}"
+                start = rendered.index(turn, pos)
+                pos = start + len(turn)
+                if role == "assistant":  # the content and the closing <|im_end|>
+                    spans.append((start + len(f"{IM_START}{role}\n"), pos))
+        else:
+            rendered = f"{BOS}{d.text}{END_OF_TEXT}"
+            spans = [(0, len(rendered))]
+        enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+        trained = [any(lo <= a < hi for lo, hi in spans) for a, _ in enc["offset_mapping"]]
+        out.append((enc["input_ids"], trained))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- models
+
+def build_model(arch: str, tokenizer, *, hidden_size: int, num_layers: int, num_heads: int,
+                num_kv_heads: int, intermediate_size: int, sliding_window: int, seed: int):
+    """A freshly initialised tiny causal LM of a real transformers architecture."""
+    from transformers import (Exaone4Config, Exaone4ForCausalLM, LlamaConfig, LlamaForCausalLM,
+                              Qwen3Config, Qwen3ForCausalLM)
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TEXT)],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common, head_dim=hidden_size // num_heads))
+    if arch == "qwen3":
+        return Qwen3ForCausalLM(Qwen3Config(**common, head_dim=hidden_size // num_heads))
+    if arch == "exaone4":
+        # EXAONE 4's hybrid attention: local (sliding, RoPE) layers with every third layer global
+        # (full attention, no RoPE); the last layer is always global.
+        layer_types = ["full_attention" if (i + 1) % 3 == 0 or i == num_layers - 1 else "sliding_attention"
+                       for i in range(num_layers)]
+        return Exaone4ForCausalLM(Exaone4Config(
+            **common, sliding_window=sliding_window, sliding_window_pattern=3, layer_types=layer_types))
+    raise ValueError(f"unknown architecture {arch!r} (allowed: {', '.join(ARCHITECTURES)})")
+
+
+def count_params(model) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """Standard HF layout: config.json, generation_config.json, model.safetensors, tokenizer files."""
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    model.generation_config.bos_token_id = model.config.bos_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+# -------------------------------------------------------------------------------------- training
+
+class StepProgress:
+    """Per-model step progress with rate and ETA: a rich bar on a TTY, else log lines (~10 per run)."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done = label, total, 0
+        self.start = time.monotonic()
+        self._bar = None
+        self._every = max(1, total // 10)
+
+    def __enter__(self) -> "StepProgress":
+        if sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(f"training {self.label}", total=self.total, rate="")
+        return self
+
+    def advance(self, loss: float) -> None:
+        self.done += 1
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, rate=f"{rate:.1f} steps/s loss {loss:.2f}")
+        elif self.done % self._every == 0 or self.done == self.total:
+            eta = (self.total - self.done) / rate
+            log.info("training %s %d/%d steps (%.1f steps/s, ETA %.0fs) loss %.3f",
+                     self.label, self.done, self.total, rate, eta, loss)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _batches(docs: list[tuple[list[int], list[bool]]], steps: int, batch_size: int, seq_len: int, seed: int,
+             pad_id: int):
+    """Deterministic random windows over the documents packed into one stream (shuffled by seed):
+    (input_ids, labels) with -100 where a token is context only."""
+    rng = random.Random(seed)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    ids = [t for i in order for t in docs[i][0]]
+    trained = [m for i in order for m in docs[i][1]]
+    if len(ids) <= seq_len:
+        trained += [False] * (seq_len + 1 - len(ids))
+        ids += [pad_id] * (seq_len + 1 - len(ids))
+    data = torch.tensor(ids, dtype=torch.long)
+    labels = data.masked_fill(~torch.tensor(trained), -100)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - seq_len, (batch_size,), generator=gen).tolist()
+        yield (torch.stack([data[s:s + seq_len] for s in starts]),
+               torch.stack([labels[s:s + seq_len] for s in starts]))
+
+
+def train_lm(model, docs: list[tuple[list[int], list[bool]]], *, steps: int, lr: float, batch_size: int, seq_len: int,
+             seed: int, label: str, warmup_steps: int = 0) -> float:
+    """Next-token training (AdamW, linear warmup, cosine decay to 10%); returns the last loss."""
+    torch.manual_seed(seed)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    loss_value = float("nan")
+    with StepProgress(label, steps) as progress:
+        for input_ids, labels in _batches(docs, steps, batch_size, seq_len, seed, model.config.pad_token_id):
+            loss = model(input_ids=input_ids, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss_value = loss.item()
+            progress.advance(loss_value)
+    model.eval()
+    return loss_value
+
+
+def lora_finetune(model, docs: list[tuple[list[int], list[bool]]], *, rank: int, **train_kwargs):
+    """Train a peft LoRA adapter on all attention and MLP projections, then merge it into the
+    weights (`merge_and_unload`): the result is a plain model of the parent's architecture."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                  target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+    loss = train_lm(peft_model, docs, **train_kwargs)
+    return peft_model.merge_and_unload(), loss

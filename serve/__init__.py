@@ -1,0 +1,1 @@
+"""modelyard serve package (capability built on cluster/)."""

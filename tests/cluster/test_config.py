@@ -1,0 +1,104 @@
+"""Config loading: YAML + pydantic, overrides, and one-line errors (file: dotted.path: ...)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.config import ConfigError, apply_overrides, check_paths, load_config
+from cluster.registry import ModelsFile
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """kind: models
+models:
+  tiny:
+    source: org/tiny
+    params_b: 0.1
+    load_in: bf16
+"""
+
+
+def write(tmp_path, text, name="m.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_load_valid_file_by_kind(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert isinstance(cfg, ModelsFile)
+    assert cfg.models["tiny"].load_in == "bf16"
+
+
+def test_overrides_set_nested_values_parsed_as_yaml(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), overrides=["models.tiny.load_in=fp16", "models.tiny.params_b=0.25"])
+    assert cfg.models["tiny"].load_in == "fp16"
+    assert cfg.models["tiny"].params_b == 0.25
+    assert apply_overrides({}, ["a.b.c=[1, 2]"]) == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_bad_value_names_file_path_value_and_allowed(tmp_path):
+    p = write(tmp_path, GOOD.replace("load_in: bf16", "load_in: 3bit"))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{p}: models.tiny.load_in: '3bit'")
+    assert "allowed:" in msg and "'4bit'" in msg
+
+
+def test_numeric_bound_and_unknown_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"models\.tiny\.params_b: -1.*allowed: gt 0"):
+        load_config(write(tmp_path, GOOD.replace("params_b: 0.1", "params_b: -1")))
+    with pytest.raises(ConfigError, match=r"models\.tiny\.colour: 'red'.*unknown field"):
+        load_config(write(tmp_path, GOOD + "    colour: red\n"))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("kind: models\nmodels: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("models: {}\n", "kind: missing"),
+        ("kind: nonsense\n", "kind: 'nonsense' is not a config kind"),
+    ],
+)
+def test_malformed_files(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(write(tmp_path, GOOD), overrides=["novalue"])
+
+
+def test_check_paths_reports_each_file(tmp_path):
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD.replace("bf16", "2bit"), "b.yaml")
+    results = dict(check_paths([str(tmp_path)]))
+    assert results[str(tmp_path / "a.yaml")] is None
+    assert "models.tiny.load_in" in results[str(tmp_path / "b.yaml")]
+
+
+def yard(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "cluster", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_config_check_shipped_configs_pass():
+    r = yard("config", "check", "configs/")
+    assert r.returncode == 0, r.stderr
+    assert "0 invalid" in r.stdout
+    assert "ok    configs/models.yaml" in r.stdout
+
+
+def test_cli_broken_config_exits_2_with_one_line_no_traceback(tmp_path):
+    bad = write(tmp_path, GOOD.replace("bf16", "2bit"))
+    r = yard("config", "check", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert f"{bad}: models.tiny.load_in: '2bit'" in lines[0]

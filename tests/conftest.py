@@ -1,0 +1,21 @@
+"""Shared fixtures. Real parts only: a local Ray, moto's S3 server over HTTP, the toy zoo."""
+import os
+
+import pytest
+
+pytest_plugins = ["tests.plugins.s3", "tests.plugins.zoo"]
+
+# Tests never touch the developer's .yard or a real cluster.
+os.environ.pop("RAY_ADDRESS", None)
+os.environ.setdefault("YARD_DASHBOARD", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the test session (2 CPUs, no dashboard: it costs seconds per start)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,1 @@
+"""modelyard tune package (capability built on cluster/)."""
