@@ -69,18 +69,27 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set `a.b.c=value` entries (value parsed as YAML) into a nested dict, in place."""
+    """Set `a.b.c=value` entries (value parsed as YAML) into nested dicts and lists, in place;
+    a numeric part indexes a list (`bases.0.steps=100`)."""
     for text in overrides:
         path, value = _parse_override(text)
         node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part} is not a mapping")
-            node = child
-        node[path[-1]] = value
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {part} is not an index of a list of {len(node)}")
+                key = int(part)
+            elif isinstance(node, dict):
+                key = part
+            else:
+                raise ConfigError(f"override {text!r}: {path[i - 1]} is not a mapping or list")
+            if last:
+                node[key] = value
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
     return data
 
 

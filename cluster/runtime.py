@@ -67,4 +67,4 @@ def cluster_summary() -> dict:
                 "memory_gib": round(res.get("memory", 0) / 2**30, 1),
             }
         )
-    return {"resources": ray.cluster_resources(), "nodes": nodes}
+    return {"gcs_address": ray.get_runtime_context().gcs_address, "resources": ray.cluster_resources(), "nodes": nodes}

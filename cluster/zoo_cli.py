@@ -1,7 +1,7 @@
 """`yard zoo build [CONFIG] [key.sub=value ...]` and `yard zoo list [--zoo-dir DIR]`.
 
     yard zoo build                                   # configs/zoo.demo.yaml
-    yard zoo build configs/zoo.demo.yaml zoo_dir=/tmp/zoo bases.0.steps=100
+    yard zoo build configs/zoo.demo.yaml zoo_dir=/tmp/zoo seed=7   # overrides: key.sub=value
     yard zoo list --zoo-dir /tmp/zoo
 """
 from __future__ import annotations

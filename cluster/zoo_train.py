@@ -186,6 +186,17 @@ def count_params(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def count_saved_params(path: Path) -> int:
+    """Parameters stored in a model dir's safetensors files, read from their headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return total
+
+
 def save_model(model, tokenizer, path: Path) -> None:
     """Standard HF layout: config.json, generation_config.json, model.safetensors, tokenizer files."""
     model.generation_config.eos_token_id = model.config.eos_token_id
@@ -198,13 +209,14 @@ def save_model(model, tokenizer, path: Path) -> None:
 # -------------------------------------------------------------------------------------- training
 
 class StepProgress:
-    """Per-model step progress with rate and ETA: a rich bar on a TTY, else log lines (~10 per run)."""
+    """Per-model step progress with rate and ETA: a rich bar on a TTY, else a log line every
+    `log_every_s` and one at the end."""
 
-    def __init__(self, label: str, total: int):
+    def __init__(self, label: str, total: int, log_every_s: float = 5.0):
         self.label, self.total, self.done = label, total, 0
-        self.start = time.monotonic()
+        self.start = self._last_log = time.monotonic()
+        self.log_every_s = log_every_s
         self._bar = None
-        self._every = max(1, total // 10)
 
     def __enter__(self) -> "StepProgress":
         if sys.stderr.isatty():
@@ -218,18 +230,22 @@ class StepProgress:
 
     def advance(self, loss: float) -> None:
         self.done += 1
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
+        self.loss = loss
+        now = time.monotonic()
+        rate = self.done / max(now - self.start, 1e-9)
         if self._bar is not None:
             self._bar.update(self._task, advance=1, rate=f"{rate:.1f} steps/s loss {loss:.2f}")
-        elif self.done % self._every == 0 or self.done == self.total:
-            eta = (self.total - self.done) / rate
+        elif now - self._last_log >= self.log_every_s or self.done == self.total:
+            self._last_log = now
             log.info("training %s %d/%d steps (%.1f steps/s, ETA %.0fs) loss %.3f",
-                     self.label, self.done, self.total, rate, eta, loss)
+                     self.label, self.done, self.total, rate, (self.total - self.done) / rate, loss)
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
-            self._bar.stop()
+            self._bar.stop()  # the bar is transient: leave one line behind
+            seconds = time.monotonic() - self.start
+            log.info("trained %s: %d steps in %.1fs (%.1f steps/s) loss %.3f", self.label, self.done, seconds,
+                     self.done / max(seconds, 1e-9), getattr(self, "loss", float("nan")))
 
 
 def _batches(docs: list[tuple[list[int], list[bool]]], steps: int, batch_size: int, seq_len: int, seed: int,
@@ -292,3 +308,28 @@ def lora_finetune(model, docs: list[tuple[list[int], list[bool]]], *, rank: int,
                                                   target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
     loss = train_lm(peft_model, docs, **train_kwargs)
     return peft_model.merge_and_unload(), loss
+
+
+def train_zoo_model(spec, tokenizer, out: Path, *, parent_dir: Path | None, seed: int, batch_size: int,
+                    seq_len: int) -> tuple[int, float]:
+    """Train one zoo model into `out` and return (parameter count, final loss): a base
+    (`cluster.zoo.BaseSpec`) from scratch when `parent_dir` is None, else a child
+    (`cluster.zoo.ChildSpec`) from the parent saved there."""
+    from transformers import AutoModelForCausalLM
+
+    docs = encode_docs(tokenizer, read_corpus(spec.corpus))
+    train_kwargs = dict(steps=spec.steps, lr=spec.lr, batch_size=batch_size, seq_len=seq_len, seed=seed,
+                        label=spec.name)
+    if parent_dir is None:
+        model = build_model(spec.arch, tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+                            num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads,
+                            intermediate_size=spec.intermediate_size, sliding_window=spec.sliding_window, seed=seed)
+        loss = train_lm(model, docs, warmup_steps=min(20, spec.steps // 10), **train_kwargs)
+    elif spec.derivation == "continued":
+        model = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32)
+        loss = train_lm(model, docs, **train_kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32)
+        model, loss = lora_finetune(model, docs, rank=spec.lora_rank, **train_kwargs)
+    save_model(model, tokenizer, out)
+    return count_params(model), loss

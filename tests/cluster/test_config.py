@@ -36,6 +36,11 @@ def test_overrides_set_nested_values_parsed_as_yaml(tmp_path):
     assert cfg.models["tiny"].load_in == "fp16"
     assert cfg.models["tiny"].params_b == 0.25
     assert apply_overrides({}, ["a.b.c=[1, 2]"]) == {"a": {"b": {"c": [1, 2]}}}
+    assert apply_overrides({"xs": [{"n": 1}, {"n": 2}]}, ["xs.1.n=5"]) == {"xs": [{"n": 1}, {"n": 5}]}
+    with pytest.raises(ConfigError, match="7 is not an index of a list of 2"):
+        apply_overrides({"xs": [1, 2]}, ["xs.7=0"])
+    with pytest.raises(ConfigError, match="a is not a mapping or list"):
+        apply_overrides({"a": 3}, ["a.b=1"])
 
 
 def test_bad_value_names_file_path_value_and_allowed(tmp_path):

@@ -223,8 +223,13 @@ def test_cli_build_reports_a_cache_hit_and_config_errors(tmp_path, capsys):
     assert main(["build", str(path), "batch_size=2"]) == 0  # an override equal to the file: same hash
     assert "cache hit" in capsys.readouterr().out
 
-    assert main(["build", str(path), "children.0.parent=ghost"]) == 2
+    bad = tiny_zoo_data(tmp_path / "zoo")
+    bad["children"][0]["parent"] = "ghost"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["build", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "children.0.parent: 'ghost'" in err
+    assert err.count("\n") == 0 and "children.0.parent: 'ghost': unknown parent" in err
+    assert main(["build", str(path), "seq_len=4"]) == 2
+    assert "seq_len: 4" in capsys.readouterr().err
     assert main(["list", "--zoo-dir", str(tmp_path / "nowhere")]) == 2
     assert "no zoo here" in capsys.readouterr().err
