@@ -12,6 +12,7 @@ JOBS: dict[str, str] = {
     "status": "cluster.status:main",
     "demo": "cluster.demo:main",
     "chat": "cluster.demo:chat_main",
+    "dna": "actors.dna_job:main",
 }
 
 # One line per job for `yard --help`.
@@ -21,6 +22,7 @@ JOB_HELP: dict[str, str] = {
     "status": "table of running and recent jobs; STALLED when a heartbeat is late",
     "demo": "the main job: build/reuse the zoo and run every capability's demo on local Ray",
     "chat": "load every registered (or zoo) model on a Ray actor and answer one chat prompt",
+    "dna": "LLM-DNA fingerprints on warm Ray hosts, with the playbook's gates (dna CONFIG [--dry-run])",
 }
 
 # config `kind:` -> "module:Class" (a cluster.config.YardModel subclass).
@@ -28,9 +30,13 @@ CONFIG_KINDS: dict[str, str] = {
     "models": "cluster.registry:ModelsFile",
     "zoo": "cluster.zoo:ZooConfig",
     "chat": "cluster.demo:ChatJobConfig",
+    "dna": "actors.config:DnaConfig",
+    "probes": "actors.fingerprint:ProbesFile",
 }
 
 # Demos `yard demo` runs after the foundation's own, in order: name -> "module:function".
 # The function takes (store, zoo_registry_path, quick: bool) and returns a dict with at least
 # "status" ("ok"/"failed") and "report" (a path or URI).
-DEMOS: dict[str, str] = {}
+DEMOS: dict[str, str] = {
+    "dna": "actors.dna_job:demo",
+}

@@ -15,17 +15,6 @@ import sys
 
 from cluster.capabilities import JOB_HELP, JOBS
 
-USER_ERRORS = ("cluster.config:ConfigError", "cluster.loading:LoadError", "cluster.storage:StoreError")
-
-
-def _user_error_types() -> tuple[type, ...]:
-    out = []
-    for target in USER_ERRORS:
-        module, _, name = target.partition(":")
-        out.append(getattr(importlib.import_module(module), name))
-    return tuple(out)
-
-
 def _resolve(target: str):
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -86,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yard: unknown job {job!r} (jobs: {', '.join(JOBS)})", file=sys.stderr)
         return 2
     setup_logging(verbose)
-    user_errors = _user_error_types()
+    from cluster.config import UserError
+
     try:
         return int(_resolve(JOBS[job])(rest) or 0)
-    except user_errors as exc:
+    except UserError as exc:
         print(f"yard {job}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

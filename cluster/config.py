@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cluster.capabilities import CONFIG_KINDS
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem with the user's input or environment, phrased as the one line they see.
+
+    The CLI prints it without a traceback and exits 2; every layer's input errors derive from it
+    (ConfigError, LoadError, StoreError, actors' ProbeError, ...)."""
+
+
+class ConfigError(UserError, ValueError):
     """A config problem, already phrased as the one line the user sees."""
 
 

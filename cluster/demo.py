@@ -156,7 +156,7 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
 
 
 def print_chat_table(results: list[dict], registry) -> None:
-    from rich.console import Console
+    from cluster.console import console
     from rich.table import Table
 
     table = Table(title="chat: one prompt per model")
@@ -170,7 +170,7 @@ def print_chat_table(results: list[dict], registry) -> None:
             str(r.get("load_s", "-")), str(r.get("gen_s", "-")), str(len(r.get("reply", ""))),
             (reply[:70] + "...") if len(reply) > 70 else reply,
         )
-    Console().print(table)
+    console().print(table)
 
 
 def write_chat_report(store: ArtifactStore, registry, results: list[dict], cfg: ChatJobConfig) -> str:

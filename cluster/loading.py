@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cluster.config import UserError
 from cluster.node import NodeFacts, node_facts
 from cluster.registry import ModelRegistry, ModelSpec
 
@@ -26,7 +27,7 @@ BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "8bit": 1.0, "4bit": 0
 MEMORY_OVERHEAD = 1.25
 
 
-class LoadError(RuntimeError):
+class LoadError(UserError, RuntimeError):
     """A model that cannot be loaded here, phrased as one line naming the model."""
 
 

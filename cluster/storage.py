@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from cluster.config import UserError
+
 MARKER = "_COMPLETE.json"
 STATE_PREFIX = "_state"
 TEMP_PREFIX = ".tmp-"  # in-flight local writes; reserved in every backend so listings agree
@@ -31,7 +33,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _RUN = re.compile(r"^(\d{8}-\d{6})-([0-9a-z]+)$")
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A storage problem phrased for the user (bad key, unreachable bucket, missing object)."""
 
 

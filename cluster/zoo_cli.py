@@ -11,6 +11,8 @@ import logging
 import sys
 
 from rich.console import Console
+
+from cluster.console import console as make_console
 from rich.table import Table
 
 from cluster.config import ConfigError, load_config
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     _setup_logging()
-    console = Console()
+    console = make_console()
     if not console.is_terminal:  # piped or captured: no terminal width to fit, keep rows unwrapped
         console = Console(width=160)
     try:

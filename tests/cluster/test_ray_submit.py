@@ -51,7 +51,11 @@ def ray_head(tmp_path):
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+         "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
+         # free ports: the session's in-process Ray already holds the agents' defaults
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--ray-client-server-port={free_port()}"],
         stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     url = f"http://127.0.0.1:{dash}"
@@ -86,7 +90,7 @@ def test_submitted_job_succeeds_and_lands_its_artifacts(ray_head, zoo, tmp_path)
         f"models=[{model}] storage.uri={store_dir} workers=1 max_new_tokens=24"
     )
     runtime_env = {"working_dir": str(REPO), "env_vars": {"YARD_GIT_REV": "test-rev"}}
-    job_id, deadline = None, time.time() + 90
+    job_id, deadline = None, time.time() + 120
     while job_id is None:
         try:
             job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)

@@ -1,0 +1,516 @@
+"""DNA analysis: latest-wins loading, cosine distances, trees, the outlier gate, lineage metrics
+and the report.
+
+Tree method. The default is neighbor-joining (`tree: nj`): it fits an unrooted additive tree and
+does not assume a molecular clock, i.e. that every lineage drifted at the same rate from the
+root. Fine-tunes, LoRA merges, distillations and quantizations break that assumption badly (a
+short continued pre-training barely moves a model, a distillation moves it far), and UPGMA, which
+needs the clock, then joins the wrong pairs. UPGMA (`tree: upgma`, average linkage) is offered
+for a rooted dendrogram, and is what `dendrogram.png` draws for either choice.
+
+    >>> fps, missing = load_latest(store, ["llama-a", "qwen3-b", "exaone4-c"])   # doctest: +SKIP
+    >>> ids, D = distance_matrix(fps)                                            # doctest: +SKIP
+    >>> neighbor_joining(ids, D).newick()                                        # doctest: +SKIP
+    '(llama-a:0.12,qwen3-b:0.3,exaone4-c:0.41);'
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from actors.fingerprint import ProvenanceError, check_comparable
+from cluster.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+TREE_WHY = {
+    "nj": "neighbor-joining: an unrooted additive tree that does not assume a molecular clock (equal "
+          "rates of change), which fine-tunes, LoRA merges and distillations violate",
+    "upgma": "UPGMA (average linkage): a rooted ultrametric tree; it assumes every lineage changed at "
+             "the same rate, so read it as a clustering rather than a phylogeny",
+}
+TIMING_PARTS = ("load_s", "gate_s", "generate_s", "embed_s", "unload_s")
+HOST_PARTS = ("start_s", "imports_s", "cuda_init_s", "encoder_load_s")
+
+
+# --- loading -----------------------------------------------------------------------------------
+@dataclass
+class Fingerprint:
+    model_id: str
+    vector: np.ndarray  # float32, 1-D
+    provenance: dict[str, Any]
+    run: str  # the run name (YYYYMMDD-HHMMSS-<id>) the vector came from
+    key: str  # the storage key of the file the vector was read from
+
+
+def load_latest(store: ArtifactStore, model_ids: list[str], kind: str = "dna") -> tuple[dict[str, Fingerprint], dict[str, str]]:
+    """(fingerprints, missing): each model's vector from its newest complete OK run (latest-wins;
+    dna.npy over dna.json within that run), and {model: reason} for every model without one.
+    A model is never silently dropped."""
+    fps: dict[str, Fingerprint] = {}
+    missing: dict[str, str] = {}
+    for mid in model_ids:
+        art = store.latest(kind, mid, prefer=(".npy", ".json"))
+        if art is None:
+            missing[mid] = "no complete ok run"
+            continue
+        files = set(art.run.marker.get("files", []))
+        try:
+            doc = store.get_json(f"{art.run.prefix}/dna.json") if "dna.json" in files else {}
+            if "dna.npy" in files:
+                key = f"{art.run.prefix}/dna.npy"
+                vector = np.load(io.BytesIO(store.get_bytes(key)), allow_pickle=False)
+            elif "vector" in doc:
+                key, vector = f"{art.run.prefix}/dna.json", doc["vector"]
+            else:
+                missing[mid] = f"run {art.run.name} has neither dna.npy nor dna.json"
+                continue
+            vector = np.asarray(vector, dtype=np.float32)
+        except (ValueError, OSError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            missing[mid] = f"run {art.run.name}: unreadable DNA ({type(exc).__name__}: {first})"
+            continue
+        if vector.ndim != 1 or not vector.size or not np.all(np.isfinite(vector)):
+            missing[mid] = f"run {art.run.name}: DNA vector is not a finite 1-D vector (shape {vector.shape})"
+            continue
+        fps[mid] = Fingerprint(mid, vector, doc.get("provenance") or {}, art.run.name, key)
+    if missing:
+        log.warning("no usable DNA for %s", ", ".join(f"{m} ({r})" for m, r in missing.items()))
+    return fps, missing
+
+
+def distance_matrix(fps: dict[str, Fingerprint]) -> tuple[list[str], np.ndarray]:
+    """(ids, D): cosine distances 1 - cos (a zero vector is at distance 1 from everything),
+    symmetric with a zero diagonal. ProvenanceError when the vectors were made differently."""
+    check_comparable({mid: fp.provenance for mid, fp in fps.items()})
+    ids = list(fps)
+    dims = {fps[m].vector.shape[0] for m in ids}
+    if len(dims) > 1:
+        raise ProvenanceError(f"cannot compare DNA of {', '.join(ids)}: vector lengths differ ({sorted(dims)})")
+    X = np.stack([fps[m].vector.astype(np.float64) for m in ids]) if ids else np.zeros((0, 0))
+    norms = np.linalg.norm(X, axis=1) if ids else np.zeros(0)
+    unit = X / np.where(norms == 0, 1.0, norms)[:, None]
+    D = 1.0 - unit @ unit.T
+    zero = norms == 0
+    D[zero, :] = D[:, zero] = 1.0
+    D = np.clip((D + D.T) / 2, 0.0, 2.0)
+    np.fill_diagonal(D, 0.0)
+    return ids, D
+
+
+# --- trees -------------------------------------------------------------------------------------
+@dataclass
+class Node:
+    name: str | None = None  # leaves only
+    children: list[tuple["Node", float]] = field(default_factory=list)  # (child, branch length)
+
+
+def _label(name: str) -> str:
+    if any(c in name for c in " \t()[]':;,"):
+        return "'" + name.replace("'", "''") + "'"
+    return name
+
+
+@dataclass
+class Tree:
+    root: Node
+    method: str  # "nj" or "upgma"
+    linkage: np.ndarray | None = None  # scipy linkage matrix (UPGMA only)
+
+    def newick(self) -> str:
+        def fmt(node: Node) -> str:
+            if not node.children:
+                return _label(node.name or "")
+            return "(" + ",".join(f"{fmt(c)}:{max(length, 0.0):.6g}" for c, length in node.children) + ")"
+
+        return fmt(self.root) + ";"
+
+    def leaves(self) -> list[str]:
+        def walk(node: Node) -> list[str]:
+            return [node.name] if not node.children else [x for c, _ in node.children for x in walk(c)]
+
+        return walk(self.root)
+
+    def splits(self) -> set[frozenset[str]]:
+        """Non-trivial bipartitions, each as the side without the alphabetically first leaf
+        (comparable between rooted and unrooted trees)."""
+        everyone = frozenset(self.leaves())
+        first = min(everyone)
+        out = set()
+
+        def walk(node: Node) -> frozenset[str]:
+            below = frozenset([node.name]) if not node.children else frozenset().union(*(walk(c) for c, _ in node.children))
+            side = below if first not in below else everyone - below
+            if 1 < len(side) < len(everyone) - 1:
+                out.add(side)
+            return below
+
+        walk(self.root)
+        return out
+
+    def patristic(self, ids: list[str]) -> np.ndarray:
+        """Path lengths between leaves along the tree, in `ids` order."""
+        index = {m: i for i, m in enumerate(ids)}
+        P = np.zeros((len(ids), len(ids)))
+
+        def walk(node: Node) -> dict[str, float]:
+            if not node.children:
+                return {node.name: 0.0}
+            subs = [{leaf: d + length for leaf, d in walk(c).items()} for c, length in node.children]
+            for x, left in enumerate(subs):
+                for right in subs[x + 1:]:
+                    for a, da in left.items():
+                        for b, db in right.items():
+                            P[index[a], index[b]] = P[index[b], index[a]] = da + db
+            return {leaf: d for sub in subs for leaf, d in sub.items()}
+
+        walk(self.root)
+        return P
+
+
+def neighbor_joining(ids: list[str], D: np.ndarray) -> Tree:
+    """Saitou-Nei neighbor-joining; an unrooted tree written with a three-way root. Negative
+    branch estimates (non-additive noise) are clamped to 0, the usual convention."""
+    d = np.asarray(D, dtype=np.float64).copy()
+    nodes = [Node(name=m) for m in ids]
+    while len(nodes) > 3:
+        m = len(nodes)
+        r = d.sum(axis=1)
+        Q = (m - 2) * d - r[:, None] - r[None, :]
+        np.fill_diagonal(Q, np.inf)
+        i, j = sorted(np.unravel_index(int(np.argmin(Q)), Q.shape))
+        li = 0.5 * d[i, j] + (r[i] - r[j]) / (2 * (m - 2))
+        li = min(max(li, 0.0), d[i, j])
+        joined = Node(children=[(nodes[i], li), (nodes[j], d[i, j] - li)])
+        to_new = 0.5 * (d[i] + d[j] - d[i, j])
+        keep = [k for k in range(m) if k not in (i, j)]
+        nd = np.zeros((m - 1, m - 1))
+        nd[:-1, :-1] = d[np.ix_(keep, keep)]
+        nd[-1, :-1] = nd[:-1, -1] = to_new[keep]
+        nodes, d = [nodes[k] for k in keep] + [joined], nd
+    if len(nodes) == 3:
+        (a, b, c), lengths = nodes, [
+            (d[0, 1] + d[0, 2] - d[1, 2]) / 2, (d[0, 1] + d[1, 2] - d[0, 2]) / 2, (d[0, 2] + d[1, 2] - d[0, 1]) / 2,
+        ]
+        root = Node(children=[(n, max(length, 0.0)) for n, length in zip((a, b, c), lengths)])
+    elif len(nodes) == 2:
+        root = Node(children=[(nodes[0], d[0, 1] / 2), (nodes[1], d[0, 1] / 2)])
+    elif len(nodes) == 1:
+        root = nodes[0]
+    else:
+        raise ValueError("neighbor_joining needs at least one model")
+    return Tree(root, "nj")
+
+
+def upgma_linkage(D: np.ndarray) -> np.ndarray:
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    return linkage(squareform(np.asarray(D, dtype=np.float64), checks=False), method="average")
+
+
+def upgma(ids: list[str], D: np.ndarray) -> Tree:
+    """UPGMA (scipy average linkage): a rooted tree whose node heights are half the merge
+    distance; `.linkage` feeds scipy's dendrogram."""
+    if len(ids) == 1:
+        return Tree(Node(name=ids[0]), "upgma")
+    if not ids:
+        raise ValueError("upgma needs at least one model")
+    Z = upgma_linkage(D)
+    nodes: list[Node] = [Node(name=m) for m in ids]
+    heights = [0.0] * len(ids)
+    for a, b, dist, _ in Z:
+        a, b, h = int(a), int(b), dist / 2
+        nodes.append(Node(children=[(nodes[a], h - heights[a]), (nodes[b], h - heights[b])]))
+        heights.append(h)
+    return Tree(nodes[-1], "upgma", Z)
+
+
+def build_tree(kind: str, ids: list[str], D: np.ndarray) -> Tree:
+    if kind not in TREE_WHY:
+        raise ValueError(f"tree: {kind!r} is not a tree method (allowed: {', '.join(TREE_WHY)})")
+    return neighbor_joining(ids, D) if kind == "nj" else upgma(ids, D)
+
+
+# --- gates and lineage metrics -----------------------------------------------------------------
+def outlier_pairs(
+    ids: list[str], D: np.ndarray, threshold: float, identical_groups: list[list[str]] = ()
+) -> list[tuple[str, str, float]]:
+    """Pairs closer than `threshold`, closest first, unless declared identical (both in one
+    group): a near-zero distance is almost always a silent failure (collapsed answers)."""
+    declared = [set(g) for g in identical_groups]
+    out = []
+    for i in range(len(ids)):
+        for j in range(i + 1, len(ids)):
+            if D[i, j] < threshold and not any(ids[i] in g and ids[j] in g for g in declared):
+                out.append((ids[i], ids[j], float(D[i, j])))
+    return sorted(out, key=lambda p: p[2])
+
+
+def nearest_family_accuracy(ids: list[str], D: np.ndarray, families: dict[str, str]) -> tuple[float, list[dict]]:
+    """(accuracy, rows): the fraction of models whose nearest other model is of their own family.
+    Each row also says whether the model is *separated*: every own-family member nearer than any
+    other-family model (the stricter check). Models alone in their family cannot score and get
+    hit = separated = None; accuracy is nan when no model can score."""
+    fam = [families.get(m, m) for m in ids]
+    rows, hits = [], []
+    for i, mid in enumerate(ids):
+        others = [j for j in range(len(ids)) if j != i]
+        if not others:
+            rows.append({"model": mid, "family": fam[i], "nearest": None, "nearest_family": None,
+                         "distance": None, "hit": None, "separated": None})
+            continue
+        k = min(others, key=lambda j: (D[i, j], ids[j]))
+        own = [D[i, j] for j in others if fam[j] == fam[i]]
+        other = [D[i, j] for j in others if fam[j] != fam[i]]
+        scorable = bool(own)
+        hit = (fam[k] == fam[i]) if scorable else None
+        separated = bool(max(own) < min(other) if other else True) if scorable else None
+        if scorable:
+            hits.append(hit)
+        rows.append({"model": mid, "family": fam[i], "nearest": ids[k], "nearest_family": fam[k],
+                     "distance": float(D[i, k]), "hit": hit, "separated": separated})
+    return (float(np.mean(hits)) if hits else math.nan), rows
+
+
+def family_pair_auroc(ids: list[str], D: np.ndarray, families: dict[str, str]) -> float:
+    """AUROC of -distance separating same-family pairs from different-family pairs (1.0: every
+    same-family pair is closer than every cross-family pair; 0.5: chance). nan when either kind
+    of pair is absent."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, scores = [], []
+    for i in range(len(ids)):
+        for j in range(i + 1, len(ids)):
+            labels.append(int(families.get(ids[i], ids[i]) == families.get(ids[j], ids[j])))
+            scores.append(-float(D[i, j]))
+    if len(set(labels)) < 2:
+        return math.nan
+    return float(roc_auc_score(labels, scores))
+
+
+# --- plots -------------------------------------------------------------------------------------
+def _figure(n: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.55 * n + 2.5)
+    return plt, plt.subplots(figsize=(size + 1.5, size))
+
+
+def _placeholder(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+
+
+def heatmap_png(ids: list[str], D: np.ndarray | None, path) -> None:
+    plt, (fig, ax) = _figure(len(ids))
+    if D is None or len(ids) < 2:
+        _placeholder(ax, "fewer than 2 fingerprints")
+    else:
+        im = ax.imshow(D, cmap="viridis", vmin=0.0)
+        ax.set_xticks(range(len(ids)), ids, rotation=45, ha="right")
+        ax.set_yticks(range(len(ids)), ids)
+        if len(ids) <= 16:
+            for i in range(len(ids)):
+                for j in range(len(ids)):
+                    ax.text(j, i, f"{D[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if D[i, j] < 0.6 * D.max() else "black")
+        fig.colorbar(im, ax=ax, label="cosine distance")
+        ax.set_title("LLM-DNA cosine distance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def dendrogram_png(ids: list[str], D: np.ndarray | None, path) -> None:
+    from scipy.cluster.hierarchy import dendrogram
+
+    plt, (fig, ax) = _figure(len(ids))
+    if D is None or len(ids) < 2:
+        _placeholder(ax, "fewer than 2 fingerprints")
+    else:
+        dendrogram(upgma_linkage(D), labels=list(ids), orientation="left", ax=ax)
+        ax.set_xlabel("cosine distance (UPGMA, average linkage)")
+        ax.set_title("LLM-DNA dendrogram")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- report ------------------------------------------------------------------------------------
+def _num(x: Any, spec: str = ".2f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def _cell(text: Any) -> str:
+    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+
+
+def amortization(host_reports: list[dict]) -> dict[str, Any]:
+    """Cold-start costs paid once per warm host vs what a fresh host per model would pay.
+
+    Each host report: {host_id, start_s, imports_s, cuda_init_s, encoder_load_s, models: [timings]},
+    the four start parts disjoint; each model's timings hold load_s ... unload_s."""
+    hosts, total_fixed, total_work, total_fresh_fixed, n_models = [], 0.0, 0.0, 0.0, 0
+    for h in host_reports:
+        fixed = sum(float(h.get(p) or 0.0) for p in HOST_PARTS)
+        models = h.get("models") or []
+        n = len(models)
+        swap = [float(t.get("load_s") or 0.0) + float(t.get("unload_s") or 0.0) for t in models]
+        work = sum(sum(float(t.get(p) or 0.0) for p in TIMING_PARTS) for t in models)
+        avg_swap = sum(swap) / n if n else 0.0
+        hosts.append({
+            "host_id": h.get("host_id"), "models": n, **{p: h.get(p) for p in HOST_PARTS}, "fixed_s": fixed,
+            "overhead_per_model_s": (fixed / n + avg_swap) if n else None,
+            "fresh_overhead_per_model_s": (fixed + avg_swap) if n else None,
+        })
+        total_fixed, total_work, n_models = total_fixed + fixed, total_work + work, n_models + n
+        total_fresh_fixed += fixed * max(n, 1)
+    warm, fresh = total_fixed + total_work, total_fresh_fixed + total_work
+    return {"hosts": hosts, "models": n_models, "warm_total_s": warm, "fresh_total_s": fresh,
+            "saved_s": fresh - warm, "saved_fraction": (fresh - warm) / fresh if fresh else None}
+
+
+def _stat(o: dict, group: str, key: str) -> Any:
+    return (o.get(group) or {}).get(key, o.get(key))
+
+
+def write_report(
+    store: ArtifactStore,
+    *,
+    outcomes: list[dict],
+    fps: dict[str, Fingerprint],
+    ids: list[str],
+    D: np.ndarray | None,
+    tree_kind: str,
+    families: dict[str, str],
+    suspicious: list[tuple[str, str, float]],
+    host_reports: list[dict],
+    cfg_summary: dict,
+    published: bool,
+) -> str:
+    """One `reports/dna` run: distances.csv, tree.nwk (only when published), heatmap.png,
+    dendrogram.png, report.md and summary.json. Complete "ok" when published, else "failed"
+    (kept for reading, never latest). Returns where report.md can be found.
+
+    An outcome: {model_id, status, reason, attempts, stats: {valid_fraction, avg_chars},
+    timings: {sec_per_prompt, load_s, gate_s, generate_s, embed_s, unload_s}}."""
+    import tempfile
+    from pathlib import Path
+
+    run = store.new_run("reports", "dna")
+    have_D = D is not None and len(ids) >= 2
+    tree = build_tree(tree_kind, ids, D) if have_D else None
+    md: list[str] = ["# LLM-DNA report", ""]
+
+    # status
+    if published:
+        md.append(f"**Status: published** — {len(ids)} fingerprints, {tree_kind.upper()} tree in `tree.nwk`.")
+    elif suspicious:
+        threshold = (cfg_summary.get("gates") or {}).get("outlier_distance", cfg_summary.get("outlier_distance"))
+        pairs = ", ".join(f"{a} ~ {b} ({d:.4f})" for a, b, d in suspicious)
+        md.append(f"**Status: REFUSED** — suspiciously close pairs (cosine distance < {_num(threshold, 'g')}): {pairs}. "
+                  "Such a pair is almost always a silent failure; verify their responses.json, or declare them "
+                  "identical, before publishing.")
+    else:
+        md.append(f"**Status: REFUSED** — no tree published ({len(ids)} usable fingerprint(s); see the model table).")
+    missing = cfg_summary.get("missing") or {}
+    if missing:
+        md.append("")
+        md.append("Models without a usable fingerprint: " + "; ".join(f"{m} ({r})" for m, r in dict(missing).items()))
+
+    # per-model table
+    md += ["", "## Models", ""]
+    rows = []
+    for o in outcomes:
+        t = o.get("timings") or {}
+        valid = _stat(o, "stats", "valid_fraction")
+        rows.append([o.get("model_id"), o.get("status"), _num(100 * valid, ".0f") if valid is not None else "-",
+                     _num(_stat(o, "stats", "avg_chars"), ".0f"), _num(_stat(o, "timings", "sec_per_prompt"), ".3f"),
+                     *[_num(t.get(p), ".1f") for p in TIMING_PARTS], o.get("attempts", "-"), o.get("reason") or ""])
+    md += _table(["model", "status", "valid %", "avg chars", "s/prompt", "load s", "gate s", "generate s",
+                  "embed s", "unload s", "attempts", "reason"], rows)
+
+    # lineage
+    lineage: dict[str, Any] = {}
+    md += ["", "## Lineage", ""]
+    if have_D and len(set(families.get(m, m) for m in ids)) > 1:
+        acc, nrows = nearest_family_accuracy(ids, D, families)
+        auroc = family_pair_auroc(ids, D, families)
+        scored = [r for r in nrows if r["separated"] is not None]
+        sep = sum(bool(r["separated"]) for r in scored)
+        lineage = {"nearest_family_accuracy": acc, "family_pair_auroc": auroc, "separated": sep,
+                   "scored": len(scored), "rows": nrows}
+        md.append(f"Nearest-family accuracy: **{_num(acc, '.0%')}**; same- vs cross-family pair AUROC: "
+                  f"**{_num(auroc, '.3f')}**; separated from every other family: {sep}/{len(scored)} models.")
+        md.append("")
+        yes = {True: "yes", False: "**no**", None: "-"}
+        md += _table(["model", "family", "nearest", "its family", "distance", "hit", "separated"],
+                     [[r["model"], r["family"], r["nearest"], r["nearest_family"], _num(r["distance"], ".4f"),
+                       yes[r["hit"]], yes[r["separated"]]] for r in nrows])
+    else:
+        md.append("Not enough fingerprints or families to measure lineage.")
+
+    # cold start
+    amort = amortization(host_reports)
+    md += ["", "## Cold-start amortization", ""]
+    if amort["hosts"]:
+        md += _table(["host", "models", "start s", "imports s", "CUDA init s", "encoder load s", "fixed s",
+                      "overhead/model (warm) s", "overhead/model (fresh host) s"],
+                     [[h["host_id"], h["models"], *[_num(h[p], ".1f") for p in HOST_PARTS], _num(h["fixed_s"], ".1f"),
+                       _num(h["overhead_per_model_s"], ".1f"), _num(h["fresh_overhead_per_model_s"], ".1f")]
+                      for h in amort["hosts"]])
+        md += ["", f"Warm hosts: {_num(amort['warm_total_s'], '.1f')} s for {amort['models']} models; a fresh host per "
+               f"model (start + load + unload each time) would take {_num(amort['fresh_total_s'], '.1f')} s "
+               f"(saved {_num(amort['saved_s'], '.1f')} s, {_num(amort['saved_fraction'], '.0%')})."]
+    else:
+        md.append("No host reports.")
+
+    # tree and settings
+    md += ["", "## Tree", "", f"Method: {TREE_WHY[tree_kind]}. The dendrogram (`dendrogram.png`) is UPGMA either way."]
+    if tree is not None:
+        md.append("" if published else "Not published (see status); the tree is withheld.")
+        if published:
+            md += ["```", tree.newick(), "```"]
+    prov = next(iter(fps.values())).provenance if fps else {}
+    md += ["", "## Settings", "", "```json", json.dumps({"provenance": prov, **cfg_summary}, indent=1, default=str), "```", ""]
+
+    # files
+    if have_D:
+        csv = ["model," + ",".join(ids)] + [f"{m}," + ",".join(f"{x:.6f}" for x in D[i]) for i, m in enumerate(ids)]
+    else:
+        csv = ["model"] + list(ids)
+    run.put_bytes("distances.csv", ("\n".join(csv) + "\n").encode())
+    if published and tree is not None:
+        run.put_bytes("tree.nwk", (tree.newick() + "\n").encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, draw in (("heatmap.png", heatmap_png), ("dendrogram.png", dendrogram_png)):
+            draw(ids, D if have_D else None, Path(tmp) / name)
+            run.put_file(name, Path(tmp) / name)
+    report_key = run.put_bytes("report.md", "\n".join(md).encode())
+    run.put_json("summary.json", {
+        "status": "published" if published else "refused", "published": published, "tree_kind": tree_kind,
+        "models": ids, "distances": D.tolist() if have_D else None,
+        "suspicious": [list(p) for p in suspicious], "missing": missing,
+        "runs": {m: fp.run for m, fp in fps.items()}, "newick": tree.newick() if (published and tree) else None,
+        "lineage": lineage, "amortization": amort, "provenance": prov, "settings": cfg_summary,
+        "outcomes": [{k: o.get(k) for k in ("model_id", "status", "reason", "attempts")} for o in outcomes],
+    })
+    run.complete(status="ok" if published else "failed")
+    return store.locate(report_key)

@@ -1,0 +1,297 @@
+"""`yard dna CONFIG`: LLM-DNA fingerprints of many models on warm Ray hosts, with the gates.
+
+    yard dna configs/dna.demo.yaml                 # plan, extract, analyse, report
+    yard dna configs/dna.demo.yaml --dry-run       # print the plan (hosts, GPUs, models, memory)
+    yard dna configs/dna.demo.yaml --accept-suspicious
+
+Exit codes: 0 every model fingerprinted and the tree published; 1 a model failed or was skipped
+(every successful model's artifacts are kept, and the report lists each failure with its
+reason: a failure is never "Completed"); 3 the outlier gate refused to publish the tree; 2 bad
+input (config, probe file).
+
+Retries: an infrastructure failure (the host actor or its node died, preemption) requeues the
+model on a fresh host, on another node when there is one; a model-level error is retried once,
+and the same error twice records the model as skipped; a gate failure is final at once.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from actors.config import DnaConfig
+from actors.planner import HostPlan, Plan, node_kinds_from_ray, plan_hosts
+from cluster.config import ConfigError, load_config
+from cluster.jobs import REPO_ROOT, run_job
+from cluster.registry import ModelRegistry
+from cluster.storage import open_store
+
+log = logging.getLogger(__name__)
+DEMO_CONFIG = REPO_ROOT / "configs" / "dna.demo.yaml"
+EXIT_FAILED, EXIT_REFUSED = 1, 3
+
+
+def resolve_registry(cfg: DnaConfig) -> list[str]:
+    paths = list(cfg.registry)
+    if cfg.zoo:
+        from cluster.zoo import build_zoo
+
+        paths.append(str(build_zoo(load_config(cfg.zoo)).registry_path))
+    if not paths:
+        raise ConfigError("dna: registry: empty and no zoo configured (nothing to fingerprint)")
+    return paths
+
+
+def make_plan(cfg: DnaConfig, registry: ModelRegistry, model_ids: list[str]) -> Plan:
+    import ray
+
+    kinds = node_kinds_from_ray(ray.nodes())
+    return plan_hosts(
+        model_ids, registry, kinds,
+        max_hosts=cfg.hosts.max_hosts, cpus_per_host=cfg.hosts.cpus_per_host, gpu_mem_headroom=cfg.hosts.gpu_mem_headroom,
+    )
+
+
+def print_plan(plan: Plan) -> None:
+    from cluster.console import console as make_console
+    from rich.table import Table
+
+    table = Table(title="yard dna: plan")
+    for col in ("host", "node", "CPUs", "GPUs", "placement", "models", "expected GiB / reason"):
+        table.add_column(col, overflow="fold")
+    for row in plan.table():
+        table.add_row(*row)
+    make_console().print(table)
+
+
+@dataclass
+class HostSlot:
+    """A planned host, its live actor and the models still waiting for it."""
+
+    plan: HostPlan
+    queue: deque
+    actor: object = None
+    incarnation: int = 0
+    dead_nodes: list[str] = field(default_factory=list)
+    reports: list[dict] = field(default_factory=list)
+
+
+class Scheduler:
+    """Feeds each host its models one at a time and applies the retry rules."""
+
+    def __init__(self, cfg: DnaConfig, plan: Plan, registry_paths: list[str], job_id: str | None, probes, host_cls=None):
+        import ray
+
+        from actors.host import ModelHost
+
+        self.ray = ray
+        self.host_cls = host_cls or ModelHost
+        self.cfg, self.registry_paths, self.job_id, self.probes = cfg, registry_paths, job_id, probes
+        self.slots = [HostSlot(h, deque(h.models)) for h in plan.hosts]
+        self.attempts: dict[str, list[dict]] = {}
+        self.outcomes: dict[str, dict] = {}
+
+    def _start(self, slot: HostSlot) -> None:
+        opts = dict(num_cpus=slot.plan.num_cpus, num_gpus=slot.plan.num_gpus, max_restarts=0, max_task_retries=0)
+        if slot.dead_nodes:
+            # "retried on another host": prefer any node but the one that just failed
+            alive = [n["NodeID"] for n in self.ray.nodes() if n.get("Alive") and n["NodeID"] not in slot.dead_nodes]
+            if alive:
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(alive[0], soft=True)
+        slot.incarnation += 1
+        host_id = slot.plan.host_id if slot.incarnation == 1 else f"{slot.plan.host_id}.{slot.incarnation}"
+        slot.actor = self.ray.remote(self.host_cls).options(**opts).remote(
+            host_id, self.cfg.model_dump(mode="json"), self.registry_paths,
+            self.cfg.storage.uri, self.cfg.storage.endpoint_url, self.job_id,
+        )
+
+    def _submit(self, slot: HostSlot, inflight: dict) -> None:
+        if not slot.queue:
+            return
+        if slot.actor is None:
+            self._start(slot)
+        mid = slot.queue.popleft()
+        ref = slot.actor.run_model.remote(mid, self.probes.probes, self.probes.probe_set_id, self.probes.sha256)
+        inflight[ref] = (slot, mid)
+
+    def _record(self, slot: HostSlot, mid: str, outcome: dict) -> None:
+        tries = self.attempts.setdefault(mid, [])
+        tries.append(outcome)
+        status = outcome["status"]
+        max_attempts = self.cfg.retries.max_attempts
+        if status == "infra":
+            if len(tries) < max_attempts:
+                log.warning("%s: host failed (%s); retrying on a fresh host", mid, outcome["reason"])
+                slot.queue.appendleft(mid)
+                return
+            outcome = {**outcome, "status": "failed", "reason": f"model {mid}: {len(tries)} host failures: {outcome['reason']}"}
+        elif status == "error":
+            signatures = [t.get("error_signature") for t in tries if t["status"] == "error"]
+            if len(signatures) >= 2 and signatures[-1] == signatures[-2]:
+                outcome = {**outcome, "status": "skipped",
+                           "reason": f"model {mid}: skipped after the same error twice: {outcome.get('error_signature')}"}
+            elif len(tries) < max_attempts:
+                log.warning("%s: %s; retrying once to tell flaky from deterministic", mid, outcome.get("reason"))
+                slot.queue.appendleft(mid)
+                return
+            else:
+                outcome = {**outcome, "status": "failed"}
+        outcome["attempts"] = len(tries)
+        self.outcomes[mid] = outcome
+
+    def run(self) -> list[dict]:
+        ray = self.ray
+        inflight: dict = {}
+        for slot in self.slots:
+            self._submit(slot, inflight)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            ref = ready[0]
+            slot, mid = inflight.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                    ray.exceptions.ObjectLostError) as exc:
+                node = getattr(exc, "node_id", None) or ""
+                slot.dead_nodes.append(node)
+                slot.actor = None  # a fresh host takes the rest of this queue
+                outcome = {"model_id": mid, "status": "infra", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            self._record(slot, mid, outcome)
+            self._submit(slot, inflight)
+        for slot in self.slots:
+            if slot.actor is not None:
+                try:
+                    slot.reports.append(ray.get(slot.actor.host_report.remote(), timeout=60))
+                    ray.get(slot.actor.close.remote(), timeout=60)
+                except ray.exceptions.RayError as exc:
+                    log.warning("could not read %s's report: %s", slot.plan.host_id, exc)
+                ray.kill(slot.actor)
+        return [self.outcomes[m] for m in sorted(self.outcomes)]
+
+    def host_reports(self) -> list[dict]:
+        return [r for s in self.slots for r in s.reports]
+
+
+def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_reports, accept_suspicious: bool):
+    """Distances, tree, gates e (latest-wins) and f (outliers), report. Returns (published, report, summary)."""
+    from actors import analysis
+
+    ok_ids = [o["model_id"] for o in outcomes if o["status"] == "ok"]
+    fps, missing = analysis.load_latest(store, ok_ids)
+    identical = [list(g) for g in cfg.identical]
+    identical += [[mid, *registry.get(mid).identical_to] for mid in ok_ids if registry.get(mid).identical_to]
+    families = {mid: registry.family_of(mid) for mid in fps}
+    ids, dist = analysis.distance_matrix(fps) if len(fps) >= 2 else (list(fps), None)
+    suspicious = analysis.outlier_pairs(ids, dist, cfg.gates.outlier_distance, identical) if dist is not None else []
+    published = bool(dist is not None) and (not suspicious or accept_suspicious)
+    report = analysis.write_report(
+        store, outcomes=outcomes, fps=fps, ids=ids, D=dist, tree_kind=cfg.tree, families=families,
+        suspicious=suspicious, host_reports=host_reports,
+        cfg_summary={"gates": cfg.gates.model_dump(), "generation": cfg.generation.model_dump(), "dna": cfg.dna.model_dump(),
+                     "encoder": cfg.encoder.name, "accept_suspicious": accept_suspicious, "missing": missing},
+        published=published,
+    )
+    summary = {"published": published, "suspicious": [list(p) for p in suspicious], "missing": missing, "report": report}
+    if dist is not None and len(set(families.values())) > 1:
+        acc, _ = analysis.nearest_family_accuracy(ids, dist, families)
+        summary["nearest_family_accuracy"] = acc
+    return published, report, summary
+
+
+def run_dna(
+    cfg: DnaConfig, *, config_path: str | None = None, dry_run: bool = False, accept_suspicious: bool = False, host_cls=None
+) -> tuple[int, dict]:
+    """The whole job; `host_cls` swaps the host class (tests inject failures through it)."""
+    from actors.fingerprint import load_probes
+    from cluster.runtime import connect
+
+    store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
+    registry_paths = resolve_registry(cfg)
+    registry = ModelRegistry.load(registry_paths)
+    model_ids = cfg.models or registry.ids()
+    probes = load_probes(cfg.probes)  # an unreadable probe file stops everything, with one line
+    connect(cfg.ray)
+    plan = make_plan(cfg, registry, model_ids)
+    print_plan(plan)
+    if dry_run:
+        return 0, {"status": "ok", "plan": plan.table(), "report": None}
+    with run_job("dna", cfg, store, config_path=config_path, stall_after_s=cfg.hosts.stall_after_s) as job:
+        t0 = time.time()
+        scheduler = Scheduler(cfg, plan, registry_paths, job.job_id, probes, host_cls)
+        outcomes = scheduler.run()
+        outcomes += [{"model_id": m, "status": "rejected", "reason": r, "attempts": 0} for m, r in plan.rejected.items()]
+        for o in outcomes:
+            if o.get("artifact"):
+                job.add_artifact(o["artifact"])
+        published, report, summary = analyse(cfg, store, registry, outcomes, scheduler.host_reports(), accept_suspicious)
+        job.add_artifact(report)
+        bad = [o for o in outcomes if o["status"] != "ok"]
+        summary.update(models=len(outcomes), failed=len(bad), seconds=round(time.time() - t0, 1),
+                       outcomes={o["model_id"]: o["status"] for o in outcomes})
+        job.summary = summary
+        print_outcomes(outcomes, summary)
+        if bad:
+            job.fail(f"{len(bad)} of {len(outcomes)} model(s) not fingerprinted: "
+                     + "; ".join(f"{o['model_id']} {o['status']}" for o in bad))
+            code = EXIT_FAILED
+        elif not published:
+            job.fail(f"refused to publish: suspicious pairs {summary['suspicious']} (rerun with --accept-suspicious after checking)")
+            code = EXIT_REFUSED
+        else:
+            code = 0
+    return code, {"status": "ok" if code == 0 else "failed", **summary}
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else spec.format(value)
+
+
+def print_outcomes(outcomes: list[dict], summary: dict) -> None:
+    from cluster.console import console as make_console
+    from rich.table import Table
+
+    table = Table(title="yard dna: models")
+    for col in ("model", "status", "attempts", "valid", "avg chars", "s/prompt", "reason"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        stats, timings = o.get("stats") or {}, o.get("timings") or {}
+        table.add_row(
+            o["model_id"], o["status"], str(o.get("attempts", "-")),
+            _fmt(stats.get("valid_fraction"), "{:.0%}"),
+            _fmt(stats.get("avg_chars"), "{:.0f}"),
+            _fmt(timings.get("sec_per_prompt"), "{:.3f}"),
+            o.get("reason") or "",
+        )
+    console = make_console()
+    console.print(table)
+    if "nearest_family_accuracy" in summary:
+        console.print(f"nearest-family accuracy: {summary['nearest_family_accuracy']:.0%}")
+    if summary["suspicious"]:
+        console.print(f"[bold red]suspicious pairs (outlier gate):[/] {summary['suspicious']}")
+    console.print(f"tree {'published' if summary['published'] else 'NOT published'}; report: {summary['report']}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="yard dna", description="LLM-DNA fingerprints on warm Ray hosts")
+    parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--accept-suspicious", action="store_true", help="publish the tree despite suspicious pairs")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, DnaConfig, args.overrides)
+    code, _ = run_dna(cfg, config_path=args.config, dry_run=args.dry_run, accept_suspicious=args.accept_suspicious)
+    return code
+
+
+def demo(store, zoo_registry: str, quick: bool = True) -> dict:
+    """`yard demo`'s DNA step: the demo config on the zoo `yard demo` built."""
+    overrides = ["zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={store.uri}"]
+    if quick:
+        overrides += ["probes.count=16", "generation.max_new_tokens=64"]
+    cfg = load_config(DEMO_CONFIG, DnaConfig, overrides)
+    _, summary = run_dna(cfg, config_path=str(DEMO_CONFIG))
+    return summary

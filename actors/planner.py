@@ -1,0 +1,173 @@
+"""Pack models onto warm hosts, and reject at plan time what no node can run.
+
+Small models share a host and run one after another (the cold start is paid once per host);
+when a GPU has room for several small models, hosts share it side by side (fractional GPUs);
+a model that needs several GPUs gets a host of its own with `device_map="auto"`. A model no node
+can run (compute capability, GPU count, memory, 4/8-bit without CUDA) is rejected here, never
+after loading.
+
+Ray reports GPUs and accelerator types per node, not compute capability or GPU memory, so those
+come from `ACCELERATORS` (extend it, or pass `node_overrides`, for other types).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from cluster.loading import expected_memory_gib
+from cluster.registry import ModelRegistry, ModelSpec
+
+# Ray accelerator type -> (compute capability, GPU memory GiB)
+ACCELERATORS: dict[str, tuple[float, float]] = {
+    "T4": (7.5, 15.0), "V100": (7.0, 31.7), "A10G": (8.6, 22.0), "A10": (8.6, 22.0), "L4": (8.9, 22.0),
+    "L40S": (8.9, 44.4), "L40": (8.9, 44.4), "A100": (8.0, 79.1), "A100-40G": (8.0, 39.4), "A100-80G": (8.0, 79.1),
+    "H100": (9.0, 79.1), "H200": (9.0, 139.8), "B200": (10.0, 178.0), "RTX": (8.6, 22.0),
+}
+MAX_SIDE_BY_SIDE = 4  # hosts sharing one GPU at most
+
+
+@dataclass(frozen=True)
+class NodeKind:
+    """One kind of node of the cluster (Ray groups nodes by resources and accelerator type)."""
+
+    name: str
+    count: int
+    cpus: float
+    gpus: int
+    cuda_capability: float | None
+    gpu_mem_gib: float | None
+    cpu_mem_gib: float
+
+
+@dataclass
+class HostPlan:
+    host_id: str
+    node_kind: str
+    num_cpus: float
+    num_gpus: float
+    models: list[str] = field(default_factory=list)
+    expected_mem_gib: float = 0.0  # the largest model it loads (one at a time)
+    device_map: str = "single device"
+
+    def describe(self) -> str:
+        res = f"{self.num_cpus:g} CPU" + (f", {self.num_gpus:g} GPU" if self.num_gpus else "")
+        return f"{self.host_id} [{self.node_kind}; {res}; {self.device_map}]: {', '.join(self.models)} (~{self.expected_mem_gib:.1f} GiB)"
+
+
+@dataclass
+class Plan:
+    hosts: list[HostPlan]
+    rejected: dict[str, str]  # model id -> one-line reason
+
+    def table(self) -> list[list[str]]:
+        rows = [
+            [h.host_id, h.node_kind, f"{h.num_cpus:g}", f"{h.num_gpus:g}", h.device_map, ", ".join(h.models), f"{h.expected_mem_gib:.2f}"]
+            for h in self.hosts
+        ]
+        rows += [["REJECTED", "-", "-", "-", "-", mid, reason] for mid, reason in self.rejected.items()]
+        return rows
+
+
+def node_kinds_from_ray(ray_nodes: list[dict], node_overrides: dict[str, tuple[float, float]] | None = None) -> list[NodeKind]:
+    """Group Ray's alive nodes into kinds: (CPUs, GPUs, accelerator type)."""
+    table = {**ACCELERATORS, **(node_overrides or {})}
+    groups: dict[tuple, int] = {}
+    for n in ray_nodes:
+        if not n.get("Alive", True):
+            continue
+        res = n.get("Resources", {})
+        accel = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
+        key = (float(res.get("CPU", 0)), int(res.get("GPU", 0)), accel, round(res.get("memory", 0) / 2**30, 1))
+        groups[key] = groups.get(key, 0) + 1
+    kinds = []
+    for (cpus, gpus, accel, mem), count in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][2] or "")):
+        cc, gmem = table.get(accel, (None, None)) if accel else (None, None)
+        name = f"{gpus}x{accel}" if gpus else "cpu"
+        kinds.append(NodeKind(name, count, cpus, gpus, cc, gmem, mem))
+    return kinds
+
+
+def _fits(mid: str, spec: ModelSpec, kind: NodeKind, headroom: float) -> str | None:
+    """None when `kind` can run the model, else why not."""
+    mem = expected_memory_gib(spec)
+    if kind.gpus == 0:
+        if spec.load_in in ("4bit", "8bit"):
+            return f"load_in {spec.load_in} needs a CUDA GPU"
+        if spec.min_cuda_capability is not None:
+            return f"needs compute capability >= {spec.min_cuda_capability}"
+        if kind.cpu_mem_gib and mem > kind.cpu_mem_gib * headroom:
+            return f"needs ~{mem:.1f} GiB, {kind.name} nodes have {kind.cpu_mem_gib:.1f} GiB"
+        return None
+    if spec.num_gpus > kind.gpus:
+        return f"needs {spec.num_gpus} GPUs, {kind.name} nodes have {kind.gpus}"
+    if spec.min_cuda_capability is not None:
+        if kind.cuda_capability is None:
+            return f"needs compute capability >= {spec.min_cuda_capability}, {kind.name} has an unknown one"
+        if kind.cuda_capability < spec.min_cuda_capability:
+            return f"needs compute capability >= {spec.min_cuda_capability}, {kind.name} has {kind.cuda_capability}"
+    if kind.gpu_mem_gib is not None and mem > kind.gpu_mem_gib * spec.num_gpus * headroom:
+        return f"needs ~{mem:.1f} GiB, {spec.num_gpus} x {kind.name.split('x', 1)[-1]} hold {kind.gpu_mem_gib * spec.num_gpus:.0f} GiB"
+    return None
+
+
+def plan_hosts(
+    model_ids: list[str],
+    registry: ModelRegistry,
+    kinds: list[NodeKind],
+    *,
+    max_hosts: int = 2,
+    cpus_per_host: float = 1.0,
+    gpu_mem_headroom: float = 0.9,
+) -> Plan:
+    """Assign every model to a host or reject it with a reason."""
+    rejected: dict[str, str] = {}
+    placed: dict[str, list[tuple[str, ModelSpec]]] = {}  # node kind name -> models
+    for mid in model_ids:
+        if mid not in registry.models:
+            rejected[mid] = f"model {mid}: unknown model id"
+            continue
+        spec = registry.get(mid)
+        reasons = []
+        for kind in kinds:  # GPU kinds first: models run where they run fastest
+            why = _fits(mid, spec, kind, gpu_mem_headroom)
+            if why is None:
+                placed.setdefault(kind.name, []).append((mid, spec))
+                break
+            reasons.append(f"{kind.name}: {why}")
+        else:
+            rejected[mid] = f"model {mid}: no node can run it ({'; '.join(reasons) or 'empty cluster'})"
+
+    hosts: list[HostPlan] = []
+    by_name = {k.name: k for k in kinds}
+    for kind_name, models in placed.items():
+        kind = by_name[kind_name]
+        big = [(m, s) for m, s in models if s.num_gpus > 1]
+        small = [(m, s) for m, s in models if s.num_gpus <= 1]
+        for mid, spec in big:
+            hosts.append(HostPlan(f"host-{len(hosts)}", kind_name, cpus_per_host, spec.num_gpus, [mid],
+                                  expected_memory_gib(spec), "device_map=auto"))
+        if not small:
+            continue
+        if kind.gpus == 0:
+            slots = max(1, min(max_hosts, len(small), int(kind.count * kind.cpus // cpus_per_host) or 1))
+            gpu_share = 0.0
+        else:
+            biggest = max(expected_memory_gib(s) for _, s in small)
+            per_gpu = 1 if kind.gpu_mem_gib is None else max(1, min(MAX_SIDE_BY_SIDE, int(kind.gpu_mem_gib * gpu_mem_headroom // max(biggest, 1e-6))))
+            total_gpus = kind.count * kind.gpus
+            slots = max(1, min(max_hosts, len(small), total_gpus * per_gpu))
+            # side by side only when there are more hosts than GPUs
+            gpu_share = 1.0 if slots <= total_gpus else 1.0 / math.ceil(slots / total_gpus)
+        start = len(hosts)
+        for i in range(slots):
+            device = "cpu" if kind.gpus == 0 else ("single GPU" if gpu_share == 1.0 else f"{gpu_share:g} GPU, side by side")
+            hosts.append(HostPlan(f"host-{start + i}", kind_name, cpus_per_host, gpu_share, [], 0.0, device))
+        # Longest-processing-time first: biggest models spread over the hosts first.
+        loads = [0.0] * slots
+        for mid, spec in sorted(small, key=lambda ms: -ms[1].params_b):
+            i = loads.index(min(loads))
+            host = hosts[start + i]
+            host.models.append(mid)
+            host.expected_mem_gib = max(host.expected_mem_gib, expected_memory_gib(spec))
+            loads[i] += spec.params_b
+    return Plan(hosts, rejected)
