@@ -115,3 +115,24 @@ def test_bad_probe_file_is_one_line_exit_2(zoo, tmp_path, capsys):
     code = yard(["dna", str(DEMO_CONFIG), "zoo=null", f"registry=[{zoo.registry_path}]", f"probes.file={bad}", "--dry-run"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(bad) in err[0]
+
+
+def test_same_model_twice_is_distance_zero_and_the_outlier_gate_refuses_to_publish(ray_local, zoo, tmp_path):
+    import yaml
+
+    twin = {"kind": "models", "models": {"llama-a-twin": {
+        "source": str(Path(zoo.zoo_dir) / "llama-a"), "params_b": 0.001, "family": "llama", "lineage_family": "twin"}}}
+    (tmp_path / "twin.yaml").write_text(yaml.safe_dump(twin))
+    registry = [str(zoo.registry_path), str(tmp_path / "twin.yaml")]
+    cfg = cfg_for(zoo, tmp_path / "a", ["llama-a", "llama-a-twin", "qwen3-b"])
+    cfg = cfg.model_copy(update={"registry": registry})
+    code, summary = run_dna(cfg)
+    assert code == 3 and not summary["published"]  # refused, and never "Completed"
+    ((a, b, d),) = summary["suspicious"]
+    assert {a, b} == {"llama-a", "llama-a-twin"} and d < 1e-6  # greedy: the same fingerprint twice
+    report = Path(summary["report"])
+    assert "REFUSED" in report.read_text() and not (report.parent / "tree.nwk").exists()
+    # declared identical: no longer suspicious, the tree is published
+    cfg = cfg.model_copy(update={"identical": [["llama-a", "llama-a-twin"]], "storage": cfg.storage.model_copy(update={"uri": str(tmp_path / "b")})})
+    code, summary = run_dna(cfg)
+    assert code == 0 and summary["published"] and summary["suspicious"] == []

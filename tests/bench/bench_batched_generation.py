@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores on a GPU "
                    "machine, 1 on a CPU-only run so shared cores do not thrash)")
     p.add_argument("--no-bucketing", action="store_true", help="batches in probe order (no length sort)")
+    p.add_argument("--registry", default=None, help="use this zoo registry as is (no build)")
     p.add_argument("--zoo-dir", default=os.environ.get("YARD_TEST_ZOO_DIR", "~/.cache/modelyard/test-zoo"),
                    help="built there on first use (a cache hit after that; the tests' zoo by default)")
     return p.parse_args(argv)
@@ -55,8 +56,8 @@ def main(argv=None) -> None:
         sys.exit("--device cuda: no CUDA GPU visible")
     on_gpu = torch.cuda.is_available()
     torch.set_num_threads(args.threads or (torch.get_num_threads() if on_gpu else 1))
-    zoo = build_zoo(default_zoo_config([f"zoo_dir={args.zoo_dir}"]))
-    registry = ModelRegistry.load([zoo.registry_path])
+    registry_path = args.registry or build_zoo(default_zoo_config([f"zoo_dir={args.zoo_dir}"])).registry_path
+    registry = ModelRegistry.load([registry_path])
     spec = registry.get(args.model)
     # the registry says bf16 for zoo models; the benchmark's --dtype decides (a CPU computes fp32 anyway)
     registry = ModelRegistry({**registry.models, args.model: spec.model_copy(update={"load_in": args.dtype})})

