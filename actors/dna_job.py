@@ -179,6 +179,7 @@ class Scheduler:
 def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_reports, accept_suspicious: bool):
     """Distances, tree, gates e (latest-wins) and f (outliers), report. Returns (published, report, summary)."""
     from actors import analysis
+    from actors.report import write_report
 
     ok_ids = [o["model_id"] for o in outcomes if o["status"] == "ok"]
     fps, missing = analysis.load_latest(store, ok_ids)
@@ -188,7 +189,7 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
     ids, dist = analysis.distance_matrix(fps) if len(fps) >= 2 else (list(fps), None)
     suspicious = analysis.outlier_pairs(ids, dist, cfg.gates.outlier_distance, identical) if dist is not None else []
     published = bool(dist is not None) and (not suspicious or accept_suspicious)
-    report = analysis.write_report(
+    report = write_report(
         store, outcomes=outcomes, fps=fps, ids=ids, D=dist, tree_kind=cfg.tree, families=families,
         suspicious=suspicious, host_reports=host_reports,
         cfg_summary={"gates": cfg.gates.model_dump(), "generation": cfg.generation.model_dump(), "dna": cfg.dna.model_dump(),

@@ -11,7 +11,6 @@ import pytest
 from actors.analysis import (
     Node,
     Tree,
-    amortization,
     distance_matrix,
     family_pair_auroc,
     load_latest,
@@ -19,8 +18,8 @@ from actors.analysis import (
     neighbor_joining,
     outlier_pairs,
     upgma,
-    write_report,
 )
+from actors.report import amortization, write_report
 from actors.config import DnaConfig
 from actors.fingerprint import ProvenanceError, make_provenance
 from cluster.storage import new_run_name
