@@ -326,6 +326,8 @@ class ProgressReporter:
             return
         now = self.clock()
         self.status, self.message = status, message
+        if status == "succeeded":  # a failure keeps the phase it failed in; success has none left
+            self.phase_name, self.item = "done", None
         self._write(now, force=True)
         self._log(now, f"{status} {self._count()} in {format_duration(now - self.started_at)}"
                   + (f": {message}" if message else ""))

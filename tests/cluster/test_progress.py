@@ -181,7 +181,16 @@ def test_exception_in_context_marks_the_task_failed(store, clock):
     rec = store.get_state(progress_key(job_id, "main"))
     assert rec["status"] == "failed"
     assert rec["message"] == "RuntimeError: CUDA out of memory"
-    assert rec["phase"] == "generating"
+    assert rec["phase"] == "generating"  # where it failed
+
+
+def test_success_ends_in_phase_done(store, clock):
+    job_id = start_job(store, "dna")
+    with ProgressReporter(store, job_id, total=1, console=False, clock=clock) as rep:
+        rep.phase("generating", item="llama-a")
+        rep.advance(item="llama-a")
+    rec = store.get_state(progress_key(job_id, "main"))
+    assert (rec["status"], rec["phase"], rec["item"]) == ("succeeded", "done", None)
 
 
 def test_context_success_and_explicit_finish_wins(store, clock):

@@ -100,7 +100,7 @@ def test_markdown_report(store, tmp_path, capsys):
     md = out.read_text()
     assert "**1 succeeded**" in md and f"## {job_id}: SUCCEEDED" in md
     assert "| task | status | phase | item | progress |" in md
-    assert "| main | SUCCEEDED | generating | llama-a | 4/4 (100.0%) |" in md
+    assert "| main | SUCCEEDED | done | - | 4/4 (100.0%) |" in md
     assert "configs/dna.yaml" in md and "jobs/dna/run/manifest.json" in md
     assert f"wrote {out}" in capsys.readouterr().out
 
