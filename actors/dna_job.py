@@ -23,25 +23,15 @@ from dataclasses import dataclass, field
 
 from actors.config import DnaConfig
 from actors.planner import HostPlan, Plan, node_kinds_from_ray, plan_hosts
-from cluster.config import ConfigError, load_config
+from cluster.config import load_config
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import open_store
+from cluster.zoo import registry_paths as zoo_registry_paths
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "dna.demo.yaml"
 EXIT_FAILED, EXIT_REFUSED = 1, 3
-
-
-def resolve_registry(cfg: DnaConfig) -> list[str]:
-    paths = list(cfg.registry)
-    if cfg.zoo:
-        from cluster.zoo import build_zoo
-
-        paths.append(str(build_zoo(load_config(cfg.zoo)).registry_path))
-    if not paths:
-        raise ConfigError("dna: registry: empty and no zoo configured (nothing to fingerprint)")
-    return paths
 
 
 def make_plan(cfg: DnaConfig, registry: ModelRegistry, model_ids: list[str]) -> Plan:
@@ -211,7 +201,7 @@ def run_dna(
     from cluster.runtime import connect
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
-    registry_paths = resolve_registry(cfg)
+    registry_paths = zoo_registry_paths(cfg.registry, cfg.zoo, "dna")
     registry = ModelRegistry.load(registry_paths)
     model_ids = cfg.models or registry.ids()
     probes = load_probes(cfg.probes)  # an unreadable probe file stops everything, with one line

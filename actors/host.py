@@ -143,9 +143,6 @@ class ModelHost:
             self.reporter.phase("idle", stall_after_s=IDLE_STALL_AFTER_S)
 
     # --- public -------------------------------------------------------------------------------
-    def ping(self) -> str:
-        return self.host_id
-
     def run_queue(self, items: list[tuple[str, list, str, str]]) -> list[dict]:
         """Run (model_id, probes, probe_set_id, probe_sha256) items one after another, warm."""
         self._expect(sum(len(item[1]) for item in items))

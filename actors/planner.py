@@ -49,10 +49,6 @@ class HostPlan:
     expected_mem_gib: float = 0.0  # the largest model it loads (one at a time)
     device_map: str = "single device"
 
-    def describe(self) -> str:
-        res = f"{self.num_cpus:g} CPU" + (f", {self.num_gpus:g} GPU" if self.num_gpus else "")
-        return f"{self.host_id} [{self.node_kind}; {res}; {self.device_map}]: {', '.join(self.models)} (~{self.expected_mem_gib:.1f} GiB)"
-
 
 @dataclass
 class Plan:

@@ -99,20 +99,6 @@ class ChatWorker:
         return out
 
 
-def resolve_registry(cfg: ChatJobConfig) -> list[str]:
-    paths = list(cfg.registry)
-    if cfg.zoo:
-        from cluster.zoo import build_zoo
-
-        zoo = build_zoo(load_config(cfg.zoo))
-        paths.append(str(zoo.registry_path))
-    if not paths:
-        from cluster.config import ConfigError
-
-        raise ConfigError("chat: registry: empty and no zoo configured (nothing to load)")
-    return paths
-
-
 def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, dict]:
     """The chat job; returns (exit code, summary with the report location)."""
     import ray
@@ -121,7 +107,9 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
     from cluster.runtime import connect
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
-    registry_paths = resolve_registry(cfg)
+    from cluster.zoo import registry_paths as zoo_registry_paths
+
+    registry_paths = zoo_registry_paths(cfg.registry, cfg.zoo, "chat")
     registry = ModelRegistry.load(registry_paths)
     model_ids = cfg.models or registry.ids()
     for mid in model_ids:

@@ -32,12 +32,6 @@ class NodeFacts:
     def max_capability(self) -> float | None:
         return max(self.cuda_capabilities) if self.cuda_capabilities else None
 
-    def describe(self) -> str:
-        if not self.cuda:
-            return f"{self.hostname}: CPU only, {self.cpu_count} cores, {self.cpu_mem_gib:.0f} GiB RAM"
-        gpus = ", ".join(f"{n} (cc {c})" for n, c in zip(self.gpu_names, self.cuda_capabilities))
-        return f"{self.hostname}: {self.gpu_count} GPU(s): {gpus}"
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -256,6 +256,15 @@ class ArtifactStore(abc.ABC):
             return Artifact(run, f"{run.prefix}/{MARKER}") if not prefer else None
         return None
 
+    def find_cached(self, kind: str, model_id: str, cache_key: dict, filename: str) -> RunInfo | None:
+        """The newest complete ok run of (kind, model_id) completed with `cache_key=...` equal to
+        `cache_key` and holding `filename`: computed-once results (BI scores, teacher logits)
+        cached over the append-only runs. Write them with `run.complete(cache_key=...)`."""
+        for run in reversed(self.runs(kind, model_id)):
+            if run.ok and run.marker.get("cache_key") == cache_key and filename in run.marker.get("files", []):
+                return run
+        return None
+
     # --- mutable state area -------------------------------------------------------------------
     def put_state(self, key: str, obj: Any) -> None:
         self.put_bytes(f"{STATE_PREFIX}/{key}", json.dumps(obj, default=str).encode())

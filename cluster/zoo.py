@@ -443,3 +443,14 @@ def register_child(zoo_dir: str | Path, model_id: str, path: str | Path, parent:
         _write_registry(zoo_dir, models)
     log.info("registered %s (%s of %s) in %s", model_id, derivation, parent, zoo_dir / REGISTRY_NAME)
     return spec
+
+
+def registry_paths(registry: list[str], zoo_config: str | None, job: str) -> list[str]:
+    """A job's registry files: the configured ones plus, when a zoo config is named, the zoo's
+    own registry (the zoo is built, or reused from its cache, first)."""
+    paths = list(registry)
+    if zoo_config:
+        paths.append(str(build_zoo(load_config(zoo_config)).registry_path))
+    if not paths:
+        raise ConfigError(f"{job}: registry: empty and no zoo configured (no model to run)")
+    return paths

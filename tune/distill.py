@@ -124,18 +124,18 @@ def teacher_logits_cached(store: ArtifactStore, base_id: str, teacher, tokenizer
     `store` (kind "teacher"); later calls read it back and never touch the teacher or tokenizer."""
     texts = _check_args(texts, top_k, max_length)
     key = teacher_cache_key(base_id, texts, top_k, max_length)
-    for run in reversed(store.runs(TEACHER_KIND, base_id)):
-        if run.ok and run.marker.get("teacher_key") == key and TEACHER_FILE in run.marker.get("files", []):
-            log.info("teacher top-%d logits for %s from the store: %s", top_k, base_id, run.prefix)
-            ids, vals, idx = _unpack(store.get_bytes(f"{run.prefix}/{TEACHER_FILE}"))
-            return TeacherCache(ids, vals, idx, key=key, teacher_forward_passes=0, prefix=run.prefix)
+    run = store.find_cached(TEACHER_KIND, base_id, key, TEACHER_FILE)
+    if run is not None:
+        log.info("teacher top-%d logits for %s from the store: %s", top_k, base_id, run.prefix)
+        ids, vals, idx = _unpack(store.get_bytes(f"{run.prefix}/{TEACHER_FILE}"))
+        return TeacherCache(ids, vals, idx, key=key, teacher_forward_passes=0, prefix=run.prefix)
     cache = teacher_topk(teacher, tokenizer, texts, top_k=top_k, max_length=max_length)
     cache.key = key
     writer = store.new_run(TEACHER_KIND, base_id)
     writer.put_bytes(TEACHER_FILE, _pack(cache))
     writer.put_json(TEACHER_KEY_FILE, {"key": key, "texts": len(texts),
                                        "tokens": int(sum(len(i) for i in cache.input_ids))})
-    writer.complete(teacher_key=key, teacher_forward_passes=cache.teacher_forward_passes)
+    writer.complete(cache_key=key, teacher_forward_passes=cache.teacher_forward_passes)
     cache.prefix = writer.prefix
     log.info("teacher top-%d logits for %s: %d forward passes, stored at %s", top_k, base_id,
              cache.teacher_forward_passes, writer.prefix)

@@ -136,12 +136,12 @@ def bi_scores_cached(store: ArtifactStore, base_id: str, model, tokenizer, texts
     """`block_influence` computed once per (base, calibration texts, variant) and kept in `store`
     (kind "bi"); later calls read the stored scores and never run the model."""
     key = bi_cache_key(base_id, texts, variant)
-    for run in reversed(store.runs(BI_KIND, base_id)):
-        if run.ok and run.marker.get("bi_key") == key and BI_FILE in run.marker.get("files", []):
-            log.info("BI scores for %s (%s) from the store: %s", base_id, variant, run.prefix)
-            return list(store.get_json(f"{run.prefix}/{BI_FILE}")["scores"])
+    run = store.find_cached(BI_KIND, base_id, key, BI_FILE)
+    if run is not None:
+        log.info("BI scores for %s (%s) from the store: %s", base_id, variant, run.prefix)
+        return list(store.get_json(f"{run.prefix}/{BI_FILE}")["scores"])
     scores = block_influence(model, tokenizer, texts, variant=variant)
     writer = store.new_run(BI_KIND, base_id)
     writer.put_json(BI_FILE, {"key": key, "scores": scores})
-    writer.complete(bi_key=key)
+    writer.complete(cache_key=key)
     return scores

@@ -132,7 +132,6 @@ def test_a_warm_host_runs_a_queue_and_bad_models_do_not_stop_it(zoo, tmp_path, s
     assert record["host_start"]["encoder_load_s"] == report["encoder_load_s"]
     host.close()
     assert store.get_state(f"progress/{job_id}/host-0.json")["status"] == "succeeded"
-    assert host.ping() == "host-0"
 
 
 def test_sanity_gate_fails_the_model_before_any_generation(zoo, store, loaded):

@@ -233,3 +233,12 @@ def test_cli_build_reports_a_cache_hit_and_config_errors(tmp_path, capsys):
     assert "seq_len: 4" in capsys.readouterr().err
     assert main(["list", "--zoo-dir", str(tmp_path / "nowhere")]) == 2
     assert "no zoo here" in capsys.readouterr().err
+
+
+def test_registry_paths_keep_configured_files_and_reject_nothing_to_run():
+    from cluster.config import ConfigError
+    from cluster.zoo import registry_paths
+
+    assert registry_paths(["configs/models.yaml"], None, "chat") == ["configs/models.yaml"]
+    with pytest.raises(ConfigError, match="^dna: registry: empty and no zoo configured"):
+        registry_paths([], None, "dna")
