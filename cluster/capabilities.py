@@ -13,6 +13,8 @@ JOBS: dict[str, str] = {
     "demo": "cluster.demo:main",
     "chat": "cluster.demo:chat_main",
     "dna": "actors.dna_job:main",
+    "sweep": "tune.sweep:main",
+    "package": "tune.package:main",
 }
 
 # One line per job for `yard --help`.
@@ -23,6 +25,8 @@ JOB_HELP: dict[str, str] = {
     "demo": "the main job: build/reuse the zoo and run every capability's demo on local Ray",
     "chat": "load every registered (or zoo) model on a Ray actor and answer one chat prompt",
     "dna": "LLM-DNA fingerprints on warm Ray hosts, with the playbook's gates (dna CONFIG [--dry-run])",
+    "sweep": "compression recipe sweep with Ray Tune: prune x KD x LoRA x quant (sweep CONFIG [--resume])",
+    "package": "zip the best candidates of a sweep: package NAME --top N -> submit_<rank>.zip",
 }
 
 # config `kind:` -> "module:Class" (a cluster.config.YardModel subclass).
@@ -32,6 +36,7 @@ CONFIG_KINDS: dict[str, str] = {
     "chat": "cluster.demo:ChatJobConfig",
     "dna": "actors.config:DnaConfig",
     "probes": "actors.fingerprint:ProbesFile",
+    "sweep": "tune.config:SweepConfig",
 }
 
 # Demos `yard demo` runs after the foundation's own, in order: name -> "module:function".
@@ -39,4 +44,5 @@ CONFIG_KINDS: dict[str, str] = {
 # "status" ("ok"/"failed") and "report" (a path or URI).
 DEMOS: dict[str, str] = {
     "dna": "actors.dna_job:demo",
+    "sweep": "tune.sweep:demo",
 }

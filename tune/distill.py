@@ -118,17 +118,29 @@ def teacher_topk(teacher, tokenizer, texts: list[str], *, top_k: int = 32, max_l
     return TeacherCache(ids_out, vals_out, idx_out, teacher_forward_passes=passes)
 
 
+def stored_teacher_logits(store: ArtifactStore, base_id: str, texts: list[str], *, top_k: int = 32,
+                          max_length: int = 128) -> TeacherCache | None:
+    """The cached top-k logits for exactly these arguments, or None: trials read them this way
+    and never hold a teacher."""
+    texts = _check_args(texts, top_k, max_length)
+    key = teacher_cache_key(base_id, texts, top_k, max_length)
+    run = store.find_cached(TEACHER_KIND, base_id, key, TEACHER_FILE)
+    if run is None:
+        return None
+    log.info("teacher top-%d logits for %s from the store: %s", top_k, base_id, run.prefix)
+    ids, vals, idx = _unpack(store.get_bytes(f"{run.prefix}/{TEACHER_FILE}"))
+    return TeacherCache(ids, vals, idx, key=key, teacher_forward_passes=0, prefix=run.prefix)
+
+
 def teacher_logits_cached(store: ArtifactStore, base_id: str, teacher, tokenizer, texts: list[str], *,
                           top_k: int = 32, max_length: int = 128) -> TeacherCache:
     """`teacher_topk` computed once per (base, calibration texts, top_k, max_length) and kept in
     `store` (kind "teacher"); later calls read it back and never touch the teacher or tokenizer."""
     texts = _check_args(texts, top_k, max_length)
     key = teacher_cache_key(base_id, texts, top_k, max_length)
-    run = store.find_cached(TEACHER_KIND, base_id, key, TEACHER_FILE)
-    if run is not None:
-        log.info("teacher top-%d logits for %s from the store: %s", top_k, base_id, run.prefix)
-        ids, vals, idx = _unpack(store.get_bytes(f"{run.prefix}/{TEACHER_FILE}"))
-        return TeacherCache(ids, vals, idx, key=key, teacher_forward_passes=0, prefix=run.prefix)
+    hit = stored_teacher_logits(store, base_id, texts, top_k=top_k, max_length=max_length)
+    if hit is not None:
+        return hit
     cache = teacher_topk(teacher, tokenizer, texts, top_k=top_k, max_length=max_length)
     cache.key = key
     writer = store.new_run(TEACHER_KIND, base_id)

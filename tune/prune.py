@@ -66,7 +66,8 @@ def block_influence(model, tokenizer, texts: list[str], *, variant: str = "cosin
                 for i in range(n):
                     cos = torch.nn.functional.cosine_similarity(
                         states[i][mask].double(), states[i + 1][mask].double(), dim=-1).clamp(-1.0, 1.0)
-                    sums[i] += (1.0 - cos).sum() if variant == "cosine" else (torch.arccos(cos) / math.pi).sum()
+                    part = (1.0 - cos).sum() if variant == "cosine" else (torch.arccos(cos) / math.pi).sum()
+                    sums[i] += part.item()
                 count += int(mask.sum())
     finally:
         hook.remove()

@@ -9,6 +9,8 @@ from actors.generation import generate_batched, generate_sequential, render_prom
 from cluster.loading import LoadError, load_model
 from cluster.registry import ModelRegistry
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 # Unsorted lengths on purpose, so bucketing must reorder them and put them back.
 PROMPTS = [
     "Tell me about the weather.",
@@ -18,17 +20,6 @@ PROMPTS = [
     "How do I learn to play chess well, and how long does it usually take?",
     "Name a fruit.",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 shared cores: more torch threads than free cores makes generation ~100x slower
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -61,8 +61,20 @@ def test_unknown_model_id_fails_before_any_work(zoo, tmp_path):
 
 
 def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
-    code = main(["--store", str(tmp_path), "--zoo-dir", str(zoo.zoo_dir)])
+    import shutil
+
+    import yaml
+
+    # a copy: the sweep demo registers its best candidates in the zoo it ran on
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(zoo.zoo_dir, zoo_dir)
+    store = tmp_path / "store"
+    code = main(["--store", str(store), "--zoo-dir", str(zoo_dir)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "(cache hit)" in out  # the session's zoo is reused, not rebuilt
-    assert "chat       ok" in out and f"report: {tmp_path}/reports/chat/" in out
+    assert "chat       ok" in out and f"report: {store}/reports/chat/" in out
+    assert "sweep      ok" in out and f"report: {store}/sweep/demo-quick/" in out
+    registered = yaml.safe_load((zoo_dir / "models.yaml").read_text())["models"]
+    children = {m: s for m, s in registered.items() if m.startswith("demo-quick.")}
+    assert 1 <= len(children) <= 3 and all(s["parent"] == "exaone4-c" for s in children.values())

@@ -1,0 +1,441 @@
+"""`yard sweep CONFIG`: a compression recipe search with Ray Tune, ranked the way the users rank lanes.
+
+    yard sweep configs/sweep.demo.yaml                  # validate, prepare once, run the trials, publish
+    yard sweep configs/sweep.demo.yaml --resume         # continue the newest unfinished run (Tuner.restore)
+    yard package demo --top 3                           # submit_<rank>.zip (tune/package.py)
+
+Order of work: every input is checked before Ray Tune starts (prune depth against the base's
+layers, quantization schemes against the cluster's GPUs, the calibration set, every benchmark
+file). A prepare task then computes, once per base, what all trials share: the Block Influence
+scores, the teacher's top-k logits over the largest `kd_samples`, and the baseline evaluation
+(each cached in the store, so a resumed or repeated sweep pays nothing). The trials follow
+(`tune.trial.run_trial`), then the leaderboard, plots and candidates are published as a store run
+of kind "sweep" and the candidates join the zoo's lineage.
+
+Tune's own files (TensorBoard events, progress.csv per trial, the experiment state that
+`--resume` restores) live under `<store>/tune/<name>-<run>/`: `tensorboard --logdir` that folder.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.config import ConfigError, load_config
+from cluster.jobs import REPO_ROOT, run_job
+from cluster.registry import ModelRegistry
+from cluster.storage import ArtifactStore, new_run_name, open_store
+from cluster.zoo import REGISTRY_NAME, register_child
+from cluster.zoo import registry_paths as zoo_registry_paths
+from tune.config import SweepConfig
+
+log = logging.getLogger(__name__)
+DEMO_CONFIG = REPO_ROOT / "configs" / "sweep.demo.yaml"
+SWEEP_KIND = "sweep"
+# A killed driver loses at most this much of Tune's trial bookkeeping (the state is tiny).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+
+
+@dataclass
+class Validated:
+    """A sweep's inputs, all checked: what the prepare step and the trials get."""
+
+    registry_paths: list[str]
+    items: list  # calibration items (unrendered)
+    benchmarks: list
+    layers: int
+    cuda_capabilities: tuple[float, ...]
+
+
+def _base_layers(registry: ModelRegistry, base: str) -> int:
+    from transformers import AutoConfig
+
+    from cluster.loading import decide_load, resolve_source
+    from cluster.node import node_facts
+
+    spec = registry.get(base)
+    plan = decide_load(base, spec, node_facts())
+    config = AutoConfig.from_pretrained(resolve_source(plan), revision=plan.revision,
+                                        trust_remote_code=plan.trust_remote_code)
+    return int(getattr(config, "num_hidden_layers"))
+
+
+def _trial_capabilities(gpus_per_trial: float) -> tuple[float, ...]:
+    """CUDA capabilities where a trial would run: () for CPU trials; for GPU trials, those of a
+    node Ray places a probe task with the trial's GPU request on."""
+    if gpus_per_trial == 0:
+        return ()
+    import ray
+
+    from cluster.node import node_facts
+
+    probe = ray.remote(num_gpus=min(gpus_per_trial, 1.0), num_cpus=0)(lambda: node_facts().cuda_capabilities)
+    ready, _ = ray.wait([ref := probe.remote()], timeout=120)
+    if not ready:
+        ray.cancel(ref, force=True)
+        raise ConfigError(f"resources.gpus_per_trial: {gpus_per_trial}: no node with a free GPU answered in 120 s")
+    return tuple(ray.get(ref))
+
+
+def validate(cfg: SweepConfig, config_path: str | None, registry_paths: list[str]) -> Validated:
+    """Every check that can fail before a trial starts; ConfigError/UserError with one line."""
+    from tune.calibration import load_items
+    from tune.evaluate import load_benchmarks
+    from tune.quantize import scheme_problem
+
+    registry = ModelRegistry.load(registry_paths)
+    registry.get(cfg.base)  # unknown base: one line naming the registered ids
+    layers = _base_layers(registry, cfg.base)
+    depth = cfg.search.space.prune_depth.upper()
+    if depth >= layers:
+        raise ConfigError(f"search.space.prune_depth: {depth} >= {layers}, the decoder layers of {cfg.base} "
+                          f"(at most {layers - 1})")
+    caps = _trial_capabilities(cfg.resources.gpus_per_trial)
+    for scheme in cfg.search.space.quant.values():
+        problem = scheme_problem(scheme, caps)
+        if problem:
+            raise ConfigError(f"search.space.quant: {problem}")
+    items = load_items(cfg.calibration, config_path)
+    base_dir = Path(config_path).resolve().parent if config_path else None
+    benchmarks = load_benchmarks(cfg.eval, base_dir)
+    return Validated(registry_paths, items, benchmarks, layers, caps)
+
+
+def prepare(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_url: str | None, items: list,
+            benchmarks: list) -> dict:
+    """Once per sweep, on a trial-sized slot: the rendered calibration texts, BI scores, teacher
+    top-k logits and the baseline, each computed at most once per base (store caches)."""
+    import torch
+
+    from cluster.loading import load_model
+    from tune.calibration import render, split
+    from tune.distill import teacher_logits_cached
+    from tune.evaluate import baseline_cached, hardware_key
+    from tune.prune import bi_scores_cached
+
+    cfg = SweepConfig.model_validate(cfg_dict)
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_trial)))  # the baseline is timed like a trial
+    store = open_store(store_uri, endpoint_url)
+    registry = ModelRegistry.load(registry_paths)
+    spec = registry.get(cfg.base)
+    model, tokenizer, _ = load_model(cfg.base, registry)
+    calibration, holdout = split(render(items, tokenizer), cfg.calibration)
+    bi = bi_scores_cached(store, cfg.base, model, tokenizer, calibration, variant=cfg.prune.variant)
+    n_teacher = int(cfg.search.space.kd_samples.upper())
+    teacher_passes = 0
+    if n_teacher:
+        cache = teacher_logits_cached(store, cfg.base, model, tokenizer, calibration[:n_teacher],
+                                      top_k=cfg.kd.top_k, max_length=cfg.calibration.max_length)
+        teacher_passes = cache.teacher_forward_passes
+    device = next(model.parameters()).device
+    baseline, was_cached = baseline_cached(store, cfg.base, lambda: (model, tokenizer), benchmarks, cfg.eval,
+                                           spec=spec, hardware=hardware_key(device))
+    size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    return {"calibration": calibration, "holdout": holdout, "bi_scores": bi, "teacher_forward_passes": teacher_passes,
+            "teacher_key": {"texts": n_teacher, "top_k": cfg.kd.top_k, "max_length": cfg.calibration.max_length},
+            "baseline": baseline.to_dict(), "baseline_cached": was_cached, "base_size_mb": round(size_mb, 3),
+            "layers": int(model.config.num_hidden_layers)}
+
+
+def tune_storage(store: ArtifactStore, endpoint_url: str | None):
+    """(storage_path, storage_filesystem) for Ray Tune beside the artifact store."""
+    if store.uri.startswith("s3://"):
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            from pyarrow import fs
+
+            return f"{store.uri[len('s3://'):].rstrip('/')}/tune", fs.S3FileSystem(endpoint_override=endpoint)
+        return f"{store.uri.rstrip('/')}/tune", None
+    return str(Path(store.uri).resolve() / "tune"), None
+
+
+def _state_key(name: str, run: str) -> str:
+    return f"sweeps/{name}/{run}.json"
+
+
+def unfinished_run(store: ArtifactStore, name: str) -> dict:
+    """The newest sweep run of `name` that did not publish; ConfigError when there is none."""
+    runs = sorted(k for k in store.list_state(f"sweeps/{name}/") if k.endswith(".json"))
+    for key in reversed(runs):
+        state = store.get_state(key)
+        if state.get("status") != "published":
+            return state
+    raise ConfigError(f"--resume: sweep {name!r} has no unfinished run in {store.uri} (start one without --resume)")
+
+
+_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})")
+
+
+def rows_from_results(grid) -> list[dict]:
+    """One leaderboard row per trial: ok (scored), stopped (ASHA) or error (one line)."""
+    rows = []
+    for result in grid:
+        metrics, config = dict(result.metrics or {}), dict(result.config or {})
+        match = _TRIAL_ID.search(Path(str(result.path)).name)
+        trial_id = metrics.get("trial_id") or (match.group(1) if match else Path(str(result.path)).name)
+        row = {k: config.get(k) for k in ("prune_depth", "kd_samples", "lora_rank", "quant", "ffn_keep_ratio")}
+        row["trial_id"] = trial_id
+        for key in ("layers", "perf", "sec_per_token", "perf_norm", "speed_norm", "score", "size_mb", "kd_loss",
+                    "val_loss", "candidate", "seconds"):
+            row[key] = metrics.get(key)
+        row.update({k: v for k, v in metrics.items() if k.startswith("perf.")})
+        if result.error is not None:
+            row["status"], row["error"] = "error", str(result.error).strip().splitlines()[-1][:300]
+        elif metrics.get("score") is not None:
+            row["status"], row["error"] = "ok", None
+        else:
+            row["status"] = "stopped"
+            val = metrics.get("val_loss")
+            row["error"] = (f"stopped early by ASHA after stage {metrics.get('stage', '?')}"
+                            + (f" (val_loss {val:.4f})" if isinstance(val, (int, float)) else ""))
+        rows.append(row)
+    return rows
+
+
+def _zoo_dir_of(base: str, registry_paths: list[str]) -> Path | None:
+    for path in registry_paths:
+        p = Path(path)
+        if p.name == REGISTRY_NAME and base in ModelRegistry.load([p]).ids():
+            return p.parent
+    return None
+
+
+def _lineage_kind(config: dict) -> str:
+    """The registry's derivation word for a recipe: the step that changed the most."""
+    if int(config["prune_depth"]) or float(config.get("ffn_keep_ratio", 1.0)) < 1.0:
+        return "pruned"
+    if int(config["kd_samples"]):
+        return "distilled"
+    if int(config["lora_rank"]):
+        return "lora_merged"
+    return "quantized" if config["quant"] != "none" else "other"
+
+
+def register_candidates(store: ArtifactStore, rows: list[dict], cfg: SweepConfig, registry_paths: list[str]) -> list[str]:
+    """The best `cfg.register_top` candidates join the zoo's lineage as children of the base, under
+    stable ids `<sweep>.<recipe>` (rerunning a sweep replaces its entries instead of piling up).
+    Local stores only: the zoo registry points at local model dirs."""
+    from tune.leaderboard import rank_rows
+    from tune.trial import CANDIDATE_FILE
+
+    zoo_dir = _zoo_dir_of(cfg.base, registry_paths)
+    if not cfg.register_top or zoo_dir is None or store.uri.startswith("s3://"):
+        why = "register_top is 0" if not cfg.register_top else "the base is not a zoo model" if zoo_dir is None else "S3 store"
+        log.info("candidates not registered in a zoo: %s", why)
+        return []
+    added: list[str] = []
+    for row in [r for r in rank_rows(rows) if r.get("rank") and r.get("candidate")][:cfg.register_top]:
+        info = store.get_json(f"{row['candidate']}/{CANDIDATE_FILE}")
+        model_id = f"{cfg.name}.{info['derivation']}"
+        if model_id in added:  # two trials of one recipe (sampled dimensions): keep both
+            model_id = f"{model_id}.{row['trial_id']}"
+        register_child(zoo_dir, model_id, Path(store.uri) / row["candidate"] / "model", parent=cfg.base,
+                       derivation=_lineage_kind(info["config"]), replace=True,
+                       notes=f"sweep {info['sweep']} run {info['sweep_run']} trial {info['trial_id']}: "
+                             f"{info['derivation']}, Score {row['score']}")
+        added.append(model_id)
+    return added
+
+
+def publish(store: ArtifactStore, cfg: SweepConfig, run: str, rows: list[dict], baseline: dict, summary: dict) -> str:
+    """Leaderboard (md, csv, html), plots, rows and summary as the store run sweep/<name>/<run>."""
+    from tune.leaderboard import write_leaderboard
+
+    writer = store.new_run(SWEEP_KIND, cfg.name, name=run)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_leaderboard(rows, baseline, Path(tmp), title=f"sweep {cfg.name} ({run}) on {cfg.base}")
+        for path in paths.values():
+            writer.put_file(Path(path).name, path)
+    writer.put_json("rows.json", rows)
+    writer.put_json("baseline.json", baseline)
+    writer.put_json("summary.json", summary)
+    writer.complete(trials=len(rows), ok=sum(r["status"] == "ok" for r in rows))
+    return writer.prefix
+
+
+class _Progress:
+    """A Tune callback feeding `yard status` (rate and ETA over finished trials)."""
+
+    def __new__(cls, reporter):
+        from ray import tune
+
+        class Callback(tune.Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                reporter.heartbeat(trial=trial.trial_id, stage=result.get("stage"))
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                reporter.advance(item=trial.trial_id)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                reporter.advance(item=f"{trial.trial_id} (error)")
+
+        return Callback()
+
+
+def _tuner(cfg: SweepConfig, trainable, storage_path: str, filesystem, experiment: str, reporter):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    search_alg = None
+    if cfg.search.algorithm == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric="score", mode="max", sampler=optuna.samplers.TPESampler(seed=cfg.search.seed))
+    elif cfg.search.algorithm == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=cfg.search.seed)
+    scheduler = None
+    if cfg.search.asha.enabled:
+        # ASHA compares trials on the validation loss each stage reports; Optuna ranks on the final score.
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_loss", mode="min", max_t=4,
+                                  grace_period=cfg.search.asha.grace_period,
+                                  reduction_factor=cfg.search.asha.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=cfg.search.space.to_tune(),
+        # reuse_actors: a trial process (imports, CUDA context) serves the next trial too
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=cfg.search.num_samples,
+                                    max_concurrent_trials=cfg.search.max_concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=filesystem,
+                                  callbacks=[_Progress(reporter)], failure_config=tune.FailureConfig(max_failures=0),
+                                  verbose=1),
+    )
+
+
+def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool = False,
+              restart_errored: bool = False) -> tuple[int, dict]:
+    """The whole job. Exit code 0 when at least one trial produced a scored candidate and nothing
+    errored, 1 otherwise (every finished trial is still published)."""
+    import ray
+    from ray import tune
+
+    from cluster.progress import ProgressReporter
+    from cluster.runtime import connect
+    from tune.trial import TrialSetup, run_trial
+
+    store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
+    # absolute: Tune runs each trial in its own working directory
+    registry_paths = [str(Path(p).resolve()) for p in zoo_registry_paths(cfg.registry, cfg.zoo, "sweep")]
+    connect(cfg.ray)
+    checked = validate(cfg, config_path, registry_paths)
+    state = unfinished_run(store, cfg.name) if resume else None
+    run = state["run"] if state else new_run_name()
+    storage_path, filesystem = tune_storage(store, cfg.storage.endpoint_url)
+    experiment = f"{cfg.name}-{run}"
+    with run_job("sweep", cfg, store, config_path=config_path, stall_after_s=cfg.stall_after_s) as job:
+        t0 = time.time()
+        reporter = ProgressReporter(store, job.job_id, task="sweep", total=cfg.search.trial_count())
+        reporter.phase("prepare", item=cfg.base)
+        res = {"num_cpus": cfg.resources.cpus_per_trial, "num_gpus": cfg.resources.gpus_per_trial}
+        prep = ray.get(ray.remote(prepare).options(**res).remote(
+            cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url, checked.items, checked.benchmarks))
+        log.info("prepare: %d teacher forward passes, baseline %s", prep["teacher_forward_passes"],
+                 "from the store" if prep["baseline_cached"] else "measured")
+        store.put_state(_state_key(cfg.name, run), {"run": run, "experiment": experiment, "status": "running",
+                                                     "tune_path": f"{storage_path}/{experiment}", "job_id": job.job_id})
+        setup = TrialSetup(sweep=cfg.model_dump(), sweep_name=cfg.name, sweep_run=run, registry_paths=registry_paths,
+                           store_uri=store.uri, endpoint_url=cfg.storage.endpoint_url, job_id=job.job_id,
+                           calibration=prep["calibration"], holdout=prep["holdout"], bi_scores=prep["bi_scores"],
+                           teacher_key=prep["teacher_key"], baseline=prep["baseline"], benchmarks=checked.benchmarks,
+                           cuda_capabilities=checked.cuda_capabilities)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                                        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
+        reporter.phase("trials")
+        path = f"{storage_path}/{experiment}"
+        if state and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+            log.info("resuming %s with Tuner.restore: finished trials are kept, unfinished ones rerun", path)
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=restart_errored, storage_filesystem=filesystem)
+        else:
+            tuner = _tuner(cfg, trainable, storage_path, filesystem, experiment, reporter)
+        t_trials = time.time()
+        grid = tuner.fit()
+        trial_seconds = time.time() - t_trials
+        rows = rows_from_results(grid)
+        baseline = _baseline_row(cfg, prep)
+        seconds = time.time() - t0
+        ok = [r for r in rows if r["status"] == "ok"]
+        summary = {"sweep": cfg.name, "run": run, "base": cfg.base, "trials": len(rows), "ok": len(ok),
+                   "stopped": sum(r["status"] == "stopped" for r in rows),
+                   "errors": sum(r["status"] == "error" for r in rows),
+                   "teacher_forward_passes": prep["teacher_forward_passes"],
+                   "baseline_cached": prep["baseline_cached"], "seconds": round(seconds, 1),
+                   "trial_seconds": round(trial_seconds, 1),
+                   # over the trial phase: the prepare step (teacher, baseline) is paid once per sweep
+                   "trials_per_hour": round(len(rows) / trial_seconds * 3600, 1) if trial_seconds > 0 else None,
+                   "tune_dir": path, "best": max(ok, key=lambda r: r["score"])["trial_id"] if ok else None}
+        reporter.phase("publish")
+        prefix = publish(store, cfg, run, rows, baseline, summary)
+        summary["report"] = store.locate(f"{prefix}/leaderboard.md")
+        summary["registered"] = register_candidates(store, rows, cfg, registry_paths)
+        store.put_state(_state_key(cfg.name, run), {"run": run, "experiment": experiment, "status": "published",
+                                                     "tune_path": path, "job_id": job.job_id, "prefix": prefix})
+        job.add_artifact(prefix)
+        job.summary = summary
+        print_rows(rows, summary)
+        bad = [r for r in rows if r["status"] == "error"]
+        code = 0 if ok and not bad else 1
+        if code:
+            job.fail(f"{len(bad)} trial(s) errored, {len(ok)} scored")
+        reporter.finish("succeeded" if code == 0 else "failed")
+    return code, {"status": "ok" if code == 0 else "failed", **summary}
+
+
+def _baseline_row(cfg: SweepConfig, prep: dict) -> dict:
+    base = prep["baseline"]
+    return {"model_id": cfg.base, "perf": base["perf_mean"], **{f"perf.{k}": v for k, v in base["perf"].items()},
+            "sec_per_token": base["sec_per_token"], "size_mb": prep["base_size_mb"], "layers": prep["layers"]}
+
+
+def print_rows(rows: list[dict], summary: dict) -> None:
+    from rich.table import Table
+
+    from cluster.console import console as make_console
+    from tune.leaderboard import rank_rows
+
+    table = Table(title=f"yard sweep {summary['sweep']}: {summary['ok']}/{summary['trials']} scored")
+    for col in ("rank", "trial", "depth", "kd", "rank r", "quant", "perf", "s/token", "Score", "MB", "status"):
+        table.add_column(col, overflow="fold")
+    fmt = lambda v, s: "-" if v is None else s.format(v)  # noqa: E731
+    for r in rank_rows(rows):
+        table.add_row(str(r.get("rank") or "-"), r["trial_id"], str(r["prune_depth"]), str(r["kd_samples"]),
+                      str(r["lora_rank"]), str(r["quant"]), fmt(r.get("perf"), "{:.4f}"),
+                      fmt(r.get("sec_per_token"), "{:.6f}"), fmt(r.get("score"), "{:.4f}"), fmt(r.get("size_mb"), "{:.2f}"),
+                      r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}")
+    console = make_console()
+    console.print(table)
+    console.print(f"teacher forward passes: {summary['teacher_forward_passes']} (once per sweep); "
+                  f"{summary['trials_per_hour']} trials/hour; leaderboard: {summary['report']}")
+    console.print(f"TensorBoard: tensorboard --logdir {summary['tune_dir']}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="yard sweep", description="compression recipe sweep with Ray Tune")
+    parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this sweep")
+    parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, SweepConfig, args.overrides)
+    code, _ = run_sweep(cfg, config_path=args.config, resume=args.resume, restart_errored=args.restart_errored)
+    return code
+
+
+def demo(store, zoo_registry: str, quick: bool = True) -> dict:
+    """`yard demo`'s sweep step: the demo sweep on the zoo `yard demo` built (shorter when quick)."""
+    overrides = ["zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={store.uri}"]
+    if quick:
+        overrides += ["name=demo-quick", "search.space.prune_depth={grid: [0, 2]}",
+                      "search.space.kd_samples={value: 16}", "search.space.lora_rank={value: 0}",
+                      "search.space.quant={grid: [none, W8A16]}", "search.asha.enabled=false"]
+    cfg = load_config(DEMO_CONFIG, SweepConfig, overrides)
+    _, summary = run_sweep(cfg, config_path=str(DEMO_CONFIG))
+    return summary
+
