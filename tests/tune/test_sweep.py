@@ -168,3 +168,40 @@ def test_sweep_killed_and_resumed_runs_no_finished_trial_twice(zoo, tmp_path):
     assert len(children) == 3
     tune_dir = Path(summary["tune_dir"])
     assert list(tune_dir.rglob("events.out.tfevents*")) and list(tune_dir.rglob("progress.csv"))
+
+
+@pytest.mark.timeout(400)
+def test_sweep_on_s3_store(zoo, tmp_path, s3_uri):
+    """storage.uri s3://: the prepare caches, candidates and results go to S3 over HTTP (moto's server),
+    and Tune's own experiment files go beside them (pyarrow's S3 filesystem)."""
+    import boto3
+
+    uri, endpoint = s3_uri
+    cfg = yaml.safe_load(DEMO.read_text())
+    cfg.update(name="s3t", zoo=None, registry=[str(zoo.registry_path)],
+               storage={"uri": uri, "endpoint_url": endpoint})
+    cfg["calibration"].update(count=8, holdout=2)
+    cfg["kd"].update(steps=2)
+    cfg["heal"].update(steps=2)
+    cfg["quant"].update(num_calibration_samples=2)
+    for bench in cfg["eval"]["benchmarks"]:
+        bench["source"] = str(REPO / "configs" / bench["source"])
+        bench["limit"] = 4
+    cfg["eval"]["max_new_tokens"] = 8
+    cfg["search"] = {"algorithm": "grid", "max_concurrent_trials": 2,
+                     "space": {"prune_depth": {"grid": [0, 1]}, "kd_samples": {"value": 4},
+                               "lora_rank": {"value": 0}, "quant": {"value": "none"}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "YARD_DASHBOARD": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with open(tmp_path / "s3.log", "w") as log:
+        proc = _yard(["sweep", str(path)], env, log)
+        assert proc.wait(timeout=350) == 0, (tmp_path / "s3.log").read_text()[-4000:]
+    bucket, prefix = uri[len("s3://"):].split("/", 1)
+    keys = [o["Key"] for page in boto3.client("s3", endpoint_url=endpoint).get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+    assert any(k.endswith("/leaderboard.md") and "/sweep/s3t/" in k for k in keys)
+    assert sum(k.endswith("/model/config.json") and "/candidate/" in k for k in keys) == 2
+    assert any("/teacher/exaone4-c/" in k for k in keys) and any("/baseline/exaone4-c/" in k for k in keys)
+    assert any("/tune/s3t-" in k and k.endswith("progress.csv") for k in keys)
