@@ -15,6 +15,9 @@ JOBS: dict[str, str] = {
     "dna": "actors.dna_job:main",
     "sweep": "tune.sweep:main",
     "package": "tune.package:main",
+    "serve": "serve.serve_job:main",
+    "judge": "serve.judge:main",
+    "probe": "serve.probes:main",
 }
 
 # One line per job for `yard --help`.
@@ -27,6 +30,9 @@ JOB_HELP: dict[str, str] = {
     "dna": "LLM-DNA fingerprints on warm Ray hosts, with the playbook's gates (dna CONFIG [--dry-run])",
     "sweep": "compression recipe sweep with Ray Tune: prune x KD x LoRA x quant (sweep CONFIG [--resume])",
     "package": "zip the best candidates of a sweep: package NAME --top N -> submit_<rank>.zip",
+    "serve": "serve candidates behind an OpenAI-compatible API on Ray Serve (serve CONFIG [--from-leaderboard S])",
+    "judge": "KoMT-style LLM-judge scoring of served candidates (judge CONFIG [k=v ...])",
+    "probe": "persona probes against served candidates, with and without the system prompt (probe CONFIG)",
 }
 
 # config `kind:` -> "module:Class" (a cluster.config.YardModel subclass).
@@ -37,6 +43,10 @@ CONFIG_KINDS: dict[str, str] = {
     "dna": "actors.config:DnaConfig",
     "probes": "actors.fingerprint:ProbesFile",
     "sweep": "tune.config:SweepConfig",
+    "serve": "serve.config:ServeConfig",
+    "judge": "serve.judge:JudgeConfig",
+    "probe": "serve.probes:ProbeJobConfig",
+    "persona_probes": "serve.probe_suite:ProbeSuite",
 }
 
 # Demos `yard demo` runs after the foundation's own, in order: name -> "module:function".
@@ -45,4 +55,5 @@ CONFIG_KINDS: dict[str, str] = {
 DEMOS: dict[str, str] = {
     "dna": "actors.dna_job:demo",
     "sweep": "tune.sweep:demo",
+    "serve": "serve.demo:demo",
 }

@@ -54,19 +54,24 @@ class BenchmarkSpec(YardModel):
     """One benchmark of an evaluation."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", description="identifier; perf.<name> in reports")
-    task: Literal["mcq", "qa"]
+    task: Literal["mcq", "qa", "judge"]
     source: str = Field(description="local .jsonl/.json/.parquet (relative to the config's folder) or HF dataset id")
     split: str = "test"
     limit: int | None = Field(None, ge=1, description="keep the first N items (after the category filter)")
     categories: list[str] | None = Field(None, min_length=1, description="keep items whose `category` is listed")
     mode: Literal["generate", "loglikelihood"] = "generate"
     max_new_tokens: int | None = Field(None, ge=1, le=8192, description="overrides EvalConfig.max_new_tokens")
+    judge: dict | None = Field(None, description="task judge: the judge endpoint (serve.judge.JudgeEndpoint fields)")
+    judge_language: Literal["en", "ko"] = Field("en", description="task judge: language of the judge prompts")
+    language_penalty: bool = Field(False, description="task judge: KoMT's sqrt penalty for non-Korean answers")
 
     @model_validator(mode="after")
     def _mode_fits_task(self) -> "BenchmarkSpec":
         if self.mode == "loglikelihood" and self.task != "mcq":
             raise ValueError(f"mode: loglikelihood scores MCQ options; benchmark {self.name!r} is task "
                              f"{self.task} (allowed: generate)")
+        if (self.judge is not None) != (self.task == "judge"):
+            raise ValueError(f"judge: benchmark {self.name!r}: a judge endpoint goes with task judge, and only there")
         return self
 
 
@@ -148,7 +153,12 @@ def load_benchmarks(cfg: EvalConfig, base_dir: str | Path | None = None) -> list
     out = []
     for spec in cfg.benchmarks:
         source = _resolve(spec.source, base_dir)
-        items = (load_mcq if spec.task == "mcq" else load_qa)(source, spec.split)
+        if spec.task == "judge":
+            from tune.judge_bench import load_judge_items
+
+            items = load_judge_items(source, spec.name, spec.judge)
+        else:
+            items = (load_mcq if spec.task == "mcq" else load_qa)(source, spec.split)
         if spec.categories is not None:
             found = sorted({str(i.get("category")) for i in items if i.get("category") is not None})
             items = [i for i in items if i.get("category") in spec.categories]
@@ -301,6 +311,12 @@ def _run_benchmark(model, tokenizer, bench: Benchmark, cfg: EvalConfig, render: 
 
     spec, items = bench.spec, bench.items
     detail: dict = {"task": spec.task, "mode": spec.mode, "n": len(items)}
+    if spec.task == "judge":
+        from tune.judge_bench import run_judge_benchmark
+
+        gen = _generation_config(spec.max_new_tokens or cfg.max_new_tokens, cfg.batch_size)
+        perf, more = run_judge_benchmark(model, tokenizer, bench, gen, spec=render.spec, model_id=render.model_id)
+        return perf, {**detail, **more}
     if spec.mode == "loglikelihood":
         predictions = [str(c) for c in _loglikelihood_choices(model, tokenizer, items, cfg.batch_size, render)]
         if on_progress is not None:
@@ -345,6 +361,7 @@ def evaluate(model, tokenizer, benchmarks: list[Benchmark], cfg: EvalConfig, *, 
     from tune.score import sec_per_token
 
     first = next((b for b in benchmarks if b.spec.mode == "generate"), None)
+    warm = next((b for b in benchmarks if b.spec.mode == "generate" and b.spec.task != "judge"), None)
     if first is None:
         raise ValueError("benchmarks: need at least one in mode generate (the Score needs sec_per_token)")
     render = _Renderer(tokenizer, cfg, spec, model_id)
@@ -354,7 +371,8 @@ def evaluate(model, tokenizer, benchmarks: list[Benchmark], cfg: EvalConfig, *, 
     details: dict[str, dict] = {}
     try:
         # Untimed: one-off start costs (allocator growth, kernel selection, lazy init) are not the model's speed.
-        generate_batched(model, tokenizer, render([_prompt(first)(first.items[0])]), _generation_config(2, 1),
+        warm_prompt = _prompt(warm)(warm.items[0]) if warm else "Hello."
+        generate_batched(model, tokenizer, render([warm_prompt]), _generation_config(2, 1),
                          add_special_tokens=render.add_special_tokens)
         for bench in benchmarks:
             started = time.perf_counter()

@@ -75,6 +75,7 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
     assert "(cache hit)" in out  # the session's zoo is reused, not rebuilt
     assert "chat       ok" in out and f"report: {store}/reports/chat/" in out
     assert "sweep      ok" in out and f"report: {store}/sweep/demo-quick/" in out
+    assert "serve      ok" in out and f"report: {store}/probe/" in out  # Serve -> judge -> probes
     registered = yaml.safe_load((zoo_dir / "models.yaml").read_text())["models"]
     children = {m: s for m, s in registered.items() if m.startswith("demo-quick.")}
     assert 1 <= len(children) <= 3 and all(s["parent"] == "exaone4-c" for s in children.values())

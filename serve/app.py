@@ -1,0 +1,460 @@
+"""The OpenAI-compatible Serve app: one deployment per candidate, one FastAPI ingress in front.
+
+    GET  /v1/models             the served ids (candidates and "<id>:<adapter>" LoRA ids)
+    POST /v1/chat/completions   chat, `stream: true` answers SSE chunks then `data: [DONE]`
+    POST /v1/completions        raw prompt completion (stream too)
+
+Each HF candidate is its own `CandidateServer` deployment (its num_cpus/num_gpus, replicas or
+autoscaling) whose `@serve.batch` method hands requests that arrive together to one
+`HFEngine.generate`. The ingress checks the bearer key, body size, JSON and fields; the candidate
+renders the prompt and checks the token limits; every refusal is an OpenAI-style error body
+`{"error": {"message", "type", "param", "code"}}` with 400/401/404/413, never a crashed replica.
+
+    >>> url = start_app(load_config("configs/serve.demo.yaml"))        # doctest: +SKIP
+    >>> OpenAI(base_url=url + "/v1", api_key="-").models.list()       # doctest: +SKIP
+    >>> shutdown()                                                     # doctest: +SKIP
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.config import CandidateConfig, LimitsConfig, ServeConfig
+
+log = logging.getLogger(__name__)
+APP_NAME = "yard"
+VLLM_APP_NAME = "yard-vllm"
+VLLM_ROUTE = "/vllm"  # where vLLM candidates live when the config mixes both engines
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    """An OpenAI-style error response."""
+    kind = {401: "authentication_error", 404: "invalid_request_error", 413: "invalid_request_error",
+            429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+
+
+class BadRequest(Exception):
+    """A request refused with an OpenAI-style error (raised inside the ingress, answered at once)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def response(self) -> JSONResponse:
+        return error_body(self.status, self.message, self.param, self.code)
+
+
+# --- the candidate deployment --------------------------------------------------------------
+@serve.deployment
+class CandidateServer:
+    """One candidate's HFEngine on a replica: `prepare` renders and checks a request, `generate`
+    batches, `stream` yields chunks of one request."""
+
+    def __init__(self, candidate: dict, registry_paths: list[str], storage_uri: str, endpoint_url: str | None,
+                 limits: dict):
+        import torch
+
+        from cluster.registry import ModelRegistry
+        from serve.engine_hf import HFEngine
+
+        self.candidate = CandidateConfig.model_validate(candidate)
+        self.limits = LimitsConfig.model_validate(limits)
+        if self.candidate.num_gpus == 0 and self.candidate.num_cpus >= 1:
+            # torch would use every core of the host; the replica reserved num_cpus of them
+            torch.set_num_threads(int(self.candidate.num_cpus))
+        registry = ModelRegistry.load(registry_paths) if self.candidate.model else None
+        self.engine = HFEngine(self.candidate, registry, storage_uri=storage_uri, endpoint_url=endpoint_url)
+        self.generate_batch.set_max_batch_size(self.candidate.max_batch_size)
+        self.generate_batch.set_batch_wait_timeout_s(self.candidate.batch_wait_timeout_s)
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.started_at = time.time()
+
+    def info(self) -> dict:
+        """Who this replica is and the sizes of the batches it generated (tests and benchmarks)."""
+        return {"model_ids": self.engine.model_ids(), "replica_id": self.replica_id, "started_at": self.started_at,
+                "batch_sizes": list(self.engine.batch_sizes), "context_tokens": self.engine.context_tokens}
+
+    def prepare(self, payload: dict) -> dict:
+        """Render the prompt and check the token limits: {"request": GenRequest fields,
+        "prompt_tokens", "prompt"} or {"error": [status, message, param, code]}."""
+        from serve.engine_hf import RequestError
+
+        try:
+            if "messages" in payload:
+                prompt = self.engine.render_chat(payload["messages"], payload.get("chat_template_kwargs"))
+                add_special, param = False, "messages"
+            else:
+                prompt, add_special, param = payload["prompt"], True, "prompt"
+            n_prompt = self.engine.count_tokens(prompt, add_special)
+        except RequestError as exc:
+            return {"error": [400, str(exc), "messages", None]}
+        max_tokens = payload["max_tokens"]
+        if n_prompt > self.limits.max_prompt_tokens:
+            return {"error": [400, f"{param}: {n_prompt} prompt tokens; the limit is {self.limits.max_prompt_tokens}",
+                              param, "context_length_exceeded"]}
+        context = self.engine.context_tokens
+        if context and n_prompt + max_tokens > context:
+            return {"error": [400, f"max_tokens: {n_prompt} prompt + {max_tokens} new tokens exceed the model's "
+                                   f"context of {context}", "max_tokens", "context_length_exceeded"]}
+        request = dict(prompt=prompt, max_tokens=max_tokens, temperature=payload["temperature"],
+                       top_p=payload["top_p"], stop=payload["stop"], adapter=payload.get("adapter"),
+                       seed=payload.get("seed"), add_special_tokens=add_special)
+        return {"request": request, "prompt_tokens": n_prompt, "prompt": prompt}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def generate_batch(self, requests: list[dict]) -> list[dict]:
+        from serve.engine_hf import GenRequest
+
+        try:
+            results = await asyncio.to_thread(self.engine.generate, [GenRequest(**r) for r in requests])
+        except Exception as exc:  # one bad batch answers 500 to its requests; the replica lives on
+            log.exception("candidate %s: batch of %d failed", self.candidate.id, len(requests))
+            return [{"error": [500, f"generation failed: {type(exc).__name__}: {exc}", None, None]}] * len(requests)
+        return [r.to_dict() for r in results]
+
+    async def generate(self, request: dict) -> dict:
+        return await self.generate_batch(request)
+
+    async def stream(self, request: dict):
+        """Chunks of one request ({"text"} ..., then {"finish_reason", ...}); generated off the event loop."""
+        from serve.engine_hf import GenRequest
+
+        it = self.engine.stream(GenRequest(**request))
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, it, done)
+            if item is done:
+                return
+            yield item
+
+
+# --- request validation --------------------------------------------------------------------
+def _number(body: dict, key: str, default: float, low: float, high: float, *, low_open: bool = False) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value > high or value < low or (
+            low_open and value == low):
+        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise BadRequest(400, f"{key}: {value!r} is not a number in {bound}", key, "invalid_value")
+    return float(value)
+
+
+def _content_text(content, where: str) -> str:
+    """A message's content: a string, or OpenAI content parts of type text joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise BadRequest(400, f"{where}.content: expected a string or a list of text parts", where, "invalid_value")
+
+
+def parse_common(body: dict, limits: LimitsConfig, default_max_tokens: int) -> dict:
+    """The sampling fields shared by chat and completions, validated; BadRequest naming the field."""
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = min(default_max_tokens, limits.max_tokens)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest(400, f"max_tokens: {max_tokens!r} is not a positive integer", "max_tokens", "invalid_value")
+    if max_tokens > limits.max_tokens:
+        raise BadRequest(400, f"max_tokens: {max_tokens} is over this server's limit of {limits.max_tokens}",
+                         "max_tokens", "invalid_value")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
+        raise BadRequest(400, "stop: expected a string or a list of up to 4 strings", "stop", "invalid_value")
+    if body.get("n", 1) != 1:
+        raise BadRequest(400, f"n: {body.get('n')!r}: only n=1 is supported", "n", "invalid_value")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest(400, f"seed: {seed!r} is not an integer", "seed", "invalid_value")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(400, f"stream: {stream!r} is not a boolean", "stream", "invalid_value")
+    return dict(max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+                top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True), stop=stop, seed=seed, stream=stream)
+
+
+def parse_chat(body: dict, limits: LimitsConfig) -> dict:
+    payload = parse_common(body, limits, limits.max_tokens)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest(400, "messages: expected a non-empty list of {role, content}", "messages", "invalid_value")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadRequest(400, f"messages.{i}: expected {{role, content}}", "messages", "invalid_value")
+        clean.append({"role": m["role"], "content": _content_text(m.get("content"), f"messages.{i}")})
+    kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise BadRequest(400, "chat_template_kwargs: expected an object", "chat_template_kwargs", "invalid_value")
+    payload.update(messages=clean, chat_template_kwargs=kwargs)
+    return payload
+
+
+def parse_completion(body: dict, limits: LimitsConfig) -> dict:
+    payload = parse_common(body, limits, 16)  # OpenAI's default for /v1/completions
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise BadRequest(400, "prompt: expected a string (or a list of one string)", "prompt", "invalid_value")
+    payload["prompt"] = prompt
+    return payload
+
+
+# --- the ingress -----------------------------------------------------------------------------
+# Everything the ingress uses is defined above it: serve.ingress pickles the app when the class
+# is defined, so a name defined later in this module is missing on the replica.
+class RedirectToVllm(Exception):
+    """A request for a vLLM candidate: answered 307 to the vLLM app's route."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+
+
+def _new_id(chat: bool) -> str:
+    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+api = FastAPI(title="modelyard serve", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    return error_body(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", None, None)
+
+
+@api.exception_handler(Exception)
+async def _crash(request: Request, exc: Exception):
+    log.exception("unhandled error on %s", request.url.path)
+    return error_body(500, f"internal error: {type(exc).__name__}", None, None)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class OpenAIIngress:
+    """Auth, limits, JSON and field checks; routes each request to its candidate's deployment."""
+
+    def __init__(self, settings: dict, servers: dict):
+        self.limits = LimitsConfig.model_validate(settings["limits"])
+        self.api_key = settings.get("api_key")
+        self.servers = servers  # candidate id -> DeploymentHandle
+        self.model_ids: dict[str, tuple[str, str | None]] = {}  # served id -> (candidate id, adapter)
+        for cand in settings["candidates"]:
+            self.model_ids[cand["id"]] = (cand["id"], None)
+            for name in cand.get("lora_adapters", {}):
+                self.model_ids[f"{cand['id']}:{name}"] = (cand["id"], name)
+        self.vllm_ids = set(settings.get("vllm_ids", []))
+        self.created = int(time.time())
+
+    def _check_auth(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            raise BadRequest(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'", None,
+                             "invalid_api_key")
+
+    async def _read_json(self, request: Request) -> dict:
+        self._check_auth(request)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            raise BadRequest(413, f"body: {declared} bytes; the limit is {self.limits.max_body_bytes}", None,
+                             "request_too_large")
+        raw = await request.body()
+        if len(raw) > self.limits.max_body_bytes:
+            raise BadRequest(413, f"body: {len(raw)} bytes; the limit is {self.limits.max_body_bytes}", None,
+                             "request_too_large")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(400, f"body: not valid JSON ({exc})", None, "invalid_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest(400, "body: expected a JSON object", None, "invalid_json")
+        return body
+
+    def _route(self, body: dict, request: Request) -> tuple[str, str | None]:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest(400, "model: required (a string; GET /v1/models lists them)", "model", "invalid_value")
+        if model in self.vllm_ids:
+            # the vLLM app answers it; 307 keeps the method and body
+            raise RedirectToVllm(VLLM_ROUTE + request.url.path)
+        if model not in self.model_ids:
+            known = ", ".join(sorted(self.model_ids | dict.fromkeys(self.vllm_ids)))
+            raise BadRequest(404, f"model: {model!r} does not exist (served: {known})", "model", "model_not_found")
+        return self.model_ids[model]
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def list_models(self, request: Request):
+        try:
+            self._check_auth(request)
+        except BadRequest as exc:
+            return exc.response()
+        data = [{"id": mid, "object": "model", "created": self.created, "owned_by": "modelyard",
+                 "root": cand, "parent": cand if adapter else None}
+                for mid, (cand, adapter) in self.model_ids.items()]
+        data += [{"id": mid, "object": "model", "created": self.created, "owned_by": "modelyard-vllm", "root": mid,
+                  "parent": None} for mid in sorted(self.vllm_ids)]
+        return {"object": "list", "data": data}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._complete(request, chat=True)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: Request, chat: bool):
+        try:
+            body = await self._read_json(request)
+            cand_id, adapter = self._route(body, request)
+            payload = parse_chat(body, self.limits) if chat else parse_completion(body, self.limits)
+            payload["adapter"] = adapter
+            server = self.servers[cand_id]
+            prepared = await server.prepare.remote(payload)
+            if "error" in prepared:
+                raise BadRequest(*prepared["error"])
+        except BadRequest as exc:
+            return exc.response()
+        except RedirectToVllm as exc:
+            return RedirectResponse(exc.path, status_code=307)
+        model = body["model"]
+        if payload["stream"]:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks = self._sse(server, prepared, model, chat, include_usage)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        result = await server.generate.remote(prepared["request"])
+        if "error" in result:
+            return BadRequest(*result["error"]).response()
+        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
+                 "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": result["text"]},
+                      "finish_reason": result["finish_reason"], "logprobs": None}
+        else:
+            choice = {"index": 0, "text": result["text"], "finish_reason": result["finish_reason"], "logprobs": None}
+        out = {"id": _new_id(chat), "object": "chat.completion" if chat else "text_completion",
+               "created": int(time.time()), "model": model, "choices": [choice], "usage": usage}
+        if body.get("yard_debug") is True:
+            # what the model saw: lets probes and tests check the rendered template (e.g. no <think>)
+            out["yard_debug"] = {"prompt": prepared["prompt"], "batch_size": result["batch_size"]}
+        return out
+
+    async def _sse(self, server, prepared: dict, model: str, chat: bool, include_usage: bool):
+        """`data: {chunk}` lines, then `data: [DONE]`; an error mid-stream is sent as an error event."""
+        cid, created = _new_id(chat), int(time.time())
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: str | None, finish: str | None, first: bool = False) -> str:
+            if chat:
+                d = ({"role": "assistant", "content": ""} if first else {"content": delta} if delta is not None else {})
+                choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+            return "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": model,
+                                          "choices": [choice]}) + "\n\n"
+
+        if chat:
+            yield chunk(None, None, first=True)
+        try:
+            async for item in server.options(stream=True).stream.remote(prepared["request"]):
+                if "text" in item:
+                    yield chunk(item["text"], None)
+                else:
+                    yield chunk(None, item["finish_reason"])
+                    if include_usage:
+                        usage = {"prompt_tokens": item["prompt_tokens"], "completion_tokens": item["completion_tokens"],
+                                 "total_tokens": item["prompt_tokens"] + item["completion_tokens"]}
+                        yield "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": model,
+                                                     "choices": [], "usage": usage}) + "\n\n"
+        except Exception as exc:  # the status line is sent already: report in-band, as OpenAI does
+            log.exception("stream for %s failed", model)
+            yield "data: " + json.dumps({"error": {"message": f"generation failed: {type(exc).__name__}",
+                                                   "type": "server_error", "param": None, "code": None}}) + "\n\n"
+        yield "data: [DONE]\n\n"
+
+
+# --- building and starting -----------------------------------------------------------------
+def deployment_name(candidate_id: str) -> str:
+    return "candidate-" + re.sub(r"[^A-Za-z0-9_-]", "-", candidate_id)
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def build_app(cfg: ServeConfig):
+    """The Serve application for the config's HF candidates (vLLM ids are listed and redirected)."""
+    hf = [c for c in cfg.candidates if c.engine == "hf"]
+    registry_paths = [_absolute(p) for p in cfg.registry_paths()]
+    storage_uri = cfg.storage.uri if cfg.storage.uri.startswith("s3://") else _absolute(cfg.storage.uri)
+    servers = {}
+    for cand in hf:
+        options = dict(name=deployment_name(cand.id), ray_actor_options={"num_cpus": cand.num_cpus,
+                                                                          "num_gpus": cand.num_gpus},
+                       # room for a full batch to queue at the replica (Serve's default is 5)
+                       max_ongoing_requests=max(2 * cand.max_batch_size, 8))
+        if cand.autoscaling is not None:
+            options["autoscaling_config"] = cand.autoscaling.model_dump()
+        else:
+            options["num_replicas"] = cand.num_replicas
+        servers[cand.id] = CandidateServer.options(**options).bind(
+            cand.model_dump(), registry_paths, storage_uri, cfg.storage.endpoint_url, cfg.limits.model_dump())
+    vllm_ids = [sid for c in cfg.candidates if c.engine == "vllm" for sid in c.served_ids()]
+    settings = {"limits": cfg.limits.model_dump(), "api_key": cfg.resolved_api_key(),
+                "candidates": [c.model_dump() for c in hf], "vllm_ids": vllm_ids}
+    return OpenAIIngress.options(max_ongoing_requests=cfg.limits.max_concurrent_requests).bind(settings, servers)
+
+
+def start_app(cfg: ServeConfig) -> str:
+    """Start Serve (HTTP on cfg.host:cfg.port) on local Ray or RAY_ADDRESS and deploy the config;
+    returns the base URL (clients use URL + "/v1"). HF candidates answer at `/`; vLLM candidates
+    through Ray Serve LLM at `/` when all are vLLM, else at `/vllm` (the HF ingress lists their ids
+    and redirects their requests there with 307)."""
+    from cluster.runtime import connect
+
+    connect(cfg.ray)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    has_hf = any(c.engine == "hf" for c in cfg.candidates)
+    if any(c.engine == "vllm" for c in cfg.candidates):
+        from serve.vllm_engine import build_vllm_app
+
+        if cfg.resolved_api_key():
+            log.warning("api_key: Ray Serve LLM's own ingress serves the vLLM candidates and does not check it")
+        serve.run(build_vllm_app(cfg), name=VLLM_APP_NAME, route_prefix=VLLM_ROUTE if has_hf else "/")
+    if has_hf:
+        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    return f"http://{host}:{cfg.port}"
+
+
+def candidate_info(candidate_id: str) -> dict:
+    """`CandidateServer.info()` of one replica of a running candidate (batch sizes, replica id)."""
+    handle = serve.get_deployment_handle(deployment_name(candidate_id), APP_NAME)
+    return handle.info.remote().result()
+
+
+def shutdown() -> None:
+    """Stop every Serve app and Serve itself (Ray stays up)."""
+    serve.shutdown()

@@ -1,0 +1,66 @@
+"""`yard demo`'s Serve step: serve two zoo candidates, judge them on the shipped KoMT-style sample
+questions, run the persona probe suite against them, print where the reports are.
+
+The judge is the replay judge (deterministic ratings over real HTTP) unless `YARD_JUDGE_URL` and
+`YARD_JUDGE_MODEL` name a real OpenAI-compatible one (key from the variable `YARD_JUDGE_KEY_ENV`
+names, default OPENAI_API_KEY): a real judge model cannot run on a CPU machine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from cluster.config import load_config
+from cluster.jobs import REPO_ROOT
+
+log = logging.getLogger(__name__)
+DEMO_CONFIG = REPO_ROOT / "configs" / "serve.demo.yaml"
+
+
+def _judge():
+    from serve.judge import JudgeEndpoint
+
+    url, model = os.environ.get("YARD_JUDGE_URL"), os.environ.get("YARD_JUDGE_MODEL")
+    if url and model:
+        return JudgeEndpoint(base_url=url, model=model, api_key_env=os.environ.get("YARD_JUDGE_KEY_ENV", "OPENAI_API_KEY"))
+    return JudgeEndpoint(replay=True)
+
+
+def _free_port() -> int:
+    """A free loopback port: the demo must not collide with a `yard serve` already on 8000."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo(store, zoo_registry: str, quick: bool = True) -> dict:
+    """Serve -> judge -> probes on the zoo `yard demo` built; Serve is shut down afterwards. `quick` is
+    ignored: the toy models have 512 positions, so the judge and probes always run their short form."""
+    from serve.app import shutdown, start_app
+    from serve.config import ServeConfig
+    from serve.judge import demo_judge
+    from serve.probes import demo_probes
+
+    overrides = ["zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={store.uri}", f"port={_free_port()}"]
+    cfg = load_config(DEMO_CONFIG, ServeConfig, overrides)
+    ids = [c.id for c in cfg.candidates]
+    url = start_app(cfg)
+    print(f"serve: {', '.join(ids)} at {url}/v1 (OpenAI-compatible)")
+    try:
+        key_env = None
+        if cfg.resolved_api_key():
+            os.environ.setdefault("YARD_DEMO_API_KEY", cfg.resolved_api_key())
+            key_env = "YARD_DEMO_API_KEY"
+        judge = _judge()
+        # quick either way: the toy models have 512 positions, too few for full-length answers
+        judged = demo_judge(store, f"{url}/v1", ids, api_key_env=key_env, judge=judge, quick=True)
+        probed = demo_probes(store, f"{url}/v1", ids, api_key_env=key_env, judge=judge, quick=True)
+    finally:
+        shutdown()
+    print(f"judge ({'replayed' if judge.replay else judge.model}): {judged.get('report')}")
+    print(f"probes: {probed.get('report')}")
+    ok = judged["status"] == "ok" and probed["status"] == "ok"
+    return {"status": "ok" if ok else "failed", "report": probed.get("report"), "judge_report": judged.get("report"),
+            "url": url, "candidates": ids, "judge": judged.get("summary"), "probes": probed.get("summary")}

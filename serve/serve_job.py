@@ -1,0 +1,87 @@
+"""`yard serve CONFIG [--from-leaderboard SWEEP --top N] [--duration-s S]`: start the app and serve.
+
+Validates the config, starts the OpenAI-compatible app on local Ray (or RAY_ADDRESS), prints the
+URL and the served model ids, and serves until Ctrl-C (or `--duration-s`). `--from-leaderboard`
+adds the N best ranked trials of a sweep run as HF candidates `<sweep>-rank<k>`, whose weights are
+the trial's `<candidate>/model/` folder in the store (downloaded once when the store is S3).
+
+    yard serve configs/serve.demo.yaml
+    yard serve configs/serve.demo.yaml --from-leaderboard prune-kd --top 3 --duration-s 600
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+
+from cluster.config import ConfigError, load_config
+from serve.config import CandidateConfig, ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+def leaderboard_candidates(cfg: ServeConfig, ref: str, top: int) -> list[CandidateConfig]:
+    """HF candidates for the `top` best ranked trials of the sweep run `ref` (tune.package's
+    find_sweep_run: NAME, NAME/RUN or sweep/NAME/RUN); PackageError naming what exists when the
+    run or enough ranked trials are missing."""
+    from cluster.storage import open_store
+    from tune.leaderboard import rank_rows
+    from tune.package import PackageError, find_sweep_run, load_rows
+
+    store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
+    run = find_sweep_run(store, ref)
+    ranked = [r for r in rank_rows(load_rows(store, run)) if r["rank"] is not None]
+    if not 1 <= top <= len(ranked):
+        raise PackageError(f"--top: {top} is not in 1..{len(ranked)} ({run.prefix} has {len(ranked)} ranked trials)")
+    base = re.sub(r"[^A-Za-z0-9._-]", "-", run.model_id)
+    out = []
+    for row in ranked[:top]:
+        candidate = row.get("candidate")
+        if not isinstance(candidate, str) or not candidate.strip("/"):
+            raise PackageError(f"trial {row['trial_id']!r}: its row names no candidate run")
+        out.append(CandidateConfig(id=f"{base}-rank{row['rank']}", path=candidate.strip("/")))
+        log.info("rank %d: trial %s (Score %s) from %s", row["rank"], row["trial_id"], row.get("score"), candidate)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `yard serve` job; returns the exit code (bad input raises UserError: the CLI exits 2)."""
+    parser = argparse.ArgumentParser(prog="yard serve", description="serve candidates behind an OpenAI-compatible API")
+    parser.add_argument("config", help="a kind: serve config (configs/serve.demo.yaml)")
+    parser.add_argument("--from-leaderboard", metavar="SWEEP", help="add the best trials of this sweep run")
+    parser.add_argument("--top", type=int, default=3, help="how many trials --from-leaderboard adds (default 3)")
+    parser.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (repeatable), e.g. --set port=8001")
+    args = parser.parse_args(argv)
+    if args.duration_s is not None and args.duration_s <= 0:
+        raise ConfigError(f"--duration-s: {args.duration_s} must be > 0")
+
+    cfg = load_config(args.config, ServeConfig, overrides=args.overrides)
+    if args.from_leaderboard:
+        added = leaderboard_candidates(cfg, args.from_leaderboard, args.top)
+        try:
+            cfg = ServeConfig.model_validate({**cfg.model_dump(), "candidates": [
+                *(c.model_dump(exclude_unset=True) for c in cfg.candidates), *(c.model_dump() for c in added)]})
+        except ValueError as exc:
+            raise ConfigError(f"--from-leaderboard: {str(exc).splitlines()[-1].strip()}") from None
+
+    from serve.app import shutdown, start_app
+
+    url = start_app(cfg)
+    print(f"serving at {url}/v1  (OpenAI-compatible; Ctrl-C stops)")
+    for cand in cfg.candidates:
+        print(f"  {', '.join(cand.served_ids()):40s} engine={cand.engine} "
+              f"{'model=' + cand.model if cand.model else 'path=' + str(cand.path)}")
+    if cfg.resolved_api_key():
+        print("  API key required: Authorization: Bearer $YARD_API_KEY")
+    try:
+        deadline = None if args.duration_s is None else time.monotonic() + args.duration_s
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        shutdown()
+    return 0

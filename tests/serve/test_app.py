@@ -1,0 +1,204 @@
+"""serve/app.py: a real Serve app on local Ray hosting zoo models, called over real HTTP with the
+`openai` client (and httpx for the malformed requests no client would send)."""
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from cluster.config import ConfigError, load_config
+from serve.config import ServeConfig
+
+KEY = "test-key"
+LIMITS = {"max_prompt_tokens": 64, "max_tokens": 24, "max_body_bytes": 4096, "max_concurrent_requests": 32}
+HI = [{"role": "user", "content": "what is the weather like?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_adapter(base_dir, out_dir) -> str:
+    """A tiny random LoRA adapter of llama-a (non-zero B, so it changes the output)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, zoo, tmp_path_factory):
+    import torch
+
+    from serve.app import shutdown, start_app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    adapter = _make_adapter(zoo.zoo_dir / "llama-a", tmp_path_factory.mktemp("adapter") / "persona")
+    cfg = ServeConfig.model_validate({
+        "kind": "serve", "registry": [str(zoo.registry_path)], "port": _free_port(), "api_key": KEY,
+        "limits": LIMITS,
+        "candidates": [
+            # a generous wait so 8 concurrent clients reliably land in one batch on a busy 2-core box
+            {"id": "llama-a", "model": "llama-a", "lora_adapters": {"persona": adapter}, "max_batch_size": 8,
+             "batch_wait_timeout_s": 0.3},
+            {"id": "exaone4-c", "model": "exaone4-c", "max_batch_size": 4},
+        ]})
+    url = start_app(cfg)
+    yield url
+    shutdown()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def client(app):
+    return openai.OpenAI(base_url=app + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def _post(app, body, key=KEY, path="/v1/chat/completions", raw=None):
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    if raw is not None:
+        return httpx.post(app + path, content=raw, headers={**headers, "content-type": "application/json"}, timeout=60)
+    return httpx.post(app + path, json=body, headers=headers, timeout=60)
+
+
+def _error(resp) -> dict:
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    return err
+
+
+def test_models_lists_candidates_and_adapters(client):
+    assert [m.id for m in client.models.list()] == ["llama-a", "llama-a:persona", "exaone4-c"]
+
+
+def test_chat_non_streaming_counts_tokens(client):
+    r = client.chat.completions.create(model="exaone4-c", messages=HI, max_tokens=8, temperature=0)
+    assert r.object == "chat.completion" and r.model == "exaone4-c"
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 5 and 1 <= r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_streaming_equals_non_streaming_when_greedy(client):
+    kwargs = dict(model="llama-a", messages=HI, max_tokens=16, temperature=0)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole
+    assert len(chunks) > 3  # it really streamed, token by token
+
+
+def test_completions_plain_and_streaming(client):
+    r = client.completions.create(model="exaone4-c", prompt="The school", max_tokens=6, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="exaone4-c", prompt="The school", max_tokens=6, temperature=0, stream=True))
+    assert streamed == r.choices[0].text
+
+
+def test_chat_template_kwargs_reach_the_template(client):
+    def rendered(**tkw):
+        r = client.chat.completions.create(model="llama-a", messages=HI, max_tokens=2,
+                                           extra_body={"chat_template_kwargs": tkw, "yard_debug": True})
+        return r.model_extra["yard_debug"]["prompt"]
+
+    assert rendered(enable_thinking=True).endswith("<|im_start|>assistant\n<think>\n")
+    off = rendered(enable_thinking=False)
+    assert "<think>" not in off and off.endswith("<|im_start|>assistant\n")
+
+
+def test_lora_adapter_is_its_own_model(client):
+    kwargs = dict(messages=HI, max_tokens=12, temperature=0)
+    base = client.chat.completions.create(model="llama-a", **kwargs)
+    tuned = client.chat.completions.create(model="llama-a:persona", **kwargs)
+    assert tuned.model == "llama-a:persona"
+    assert tuned.choices[0].message.content != base.choices[0].message.content
+
+
+def test_api_key_required(app, client):
+    bad = openai.OpenAI(base_url=app + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    resp = _post(app, {"model": "llama-a", "messages": HI}, key=None)
+    assert resp.status_code == 401 and _error(resp)["code"] == "invalid_api_key"
+
+
+def test_limits_answer_4xx(app, client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="llama-a", messages=HI, max_tokens=LIMITS["max_tokens"] + 1)
+    assert exc.value.body["param"] == "max_tokens"
+    long = [{"role": "user", "content": "rain " * 200}]  # under the body limit, over the token limit
+    resp = _post(app, {"model": "llama-a", "messages": long})
+    assert resp.status_code == 400 and _error(resp)["code"] == "context_length_exceeded"
+    resp = _post(app, {"model": "llama-a", "messages": [{"role": "user", "content": "x" * 5000}]})
+    assert resp.status_code == 413 and _error(resp)["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "llama-a", "messages": HI, "temperature": 5}, "temperature"),
+    ({"model": "llama-a", "messages": "hi"}, "messages"),
+    ({"model": "llama-a", "messages": HI, "n": 2}, "n"),
+    ({"messages": HI}, "model"),
+])
+def test_bad_fields_name_the_field(app, body, param):
+    resp = _post(app, body)
+    assert resp.status_code == 400 and _error(resp)["param"] == param
+
+
+def test_unknown_model_404(client):
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="no-such-model", messages=HI)
+    assert "llama-a" in str(exc.value)  # the message names what is served
+
+
+def test_malformed_json_400(app):
+    resp = _post(app, None, raw=b'{"model": "llama-a", "messages": [')
+    assert resp.status_code == 400 and _error(resp)["code"] == "invalid_json"
+    resp = _post(app, None, raw=json.dumps([1, 2]).encode())
+    assert resp.status_code == 400
+
+
+def test_concurrent_requests_are_batched_and_replica_survives(app, client):
+    from serve.app import candidate_info
+
+    before = candidate_info("llama-a")
+
+    def ask(i):
+        r = client.chat.completions.create(model="llama-a", messages=[{"role": "user", "content": f"day {i}?"}],
+                                           max_tokens=8, extra_body={"yard_debug": True})
+        return r.model_extra["yard_debug"]["batch_size"]
+
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(ask, range(8)))
+    assert max(sizes) > 1
+    after = candidate_info("llama-a")
+    assert max(after["batch_sizes"]) > 1
+    # all the refused requests of this module left the same replica serving
+    assert after["replica_id"] == before["replica_id"]
+    assert httpx.get(app + "/health").json() == {"status": "ok"}
+
+
+def test_config_rejects_duplicate_ids_and_missing_source(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("kind: serve\ncandidates:\n  - {id: a, model: x}\n  - {id: a, model: y}\n")
+    with pytest.raises(ConfigError, match="served twice"):
+        load_config(path, ServeConfig)
+    path.write_text("kind: serve\ncandidates:\n  - {id: a}\n")
+    with pytest.raises(ConfigError, match="candidates.0: .*exactly one of model"):
+        load_config(path, ServeConfig)
+
+
+def test_demo_config_is_valid():
+    cfg = load_config("configs/serve.demo.yaml", ServeConfig)
+    assert cfg.host == "127.0.0.1" and [c.id for c in cfg.candidates] == ["llama-a", "qwen3-b"]

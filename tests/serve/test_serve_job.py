@@ -1,0 +1,52 @@
+"""serve/serve_job.py: `yard serve` bad input fails before anything starts (the app itself is
+tested in test_app.py; a full start is what `yard serve ... --duration-s` does)."""
+import pytest
+
+from cluster.config import ConfigError, UserError
+from serve.serve_job import leaderboard_candidates, main
+from serve.config import ServeConfig
+
+
+def test_missing_config_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        main([str(tmp_path / "nope.yaml"), "--duration-s", "1"])
+
+
+def test_bad_duration_is_refused():
+    with pytest.raises(ConfigError, match="--duration-s: 0.0 must be > 0"):
+        main(["configs/serve.demo.yaml", "--duration-s", "0"])
+
+
+def test_unknown_sweep_names_what_is_stored(tmp_path):
+    cfg = ServeConfig(storage={"uri": str(tmp_path / "store")}, candidates=[{"id": "a", "path": str(tmp_path)}])
+    with pytest.raises(UserError, match="sweep 'nope': not found .*no sweeps stored yet"):
+        leaderboard_candidates(cfg, "nope", 3)
+
+
+def test_from_leaderboard_serves_a_sweeps_best_candidates(zoo, tmp_path):
+    """`--from-leaderboard`: the best ranked trials of a stored sweep become candidates whose
+    model comes from the store; the engine loads one and answers."""
+    from cluster.storage_local import LocalStore
+    from serve.engine_hf import GenRequest, HFEngine
+
+    store = LocalStore(tmp_path / "store")
+    rows = []
+    for trial, model_id, score in (("t1", "llama-a", 0.41), ("t2", "qwen3-b", 0.57), ("t3", "exaone4-c", None)):
+        run = store.new_run("candidate", f"demo.{trial}")
+        run.put_dir("model", zoo.zoo_dir / model_id)
+        run.complete()
+        rows.append({"trial_id": trial, "status": "ok" if score else "stopped", "score": score, "size_mb": 3.6,
+                     "perf": 0.3, "sec_per_token": 0.001, "candidate": run.prefix if score else None})
+    sweep = store.new_run("sweep", "demo")
+    sweep.put_json("rows.json", rows)
+    sweep.complete()
+    cfg = ServeConfig(storage={"uri": store.uri}, candidates=[{"id": "a", "path": str(zoo.zoo_dir / "llama-a")}])
+    best = leaderboard_candidates(cfg, "demo", 2)
+    assert [c.id for c in best] == ["demo-rank1", "demo-rank2"]
+    assert best[0].path.startswith("candidate/demo.t2/")  # Score 0.57 ranks first
+    with pytest.raises(UserError, match=r"--top: 3 is not in 1..2"):
+        leaderboard_candidates(cfg, "demo", 3)
+    engine = HFEngine(best[0], storage_uri=store.uri)
+    prompt = engine.render_chat([{"role": "user", "content": "Tell me about a trip."}])
+    (out,) = engine.generate([GenRequest(prompt, max_tokens=8, temperature=0.0)])
+    assert out.completion_tokens > 0 and out.text.strip()
