@@ -260,6 +260,9 @@ class OpenAIIngress:
                 self.model_ids[f"{cand['id']}:{name}"] = (cand["id"], name)
         self.vllm_ids = set(settings.get("vllm_ids", []))
         self.created = int(time.time())
+        self.self_url = settings.get("self_url")
+        self.storage_uri, self.endpoint_url = settings.get("storage_uri"), settings.get("endpoint_url")
+        self.probe_suite = settings.get("probe_suite")
 
     def _check_auth(self, request: Request) -> None:
         if not self.api_key:
@@ -316,6 +319,40 @@ class OpenAIIngress:
         data += [{"id": mid, "object": "model", "created": self.created, "owned_by": "modelyard-vllm", "root": mid,
                   "parent": None} for mid in sorted(self.vllm_ids)]
         return {"object": "list", "data": data}
+
+    @api.post("/v1/yard/probe")
+    async def probe(self, request: Request):
+        """Run the configured persona probe suite against one served model, with and without the
+        system prompt, through this app's own API (rule checks only: the rubric judge belongs to
+        `yard probe`). Body: {"model": id, "max_tokens": n}. Answers the probe summary; the report is
+        published in the store (kind "probe")."""
+        try:
+            body = await self._read_json(request)
+            model = body.get("model")
+            if model in self.vllm_ids or model not in self.model_ids:
+                self._route(body, request)  # the same 400/404 as a completion
+            if not self.probe_suite:
+                raise BadRequest(404, "probe: no probe suite configured (probe_suite: null)", None, "not_found")
+            max_tokens = int(_number(body, "max_tokens", 64, 1, self.limits.max_tokens))
+        except BadRequest as exc:
+            return exc.response()
+        return await asyncio.to_thread(self._run_probes, model, max_tokens)
+
+    def _run_probes(self, model: str, max_tokens: int) -> dict:
+        from cluster.storage import open_store
+        from serve.client import ChatClient
+        from serve.probe_suite import load_suite
+        from serve.probes import ProbeCandidate, run_probes
+
+        # A blocking client in a worker thread: the event loop keeps serving the calls it makes.
+        client = ChatClient(self.self_url, model, api_key=self.api_key, max_concurrency=4)
+        try:
+            cand = ProbeCandidate(id=re.sub(r"[^A-Za-z0-9._-]", "-", model), base_url=self.self_url, model=model,
+                                  params={"max_tokens": max_tokens})
+            return run_probes(load_suite(self.probe_suite), [cand], None,
+                              open_store(self.storage_uri, self.endpoint_url), clients={cand.id: client})
+        finally:
+            client.close()
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
@@ -404,6 +441,21 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def _probe_suite(path: str | None) -> str | None:
+    """The probe route's suite as an absolute path, checked now (a bad suite fails the start, not
+    the first probe request); relative paths are tried in the working directory, then the repo."""
+    if not path:
+        return None
+    from cluster.jobs import REPO_ROOT
+    from serve.probe_suite import load_suite
+
+    p = Path(path).expanduser()
+    if not p.is_absolute() and not p.exists():
+        p = REPO_ROOT / p
+    load_suite(p)
+    return str(p.resolve())
+
+
 def build_app(cfg: ServeConfig):
     """The Serve application for the config's HF candidates (vLLM ids are listed and redirected)."""
     hf = [c for c in cfg.candidates if c.engine == "hf"]
@@ -422,8 +474,12 @@ def build_app(cfg: ServeConfig):
         servers[cand.id] = CandidateServer.options(**options).bind(
             cand.model_dump(), registry_paths, storage_uri, cfg.storage.endpoint_url, cfg.limits.model_dump())
     vllm_ids = [sid for c in cfg.candidates if c.engine == "vllm" for sid in c.served_ids()]
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     settings = {"limits": cfg.limits.model_dump(), "api_key": cfg.resolved_api_key(),
-                "candidates": [c.model_dump() for c in hf], "vllm_ids": vllm_ids}
+                "candidates": [c.model_dump() for c in hf], "vllm_ids": vllm_ids,
+                "self_url": f"http://{host}:{cfg.port}/v1", "storage_uri": storage_uri,
+                "endpoint_url": cfg.storage.endpoint_url,
+                "probe_suite": _probe_suite(cfg.probe_suite)}
     return OpenAIIngress.options(max_ongoing_requests=cfg.limits.max_concurrent_requests).bind(settings, servers)
 
 

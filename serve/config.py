@@ -117,6 +117,8 @@ class ServeConfig(YardModel):
     api_key: str | None = Field(default=None, description=f"bearer key; {API_KEY_ENV} wins when set")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     candidates: list[CandidateConfig] = Field(min_length=1)
+    probe_suite: str | None = Field(default="configs/probes.persona.yaml",
+                                    description="persona probe suite behind POST /v1/yard/probe (null: no route)")
 
     @model_validator(mode="after")
     def _unique(self):

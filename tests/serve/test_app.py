@@ -12,7 +12,8 @@ from cluster.config import ConfigError, load_config
 from serve.config import ServeConfig
 
 KEY = "test-key"
-LIMITS = {"max_prompt_tokens": 64, "max_tokens": 24, "max_body_bytes": 4096, "max_concurrent_requests": 32}
+# prompt limit: the probe suite's longest conversation fits (the toy models have 512 positions)
+LIMITS = {"max_prompt_tokens": 448, "max_tokens": 24, "max_body_bytes": 16384, "max_concurrent_requests": 32}
 HI = [{"role": "user", "content": "what is the weather like?"}]
 
 
@@ -45,6 +46,7 @@ def app(ray_local, zoo, tmp_path_factory):
     adapter = _make_adapter(zoo.zoo_dir / "llama-a", tmp_path_factory.mktemp("adapter") / "persona")
     cfg = ServeConfig.model_validate({
         "kind": "serve", "registry": [str(zoo.registry_path)], "port": _free_port(), "api_key": KEY,
+        "storage": {"uri": str(tmp_path_factory.mktemp("store"))},
         "limits": LIMITS,
         "candidates": [
             # a generous wait so 8 concurrent clients reliably land in one batch on a busy 2-core box
@@ -138,10 +140,10 @@ def test_limits_answer_4xx(app, client):
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model="llama-a", messages=HI, max_tokens=LIMITS["max_tokens"] + 1)
     assert exc.value.body["param"] == "max_tokens"
-    long = [{"role": "user", "content": "rain " * 200}]  # under the body limit, over the token limit
+    long = [{"role": "user", "content": "rain " * 600}]  # under the body limit, over the token limit
     resp = _post(app, {"model": "llama-a", "messages": long})
     assert resp.status_code == 400 and _error(resp)["code"] == "context_length_exceeded"
-    resp = _post(app, {"model": "llama-a", "messages": [{"role": "user", "content": "x" * 5000}]})
+    resp = _post(app, {"model": "llama-a", "messages": [{"role": "user", "content": "x" * 20000}]})
     assert resp.status_code == 413 and _error(resp)["code"] == "request_too_large"
 
 
@@ -202,3 +204,18 @@ def test_config_rejects_duplicate_ids_and_missing_source(tmp_path):
 def test_demo_config_is_valid():
     cfg = load_config("configs/serve.demo.yaml", ServeConfig)
     assert cfg.host == "127.0.0.1" and [c.id for c in cfg.candidates] == ["llama-a", "qwen3-b"]
+
+
+def test_probe_route_runs_the_suite_through_the_app(app):
+    """POST /v1/yard/probe: the configured persona suite against one served model, with and without
+    the system prompt, through the app's own API (rule checks; the judge rubric is `yard probe`'s)."""
+    resp = _post(app, {"model": "exaone4-c", "max_tokens": 16}, path="/v1/yard/probe")
+    assert resp.status_code == 200, resp.text
+    summary = resp.json()
+    (cand,) = summary["candidates"]
+    assert cand["error"] is None and set(cand["conditions"]) == {"with_system", "without_system"}
+    for cond in cand["conditions"].values():
+        assert cond["probes"] > 10 and 0.0 <= cond["pass_rate"] <= 1.0 and "claims_ai" in cond["rules"]
+    assert summary["report"] and summary["report"].endswith(".md")
+    assert _post(app, {"model": "nope"}, path="/v1/yard/probe").status_code == 404
+    assert _post(app, {"model": "exaone4-c"}, key="wrong", path="/v1/yard/probe").status_code == 401
