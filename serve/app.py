@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.config import ConfigError
 from serve.config import CandidateConfig, LimitsConfig, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -488,6 +489,12 @@ def start_app(cfg: ServeConfig) -> str:
     returns the base URL (clients use URL + "/v1"). HF candidates answer at `/`; vLLM candidates
     through Ray Serve LLM at `/` when all are vLLM, else at `/vllm` (the HF ingress lists their ids
     and redirects their requests there with 307)."""
+    if any(c.engine == "vllm" for c in cfg.candidates) and cfg.resolved_api_key() \
+            and not cfg.allow_unauthenticated_vllm:
+        # secure by default: a configured key must not silently leave some models open
+        raise ConfigError("api_key: vLLM candidates are served by Ray Serve LLM's own ingress, which does not "
+                          "check bearer keys; put them behind your gateway and set "
+                          "allow_unauthenticated_vllm: true, or serve them in a config without api_key")
     from cluster.runtime import connect
 
     connect(cfg.ray)
@@ -496,8 +503,6 @@ def start_app(cfg: ServeConfig) -> str:
     if any(c.engine == "vllm" for c in cfg.candidates):
         from serve.vllm_engine import build_vllm_app
 
-        if cfg.resolved_api_key():
-            log.warning("api_key: Ray Serve LLM's own ingress serves the vLLM candidates and does not check it")
         serve.run(build_vllm_app(cfg), name=VLLM_APP_NAME, route_prefix=VLLM_ROUTE if has_hf else "/")
     if has_hf:
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")

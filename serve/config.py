@@ -117,6 +117,8 @@ class ServeConfig(YardModel):
     api_key: str | None = Field(default=None, description=f"bearer key; {API_KEY_ENV} wins when set")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     candidates: list[CandidateConfig] = Field(min_length=1)
+    allow_unauthenticated_vllm: bool = Field(default=False, description="serve vLLM candidates although api_key "
+                                             "is set (Ray Serve LLM's ingress does not check it)")
     probe_suite: str | None = Field(default="configs/probes.persona.yaml",
                                     description="persona probe suite behind POST /v1/yard/probe (null: no route)")
 
