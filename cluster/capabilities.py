@@ -18,6 +18,7 @@ JOBS: dict[str, str] = {
     "serve": "serve.serve_job:main",
     "judge": "serve.judge:main",
     "probe": "serve.probes:main",
+    "persona": "tune.persona.job:main",
 }
 
 # One line per job for `yard --help`.
@@ -33,6 +34,7 @@ JOB_HELP: dict[str, str] = {
     "serve": "serve candidates behind an OpenAI-compatible API on Ray Serve (serve CONFIG [--from-leaderboard S])",
     "judge": "KoMT-style LLM-judge scoring of served candidates (judge CONFIG [k=v ...])",
     "probe": "persona probes against served candidates, with and without the system prompt (probe CONFIG)",
+    "persona": "persona fine-tune: prep, SFT then DPO on Ray, merge, lineage, probes (persona CONFIG [--plan])",
 }
 
 # config `kind:` -> "module:Class" (a cluster.config.YardModel subclass).
@@ -47,6 +49,8 @@ CONFIG_KINDS: dict[str, str] = {
     "judge": "serve.judge:JudgeConfig",
     "probe": "serve.probes:ProbeJobConfig",
     "persona_probes": "serve.probe_suite:ProbeSuite",
+    "persona": "tune.persona.config:PersonaConfig",
+    "persona_sweep": "tune.persona.sweep:PersonaSweepConfig",
 }
 
 # Demos `yard demo` runs after the foundation's own, in order: name -> "module:function".
@@ -56,4 +60,5 @@ DEMOS: dict[str, str] = {
     "dna": "actors.dna_job:demo",
     "sweep": "tune.sweep:demo",
     "serve": "serve.demo:demo",
+    "persona": "tune.persona.job:demo",
 }

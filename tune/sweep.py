@@ -423,6 +423,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this sweep")
     parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
     args = parser.parse_args(argv)
+    from cluster.config import read_yaml
+
+    if read_yaml(args.config).get("kind") == "persona_sweep":  # LoRA rank x lr sweeps of a persona fine-tune
+        from tune.persona.sweep import main as persona_main
+
+        return persona_main(argv)
     cfg = load_config(args.config, SweepConfig, args.overrides)
     code, _ = run_sweep(cfg, config_path=args.config, resume=args.resume, restart_errored=args.restart_errored)
     return code

@@ -76,6 +76,7 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
     assert "chat       ok" in out and f"report: {store}/reports/chat/" in out
     assert "sweep      ok" in out and f"report: {store}/sweep/demo-quick/" in out
     assert "serve      ok" in out and f"report: {store}/probe/" in out  # Serve -> judge -> probes
+    assert "persona    ok" in out and f"report: {store}/persona/" in out  # prep -> SFT -> DPO -> merge -> probes
     registered = yaml.safe_load((zoo_dir / "models.yaml").read_text())["models"]
     children = {m: s for m, s in registered.items() if m.startswith("demo-quick.")}
     assert 1 <= len(children) <= 3 and all(s["parent"] == "exaone4-c" for s in children.values())

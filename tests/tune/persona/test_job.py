@@ -1,0 +1,105 @@
+"""tune/persona/job.py: --plan without training, bad input refused before Ray, and one full tiny job
+(prep -> SFT -> DPO -> merge -> lineage -> probe) on the toy qwen3-b on local Ray."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.config import ConfigError, UserError, load_config
+from cluster.registry import ModelRegistry
+from cluster.storage import open_store
+from tune.persona import job
+from tune.persona.config import PersonaConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+DEMO = str(job.DEMO_CONFIG)
+
+
+@pytest.fixture
+def zoo_registry(zoo, tmp_path) -> Path:
+    """A zoo of its own holding qwen3-b (absolute source), so a registered child stays in tmp_path."""
+    data = yaml.safe_load(Path(zoo.registry_path).read_text())
+    entry = dict(data["models"]["qwen3-b"], source=str(Path(zoo.zoo_dir) / "qwen3-b"))
+    zoo_dir = tmp_path / "zoo"
+    zoo_dir.mkdir()
+    (zoo_dir / "models.yaml").write_text(yaml.safe_dump({"kind": "models", "models": {"qwen3-b": entry}}))
+    return zoo_dir / "models.yaml"
+
+
+def _cfg(registry: Path, tmp_path: Path, *extra: str) -> PersonaConfig:
+    return load_config(DEMO, PersonaConfig, ["zoo=null", f"registry=[{registry}]",
+                                             f"storage.uri={tmp_path / 'store'}", *extra])
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Ray and the trainers must not be touched: any call fails the test."""
+    def boom(*a, **k):
+        raise AssertionError("Ray or training was started")
+
+    monkeypatch.setattr("cluster.runtime.connect", boom)
+    monkeypatch.setattr("tune.persona.train.train_sft", boom)
+
+
+def test_plan_prints_steps_and_costs_without_training(zoo_registry, tmp_path, capsys, no_training):
+    code = job.main([DEMO, "--plan", "zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={tmp_path / 'store'}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "270 SFT rows, 36 DPO pairs after prep (7 bad lines, 7 duplicates" in out
+    assert "| sft | 270 | 1 | 8 | 256 | 12 |" in out          # capped by the demo's sft.max_steps
+    assert "H200 SXM5 (chosen)" in out and "H100 PCIe" in out
+    assert not (tmp_path / "store").exists()                 # nothing written, nothing trained
+
+
+def test_zero_valid_rows_refused_before_ray(zoo_registry, tmp_path, no_training):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    with pytest.raises(UserError, match="no valid rows"):
+        job.run_persona(_cfg(zoo_registry, tmp_path, f"prep.data_dir={data}"))
+
+
+def test_unknown_base_is_one_line(zoo_registry, tmp_path, no_training):
+    with pytest.raises(ConfigError, match="'nope': unknown model id"):
+        job.run_persona(_cfg(zoo_registry, tmp_path, "base=nope"))
+
+
+def test_dpo_null_is_allowed_and_plans_sft_only(zoo_registry, tmp_path):
+    cfg = _cfg(zoo_registry, tmp_path, "dpo=null")
+    assert cfg.dpo is None
+    prep, _ = job.prepare_data(cfg, [str(zoo_registry)])
+    plan = job.make_plan(cfg, len(prep.sft), len(prep.dpo))
+    assert [s.stage for s in plan.stages] == ["sft"]
+
+
+def test_gpu_request_on_a_cpu_cluster_is_refused(zoo_registry, tmp_path, ray_local):
+    with pytest.raises(ConfigError, match=r"resources\.sft\.num_gpus: 1 but the Ray cluster has 0 GPU"):
+        job.check_resources(_cfg(zoo_registry, tmp_path, "resources.sft.num_gpus=1"))
+
+
+def test_full_tiny_job_outputs_lineage_and_probes(zoo_registry, tmp_path, ray_local):
+    cfg = _cfg(zoo_registry, tmp_path, "name=tiny", "sft.max_steps=2", "dpo.max_steps=2", "lora.r=4", "lora.alpha=8",
+               "probe.max_tokens=8")
+    code, summary = job.run_persona(cfg, config_path=DEMO)
+    assert code == 0, summary.get("probe")
+    store = open_store(str(tmp_path / "store"))
+    prefix = summary["prefix"]
+    files = set(store.list_keys(prefix + "/"))
+    for name in ("prep_report.md", "lengths.png", "sft/adapter/adapter_config.json", "dpo/adapter/adapter_config.json",
+                 "model/config.json", "losses.png", "report.md", "summary.json", "_COMPLETE.json"):
+        assert f"{prefix}/{name}" in files, name
+    assert [s["stage"] for s in summary["stages"]] == ["sft", "dpo"]
+    assert [s["steps"] for s in summary["stages"]] == [2, 2]
+    # the merged model is a persona child of its zoo base, pointing at the stored model
+    child = ModelRegistry.load([zoo_registry]).get("qwen3-b.tiny")
+    assert (child.parent, child.derivation) == ("qwen3-b", "persona")
+    assert Path(child.source) == (tmp_path / "store" / prefix / "model").resolve()
+    # both probe conditions ran and are in the report, the replayed judge labelled as such
+    conds = summary["probe"]["candidates"][0]["conditions"]
+    assert set(conds) == {"with_system", "without_system"} and conds["without_system"]["probes"] > 0
+    report = store.get_bytes(f"{prefix}/report.md").decode()
+    assert "| | with system | without system |" in report and "Judge: replayed" in report
+    assert "| sft | 2 | 2 |" in report                        # projected and actual steps side by side
+    stored = json.loads(store.get_bytes(f"{prefix}/summary.json"))
+    assert stored["child"]["registered"] is True and stored["prep"]["bad_lines"] == 7

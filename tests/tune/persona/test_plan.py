@@ -1,0 +1,89 @@
+"""tune/persona/plan.py: the seed's own numbers, step caps, the tables, bad price tables."""
+import pytest
+
+from cluster.config import ConfigError, validate
+from tune.persona.config import PersonaConfig
+from tune.persona.plan import actual_markdown, cost_usd, make_plan, plan_markdown, stage_steps
+
+
+def _cfg(**extra) -> PersonaConfig:
+    return validate({"kind": "persona", "base": "qwen3-8b", "prep": {"data_dir": "unused"}, **extra},
+                    PersonaConfig, "test")
+
+
+def test_seed_step_counts():
+    # seed 001: 1,886 examples x 3 epochs / batch 32 = 177; 180 pairs x 2 / 8 = 45
+    assert stage_steps(1886, 3, 16, 2) == 177
+    assert stage_steps(180, 2, 4, 2) == 45
+    plan = make_plan(_cfg(), 1886, 180)
+    assert [(s.stage, s.steps, s.effective_batch) for s in plan.stages] == [("sft", 177, 32), ("dpo", 45, 8)]
+
+
+def test_seed_wallclock_on_h200():
+    plan = make_plan(_cfg(gguf={"enabled": True, "quants": ["q4_k_m", "q5_k_m", "q6_k"]}), 1886, 180)
+    h200 = plan.projection("H200 SXM5")
+    assert h200.seconds["sft"] == pytest.approx(177 * 3 + 180)       # 531 s compute + ~3 min load
+    assert round(h200.seconds["sft"] / 60) == 12                      # the seed's "~12 min total"
+    assert h200.seconds["dpo"] == pytest.approx(45 * 5 + 30)         # 225 s compute, base cached
+    assert round(h200.seconds["dpo"] / 60) == 4                       # "~4 min"
+    assert h200.seconds["merge"] == pytest.approx(16 * 60)            # merge + q4/q5/q6: "~16 min total"
+    # the seed's 35-45 min on H200 also counts a 3-5 min upload this job does not do
+    assert 30 * 60 <= h200.total_s <= 45 * 60
+    # slower types take longer and are priced at their own rate
+    assert plan.projection("H100 PCIe").seconds["sft"] > plan.projection("H100 SXM5").seconds["sft"] > h200.seconds["sft"]
+
+
+@pytest.mark.parametrize("gpu,hours,seed_usd", [("H200 SXM5", 0.75, 3.00), ("H100 SXM5", 1.0, 3.50),
+                                                 ("H100 PCIe", 1.5, 3.75)])
+def test_seed_costs_at_seed_wallclocks(gpu, hours, seed_usd):
+    price = _cfg().plan.prices[gpu]
+    assert cost_usd(hours * 3600, price) == pytest.approx(seed_usd, abs=0.02)
+
+
+def test_max_steps_caps_and_dpo_null():
+    plan = make_plan(_cfg(sft={"max_steps": 3}, dpo=None), 1886, 180)
+    assert [(s.stage, s.steps) for s in plan.stages] == [("sft", 3)]
+    assert set(plan.projection("H200 SXM5").seconds) == {"sft", "merge"}
+
+
+def test_zero_pairs_projects_no_dpo_time():
+    plan = make_plan(_cfg(), 100, 0)
+    assert plan.stage("dpo").steps == 0
+    assert "dpo" not in plan.projection("H200 SXM5").seconds
+
+
+def test_step_time_scales_with_tokens_per_step():
+    small = make_plan(_cfg(sft={"batch_size": 8, "grad_accum": 1, "max_length": 512}), 1886, 0)
+    # 8 x 1 x 512 tokens per step is 1/8 of the seed's 16 x 2 x 1024
+    assert small.stage("sft").step_scale == pytest.approx(1 / 8)
+    assert small.projection("H200 SXM5").seconds["sft"] == pytest.approx(small.stage("sft").steps * 3 / 8 + 180)
+
+
+def test_plan_table_and_actual_table():
+    plan = make_plan(_cfg(), 1886, 180)
+    table = plan_markdown(plan)
+    assert "| sft | 1886 | 3 | 32 | 1024 | 177 |" in table
+    assert "| dpo | 180 | 2 | 8 | 1024 | 45 |" in table
+    assert "H200 SXM5 (chosen)" in table and "H100 PCIe" in table
+    actual = actual_markdown(plan, {"sft": 1800.0, "dpo": 0.0, "merge": 0.0}, {"sft": 176, "dpo": 44})
+    # half an hour priced at the chosen H200's $3.99/h
+    assert "30m00s ($2.00)" in actual
+    assert "| sft | 177 | 176 |" in actual
+
+
+@pytest.mark.parametrize("plan,needle", [
+    ({"gpu_type": "A100"}, "gpu_type: 'A100' is not priced"),
+    ({"prices": {"L4": 0.8}, "gpu_type": "L4"}, "sec_per_step: no entry for 'L4'"),
+    ({"sec_per_step": {"H200 SXM5": {"sft": 3.0}}, "prices": {"H200 SXM5": 3.99}}, "sec_per_step.H200 SXM5.dpo"),
+])
+def test_bad_price_tables_fail_at_load(plan, needle):
+    with pytest.raises(ConfigError, match="plan") as err:
+        _cfg(plan=plan)
+    assert needle in str(err.value)
+
+
+def test_bad_fields_name_the_field():
+    with pytest.raises(ConfigError, match=r"lora\.r"):
+        _cfg(lora={"r": 0})
+    with pytest.raises(ConfigError, match=r"probe\.judge"):
+        _cfg(probe={"judge": {"base_url": "http://x/v1"}})   # a real judge needs a model

@@ -1,0 +1,97 @@
+"""tune/persona/sweep.py: the persona_sweep config, ranking, the leaderboard, the in-process probe
+client, and a two-trial sweep on local Ray."""
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.config import ConfigError, load_config, validate
+from cluster.storage import open_store
+from tune.persona import sweep
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _cfg(**extra):
+    data = {"kind": "persona_sweep", "persona": {"base": "qwen3-b", "prep": {"data_dir": "x"}, "lora": {"r": 8, "alpha": 16}}}
+    data.update(extra)
+    return validate(data, sweep.PersonaSweepConfig, "test")
+
+
+def test_demo_config_loads_with_four_trials():
+    cfg = load_config(sweep.DEMO_CONFIG, sweep.PersonaSweepConfig)
+    assert cfg.search.trial_count() == 4 and cfg.persona.dpo is None
+
+
+@pytest.mark.parametrize("space,needle", [({"lora_r": {"grid": [0, 8]}}, "lora_r: 0 is not an integer >= 1"),
+                                          ({"sft_lr": {"value": -1}}, "sft_lr: -1 is not a number > 0"),
+                                          ({"lora_r": {"grid": [4], "value": 4}}, "exactly one of")])
+def test_bad_space_names_the_dimension(space, needle):
+    with pytest.raises(ConfigError, match=r"search\.space") as err:
+        _cfg(search={"space": space})
+    assert needle in str(err.value)
+
+
+def test_trial_config_sets_rank_lr_and_keeps_alpha_ratio():
+    cfg = sweep.trial_config(_cfg().persona.model_dump(), 32, 3e-4)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.sft.lr) == (32, 64, 3e-4)
+
+
+def test_rank_by_consistency_then_heldout_loss_errors_last(tmp_path):
+    rows = [
+        {"trial_id": "a", "probe_consistency": 0.5, "heldout_loss": 2.0, "status": "ok"},
+        {"trial_id": "b", "probe_consistency": 0.7, "heldout_loss": 3.0, "status": "ok"},
+        {"trial_id": "c", "probe_consistency": 0.5, "heldout_loss": 1.5, "status": "ok"},
+        {"trial_id": "d", "probe_consistency": None, "heldout_loss": None, "status": "error", "error": "boom"},
+    ]
+    ranked = sweep.rank_rows(rows)
+    assert [(r["trial_id"], r["rank"]) for r in ranked] == [("b", 1), ("c", 2), ("a", 3), ("d", None)]
+    paths = sweep.write_leaderboard(ranked, tmp_path, "t")
+    table = list(csv.DictReader(paths["csv"].open()))
+    assert [r["trial_id"] for r in table] == ["b", "c", "a", "d"] and table[3]["error"] == "boom"
+    assert "| 1 | b |" in paths["md"].read_text()
+
+
+class _FakeEngine:
+    def __init__(self):
+        self.seen = []
+
+    def render_chat(self, messages, kwargs):
+        self.seen.append(kwargs)
+        return messages[-1]["content"]
+
+    def generate(self, reqs):
+        from serve.engine_hf import GenResult
+
+        return [GenResult(f"{r.prompt}:{r.max_tokens}:{r.temperature}", 1, 1, "stop", len(reqs)) for r in reqs]
+
+
+def test_engine_client_answers_like_chat_client():
+    engine = _FakeEngine()
+    client = sweep.EngineClient(engine, "m")
+    replies = client.chat_many([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
+                               max_tokens=5, chat_template_kwargs={"enable_thinking": False})
+    assert [r.text for r in replies] == ["a:5:0.0", "b:5:0.0"]
+    assert engine.seen == [{"enable_thinking": False}] * 2
+
+
+def test_two_trial_sweep_publishes_a_ranked_leaderboard(zoo, tmp_path, ray_local):
+    data = yaml.safe_load(Path(sweep.DEMO_CONFIG).read_text())
+    data["persona"].update(zoo=None, registry=[str(zoo.registry_path)], storage={"uri": str(tmp_path / "store")})
+    data["persona"]["sft"]["max_steps"] = 1
+    data["persona"]["probe"]["max_tokens"] = 4
+    data["search"]["space"] = {"lora_r": {"grid": [2, 4]}, "sft_lr": {"value": 1e-3}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    cfg = load_config(path, sweep.PersonaSweepConfig)
+    code, summary = sweep.run_persona_sweep(cfg, config_path=str(sweep.DEMO_CONFIG))
+    assert code == 0, summary["rows"]
+    assert [r["rank"] for r in summary["rows"]] == [1, 2]
+    assert sorted(r["lora_r"] for r in summary["rows"]) == [2, 4]
+    assert all(r["heldout_loss"] is not None and r["probe_consistency"] is not None for r in summary["rows"])
+    store = open_store(str(tmp_path / "store"))
+    prefix = f"persona_sweep/{cfg.name}/{summary['run']}"
+    keys = set(store.list_keys(prefix + "/"))
+    assert {f"{prefix}/leaderboard.md", f"{prefix}/leaderboard.csv", f"{prefix}/_COMPLETE.json"} <= keys
+    assert sum(k.endswith("sft_adapter/adapter_config.json") for k in keys) == 2

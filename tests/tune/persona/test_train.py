@@ -1,0 +1,171 @@
+"""tune/persona/train.py on the toy zoo's qwen3-b: tiny SFT and DPO runs on CPU, merge, plot, GGUF skip."""
+import shutil
+
+import pytest
+from pydantic import ValidationError
+
+from tune.persona.train import (DpoSettings, LoraSettings, SftSettings, StageResult, TrainError, build_dpo_trainer,
+                                build_sft_trainer, export_gguf, merge_adapter, plot_losses, train_dpo, train_sft)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NO_THINK = {"enable_thinking": False}
+LORA = LoraSettings(r=4, alpha=8)
+SFT = SftSettings(batch_size=2, grad_accum=1, max_steps=3, max_length=128)
+DPO = DpoSettings(batch_size=2, grad_accum=1, max_steps=3, max_length=128)
+
+CONVERSATIONS = [
+    {"messages": [{"role": "user", "content": f"Where is your cafe? ({i})"},
+                  {"role": "assistant", "content": f"In the Jeonju hanok village, 느티나무 커피. ({i})"}]}
+    for i in range(6)
+]
+PAIRS = [
+    {"prompt": [{"role": "user", "content": f"Who are you? ({i})"}],
+     "chosen": [{"role": "assistant", "content": "I'm Seo-yun, I run a cafe in Jeonju."}],
+     "rejected": [{"role": "assistant", "content": "I am an AI language model."}]}
+    for i in range(4)
+]
+# Qwen3-style: the final assistant turn and the no-thinking generation prompt carry an empty think block
+QWEN3_LIKE = (
+    "{{- bos_token -}}{%- for m in messages -%}<|im_start|>{{ m['role'] }}\n"
+    "{%- if m['role'] == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif -%}"
+    "{{ m['content'] }}<|im_end|>\n{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n"
+    "{%- if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif -%}{%- endif -%}"
+)
+
+
+@pytest.fixture(scope="module")
+def base(zoo):
+    return str(zoo.zoo_dir / "qwen3-b")
+
+
+@pytest.fixture(scope="module")
+def sft_result(base, tmp_path_factory):
+    return train_sft(base, CONVERSATIONS, CONVERSATIONS[:2], LORA, SFT, tmp_path_factory.mktemp("sft"),
+                     chat_template_kwargs=NO_THINK)
+
+
+def _targets(trainer) -> list[tuple[str, str]]:
+    """(whole sequence, trained tokens) per row of the trainer's tokenized train dataset."""
+    tok = trainer.processing_class
+    out = []
+    for row in trainer.train_dataset:
+        ids = row["input_ids"]
+        trained = [t for t, label in zip(ids, row["labels"]) if label != -100]  # -100: no loss
+        out.append((tok.decode(ids), tok.decode(trained)))
+    return out
+
+
+def test_defaults_are_the_seed_recipe():
+    lora, sft, dpo = LoraSettings(), SftSettings(), DpoSettings()
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (64, 128, 0.05, "all-linear")
+    assert (sft.epochs, sft.lr, sft.scheduler, sft.warmup_ratio, sft.batch_size, sft.grad_accum, sft.max_length,
+            sft.packing) == (3, 1e-4, "cosine", 0.05, 16, 2, 1024, False)
+    assert (dpo.epochs, dpo.lr, dpo.beta, dpo.batch_size, dpo.grad_accum, dpo.warmup_ratio) == (2, 5e-6, 0.1, 4, 2, 0.1)
+
+
+@pytest.mark.parametrize("cls, field, value", [(SftSettings, "lr", 0), (SftSettings, "lr", -1e-4),
+                                                (LoraSettings, "r", 0), (DpoSettings, "beta", 0)])
+def test_bad_settings_name_the_field(cls, field, value):
+    with pytest.raises(ValidationError) as err:
+        cls(**{field: value})
+    assert err.value.errors()[0]["loc"] == (field,)
+
+
+def test_sft_logs_loss_and_saves_adapter(sft_result):
+    assert isinstance(sft_result, StageResult)
+    assert (sft_result.stage, sft_result.backend, sft_result.steps) == ("sft", "peft", 3)
+    losses = [r["loss"] for r in sft_result.log if "loss" in r]
+    assert len(losses) == 3 and all(loss > 0 for loss in losses)
+    assert sft_result.eval_loss is not None and sft_result.eval_loss > 0
+    assert sft_result.tokens > 0 and sft_result.tokens_per_s > 0
+    assert (shutil.os.path.isfile(f"{sft_result.adapter_dir}/adapter_config.json")
+            and shutil.os.path.isfile(f"{sft_result.adapter_dir}/adapter_model.safetensors"))
+
+
+def test_sft_targets_are_the_assistant_turn_without_think_tags(base, tmp_path):
+    trainer, _, _ = build_sft_trainer(base, CONVERSATIONS, [], LORA, SFT, tmp_path, chat_template_kwargs=NO_THINK)
+    for whole, trained in _targets(trainer):
+        assert "<think>" not in whole and "<think>" not in trained
+        assert trained.startswith("In the Jeonju hanok village") and trained.endswith("<|im_end|>\n")
+        assert "Where is your cafe" not in trained  # the user turn is context, not a target
+
+
+def test_think_block_of_a_qwen3_template_stays_out_of_the_targets(base, tmp_path):
+    model_dir = tmp_path / "qwen3-think"
+    shutil.copytree(base, model_dir)
+    (model_dir / "chat_template.jinja").write_text(QWEN3_LIKE)
+    trainer, _, _ = build_sft_trainer(str(model_dir), CONVERSATIONS, [], LORA, SFT, tmp_path / "out",
+                                      chat_template_kwargs=NO_THINK)
+    for whole, trained in _targets(trainer):
+        assert "<think>" in whole            # the template did render it, as context
+        assert "<think>" not in trained and "</think>" not in trained
+        assert trained.startswith("In the Jeonju hanok village")
+
+
+def test_dpo_starts_from_the_sft_adapter_without_a_second_model(base, sft_result, tmp_path):
+    trainer, backend, _ = build_dpo_trainer(base, sft_result.adapter_dir, PAIRS, [], LORA, DPO, tmp_path,
+                                            chat_template_kwargs=NO_THINK)
+    assert trainer.ref_model is None and backend == "peft"
+    # trl's reference for a PEFT policy: a frozen copy of the loaded SFT adapter on the same base weights
+    assert set(trainer.model.peft_config) == {"default", "ref"}
+    ref = {n: p for n, p in trainer.model.named_parameters() if ".ref." in n}
+    assert ref and not any(p.requires_grad for p in ref.values())
+
+
+def test_dpo_logs_rewards_and_loss_then_merge_reloads_and_generates(base, sft_result, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dpo = train_dpo(base, sft_result.adapter_dir, PAIRS, PAIRS[:2], LORA, DPO, tmp_path / "dpo",
+                    chat_template_kwargs=NO_THINK)
+    assert dpo.stage == "dpo" and dpo.steps == 3 and dpo.eval_loss is not None
+    assert any("rewards/margins" in r for r in dpo.log) and all(r["loss"] > 0 for r in dpo.log if "loss" in r)
+    assert sorted(p.name for p in (tmp_path / "dpo" / "adapter").iterdir() if p.is_dir()) == []  # no "ref" adapter
+
+    merged = merge_adapter(base, dpo.adapter_dir, tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tok = AutoTokenizer.from_pretrained(merged)
+    assert model.dtype == torch.bfloat16 and not hasattr(model, "peft_config")
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True, **NO_THINK)
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+    png = plot_losses([sft_result, dpo], tmp_path / "losses.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_rows_and_paths_are_one_line_errors(base, sft_result, tmp_path):
+    with pytest.raises(TrainError, match=r"^rows: no SFT rows"):
+        train_sft(base, [], [], LORA, SFT, tmp_path)
+    no_answer = [{"messages": [{"role": "user", "content": "hi"}]}]
+    with pytest.raises(TrainError, match=r"^rows\[0\]: no non-empty assistant turn"):
+        train_sft(base, no_answer, [], LORA, SFT, tmp_path)
+    with pytest.raises(TrainError, match=r"^sft_adapter_dir: .* has no adapter_config.json"):
+        train_dpo(base, str(tmp_path), PAIRS, [], LORA, DPO, tmp_path)
+    with pytest.raises(TrainError, match=r"^rows\[0\]: expected conversational"):
+        train_dpo(base, sft_result.adapter_dir, [{"prompt": "hi"}], [], LORA, DPO, tmp_path)
+    with pytest.raises(TrainError, match=r"^dtype: 'int8'"):
+        merge_adapter(base, sft_result.adapter_dir, tmp_path / "m", dtype="int8")
+    with pytest.raises(TrainError, match=r"^device: 'tpu'"):
+        train_sft(base, CONVERSATIONS, [], LORA, SFT, tmp_path, device="tpu")
+
+
+def test_gguf_export_is_skipped_without_llama_cpp(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing llama.cpp on it
+    assert export_gguf(str(tmp_path), tmp_path / "gguf") == (None, "skipped: llama.cpp not found (set LLAMA_CPP_DIR)")
+
+
+def test_gguf_export_runs_the_converter_found_in_llama_cpp_dir(tmp_path, monkeypatch):
+    # a stand-in converter that writes its --outfile: proves the discovery and the call, not llama.cpp
+    (tmp_path / "convert_hf_to_gguf.py").write_text(
+        "import sys\nargs = sys.argv\nopen(args[args.index('--outfile') + 1], 'w').write(args[1])\n")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    path, message = export_gguf("/some/merged", tmp_path / "gguf", quant="q4_k_m")
+    assert path.endswith("model-f16.gguf") and open(path).read() == "/some/merged"
+    assert message == "exported model-f16.gguf; q4_k_m skipped: llama-quantize not found"

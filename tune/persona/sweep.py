@@ -1,0 +1,310 @@
+"""`yard sweep configs/persona-sweep.demo.yaml`: LoRA rank and SFT learning rate as Ray Tune dimensions
+of the persona recipe, ranked by probe consistency, then held-out loss.
+
+    kind: persona_sweep
+    name: seoyun-rank
+    persona: {base: qwen3-b, zoo: configs/zoo.demo.yaml, prep: {data_dir: ..., held_out_fraction: 0.1}, ...}
+    search:
+      space:
+        lora_r: {grid: [4, 16]}
+        sft_lr: {grid: [2.0e-4, 1.0e-3]}
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+
+The driver preps the data once (the rows travel to every trial); each trial trains SFT (and DPO),
+merges, and probes the merged model with rule checks only. Probing is in-process: the trial's
+model answers through `serve.engine_hf.HFEngine` behind `EngineClient`, a stand-in for the HTTP
+client that `serve.probes.run_probes` drives. That is cheaper than a Serve app per trial: no
+replica actor competing with concurrent trials for CPUs/GPUs, no app names or ports to keep
+apart, and no second copy of the model. LoRA alpha keeps the persona config's alpha/r ratio.
+
+Ranking: `probe_consistency` is the share of probes passed WITHOUT the system prompt (the seed's
+point: the persona must hold unprompted), higher first; ties go to the lower SFT held-out loss.
+Output: store run `persona_sweep/<name>/<run>/` with leaderboard.md, leaderboard.csv, rows.json,
+and each trial's adapters under `trials/<trial>/`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from cluster.config import YardModel, load_config
+from cluster.jobs import REPO_ROOT, run_job
+from cluster.storage import new_run_name, open_store
+from tune.config import Dimension, ResourcesConfig
+from tune.persona.config import PersonaConfig
+
+log = logging.getLogger(__name__)
+SWEEP_KIND = "persona_sweep"
+DEMO_CONFIG = REPO_ROOT / "configs" / "persona-sweep.demo.yaml"
+LEADERBOARD_COLUMNS = ("rank", "trial_id", "lora_r", "sft_lr", "probe_consistency", "probe_with_system",
+                       "heldout_loss", "dpo_heldout_loss", "train_loss", "seconds", "status", "error")
+
+
+class PersonaSpace(YardModel):
+    lora_r: Dimension = Field(default_factory=lambda: Dimension(value=64), description="LoRA rank")
+    sft_lr: Dimension = Field(default_factory=lambda: Dimension(value=1e-4), description="SFT learning rate")
+
+    @model_validator(mode="after")
+    def _values(self) -> "PersonaSpace":
+        for v in self.lora_r.values():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"lora_r: {v!r} is not an integer >= 1")
+        for v in self.sft_lr.values():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError(f"sft_lr: {v!r} is not a number > 0")
+        return self
+
+    def to_tune(self) -> dict:
+        return {"lora_r": self.lora_r.to_tune(), "sft_lr": self.sft_lr.to_tune()}
+
+    def grid_size(self) -> int:
+        return math.prod(len(d.grid) for d in (self.lora_r, self.sft_lr) if d.kind == "grid")
+
+
+class PersonaSearch(YardModel):
+    space: PersonaSpace = Field(default_factory=PersonaSpace)
+    algorithm: Literal["grid", "random"] = "grid"
+    num_samples: int = Field(1, ge=1, description="repeats of the grid, or samples of choice/range dimensions")
+    seed: int = 0
+    max_concurrent_trials: int = Field(2, ge=1)
+
+    def trial_count(self) -> int:
+        return self.space.grid_size() * self.num_samples
+
+
+class PersonaSweepConfig(YardModel):
+    """`kind: persona_sweep`: the persona config plus a search over lora.r and sft.lr."""
+
+    kind: Literal["persona_sweep"] = "persona_sweep"
+    name: str = Field("persona-sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    persona: PersonaConfig
+    search: PersonaSearch = Field(default_factory=PersonaSearch)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    stall_after_s: float = Field(1800.0, gt=0)
+
+
+@dataclass(frozen=True)
+class _Reply:  # the fields of serve.client.ChatReply that run_probes reads
+    text: str
+    cached: bool = False
+    attempts: int = 1
+    finish_reason: str | None = None
+
+
+class EngineClient:
+    """A `ChatClient` stand-in answering from an in-process HFEngine: `chat_many` renders each
+    conversation with the template options and generates them as one batch."""
+
+    max_concurrency = 1
+
+    def __init__(self, engine, model: str):
+        self.engine, self.model = engine, model
+
+    def chat_many(self, conversations: list[list[dict]], **params) -> list[_Reply]:
+        from serve.engine_hf import GenRequest
+
+        kwargs = params.get("chat_template_kwargs") or {}
+        reqs = [GenRequest(prompt=self.engine.render_chat(c, kwargs), max_tokens=int(params.get("max_tokens", 64)),
+                           temperature=float(params.get("temperature", 0.0))) for c in conversations]
+        return [_Reply(r.text, finish_reason=r.finish_reason) for r in self.engine.generate(reqs)]
+
+    def chat(self, messages: list[dict], **params) -> _Reply:
+        return self.chat_many([messages], **params)[0]
+
+    def close(self) -> None:
+        pass
+
+
+def trial_config(persona: dict, lora_r: int, sft_lr: float) -> PersonaConfig:
+    """The persona config of one trial: rank and learning rate set, alpha at the config's alpha/r."""
+    cfg = PersonaConfig.model_validate(persona)
+    ratio = cfg.lora.alpha / cfg.lora.r
+    lora = cfg.lora.model_copy(update={"r": int(lora_r), "alpha": max(1, round(ratio * lora_r))})
+    return cfg.model_copy(update={"lora": lora, "sft": cfg.sft.model_copy(update={"lr": float(sft_lr)})})
+
+
+def probe_in_process(cfg: PersonaConfig, model_dir: str, out_dir: Path) -> dict:
+    """Rule-checked probes of a merged model dir, both conditions, no server: run_probes' summary."""
+    from serve.config import CandidateConfig
+    from serve.engine_hf import HFEngine
+    from serve.probe_suite import load_suite
+    from serve.probes import CONDITIONS, ProbeCandidate, run_probes
+    from tune.persona.job import resolve_relative
+
+    cand_id = f"{cfg.name}-merged"
+    engine = HFEngine(CandidateConfig(id=cand_id, path=model_dir, chat_template_kwargs=cfg.chat_template_kwargs))
+    suite = load_suite(resolve_relative(cfg.probe.suite, cfg))
+    cand = ProbeCandidate(id=cand_id, base_url="http://in-process/v1", params={
+        "max_tokens": cfg.probe.max_tokens, "chat_template_kwargs": dict(cfg.chat_template_kwargs)})
+    return run_probes(suite, [cand], None, None, conditions=CONDITIONS, clients={cand_id: EngineClient(engine, cand_id)},
+                      out_dir=out_dir)
+
+
+def run_persona_trial(config: dict, setup: dict) -> None:
+    """The Tune function trainable: SFT (-> DPO) -> merge -> probe on this trial's slot; one report."""
+    from ray import tune
+
+    from cluster.storage import open_store
+    from tune.persona.job import base_path
+    from tune.persona.train import merge_adapter, train_dpo, train_sft
+
+    t0 = time.time()
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(setup["persona"], config["lora_r"], config["sft_lr"])
+    path = base_path(setup["registry_paths"], cfg.base)
+    store = open_store(setup["store_uri"], setup["endpoint_url"])
+    # the sweep's own run: the driver completes it after the last trial
+    writer = store.new_run(SWEEP_KIND, setup["name"], name=setup["run"])
+    with tempfile.TemporaryDirectory(prefix="yard-persona-trial-") as tmp:
+        tmp = Path(tmp)
+        sft = train_sft(path, setup["sft"], setup["sft_held_out"], cfg.lora, cfg.sft, tmp / "sft",
+                        chat_template_kwargs=cfg.chat_template_kwargs)
+        writer.put_dir(f"trials/{trial_id}/sft_adapter", sft.adapter_dir)
+        final, dpo = sft.adapter_dir, None
+        if cfg.dpo is not None and setup["dpo"]:
+            dpo = train_dpo(path, sft.adapter_dir, setup["dpo"], setup["dpo_held_out"], cfg.lora, cfg.dpo, tmp / "dpo",
+                            chat_template_kwargs=cfg.chat_template_kwargs)
+            writer.put_dir(f"trials/{trial_id}/dpo_adapter", dpo.adapter_dir)
+            final = dpo.adapter_dir
+        merged = merge_adapter(path, final, tmp / "model", dtype=cfg.merge.dtype)
+        probe = probe_in_process(cfg, merged, tmp / "probe")
+        writer.put_file(f"trials/{trial_id}/probe_report.md", probe["report"])
+    conds = probe["candidates"][0]["conditions"]
+    tune.report({
+        "trial_id": trial_id, "lora_r": cfg.lora.r, "sft_lr": cfg.sft.lr,
+        "probe_consistency": conds["without_system"]["pass_rate"],
+        "probe_with_system": conds["with_system"]["pass_rate"],
+        "heldout_loss": sft.eval_loss, "dpo_heldout_loss": dpo.eval_loss if dpo else None,
+        "train_loss": sft.train_loss, "seconds": round(time.time() - t0, 1)})
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def rank_rows(rows: list[dict]) -> list[dict]:
+    """Scored rows by probe consistency (higher first), then held-out loss (lower first); the rest
+    unranked at the end."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    ok.sort(key=lambda r: (-(r["probe_consistency"] or 0.0),
+                           r["heldout_loss"] if _finite(r["heldout_loss"]) else math.inf))
+    for i, r in enumerate(ok, 1):
+        r["rank"] = i
+    rest = [dict(r, rank=None) for r in rows if r["status"] != "ok"]
+    return ok + rest
+
+
+def rows_from_results(grid) -> list[dict]:
+    rows = []
+    for result in grid:
+        m, c = dict(result.metrics or {}), dict(result.config or {})
+        row = {k: m.get(k) for k in LEADERBOARD_COLUMNS if k not in ("rank", "status", "error")}
+        row.update(lora_r=c.get("lora_r"), sft_lr=c.get("sft_lr"), trial_id=m.get("trial_id") or Path(str(result.path)).name)
+        if result.error is not None:
+            row["status"], row["error"] = "error", str(result.error).strip().splitlines()[-1][:300]
+        else:
+            row["status"], row["error"] = "ok", None
+        rows.append(row)
+    return rank_rows(rows)
+
+
+def write_leaderboard(rows: list[dict], out_dir: Path, title: str) -> dict[str, Path]:
+    """leaderboard.md and leaderboard.csv, ranked rows first."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "leaderboard.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LEADERBOARD_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = [f"# {title}", "", "Ranked by probe consistency (probes passed without the system prompt), then "
+             "SFT held-out loss. Probes are rule checks only (no judge).", "",
+             "| " + " | ".join(LEADERBOARD_COLUMNS) + " |", "|" + "---|" * len(LEADERBOARD_COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in LEADERBOARD_COLUMNS) + " |" for r in rows]
+    md = out_dir / "leaderboard.md"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"md": md, "csv": csv_path}
+
+
+def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None) -> tuple[int, dict]:
+    """Prep once, the trials with Ray Tune, the leaderboard in the store. Exit code 0 when every trial
+    scored, 1 otherwise (the scored ones are still published)."""
+    from ray import tune
+
+    from cluster.runtime import connect
+    from tune.persona.job import prepare_data, resolve_registry
+
+    persona = cfg.persona
+    if config_path is not None:
+        object.__setattr__(persona, "_source", config_path)  # relative paths resolve against the sweep file
+    registry_paths = resolve_registry(persona)
+    prep, _ = prepare_data(persona, registry_paths)  # PrepError on zero rows: before Ray starts
+    store = open_store(persona.storage.uri, persona.storage.endpoint_url)
+    connect(persona.ray)
+    run = new_run_name()
+    setup = {"persona": persona.model_dump(), "registry_paths": registry_paths, "store_uri": store.uri,
+             "endpoint_url": persona.storage.endpoint_url, "name": cfg.name, "run": run,
+             "sft": prep.sft, "sft_held_out": prep.sft_held_out, "dpo": prep.dpo, "dpo_held_out": prep.dpo_held_out}
+    with run_job("sweep", cfg, store, config_path=config_path, stall_after_s=cfg.stall_after_s) as job:
+        reporter = job.reporter("sweep", total=cfg.search.trial_count())
+        reporter.phase("trials")
+        trainable = tune.with_resources(tune.with_parameters(run_persona_trial, setup=setup),
+                                        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
+        search_alg = None
+        if cfg.search.algorithm == "random":
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(random_state=cfg.search.seed)
+        from tune.sweep import tune_storage
+
+        storage_path, filesystem = tune_storage(store, persona.storage.endpoint_url)
+        tuner = tune.Tuner(trainable, param_space=cfg.search.space.to_tune(),
+                           tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=cfg.search.num_samples,
+                                                       max_concurrent_trials=cfg.search.max_concurrent_trials),
+                           run_config=tune.RunConfig(name=f"{cfg.name}-{run}", storage_path=storage_path,
+                                                     storage_filesystem=filesystem, verbose=1,
+                                                     failure_config=tune.FailureConfig(max_failures=0)))
+        rows = rows_from_results(tuner.fit())
+        reporter.advance(len(rows))
+        ok = [r for r in rows if r["status"] == "ok"]
+        writer = store.new_run(SWEEP_KIND, cfg.name, name=run)
+        with tempfile.TemporaryDirectory() as tmp:
+            for p in write_leaderboard(rows, Path(tmp), f"persona sweep {cfg.name} ({run}) on {persona.base}").values():
+                writer.put_file(p.name, p)
+        writer.put_json("rows.json", rows)
+        writer.files += [k[len(writer.prefix) + 1:] for k in store.list_keys(f"{writer.prefix}/trials/")]
+        summary = {"sweep": cfg.name, "run": run, "base": persona.base, "trials": len(rows), "ok": len(ok),
+                   "best": ok[0]["trial_id"] if ok else None, "report": store.locate(writer.key("leaderboard.md"))}
+        writer.put_json("summary.json", summary)
+        writer.complete(status="ok" if ok else "failed", trials=len(rows))
+        job.add_artifact(writer.prefix)
+        job.summary = summary
+        code = 0 if ok and len(ok) == len(rows) else 1
+        if code:
+            job.fail(f"{len(rows) - len(ok)} of {len(rows)} trial(s) errored")
+        reporter.finish("succeeded" if code == 0 else "failed")
+    for r in rows:
+        print(f"{r['rank'] or '-':>4} {r['trial_id']:<14} r={r['lora_r']:<4} lr={r['sft_lr']:<8g} "
+              f"consistency={r['probe_consistency']} heldout={r['heldout_loss']} {r['status']}")
+    print(f"leaderboard: {summary['report']}")
+    return code, {"status": "ok" if code == 0 else "failed", **summary, "rows": rows}
+
+
+def main(argv: list[str]) -> int:
+    """`yard sweep CONFIG` for a kind: persona_sweep config (tune/sweep.py dispatches here on kind)."""
+    parser = argparse.ArgumentParser(prog="yard sweep", description="persona LoRA rank / learning-rate sweep")
+    parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, PersonaSweepConfig, args.overrides)
+    code, _ = run_persona_sweep(cfg, config_path=args.config)
+    return code
