@@ -25,35 +25,19 @@ import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.config import ConfigError
 from serve.config import CandidateConfig, LimitsConfig, ServeConfig
+from serve.requests import BadRequest, error_body, parse_chat, parse_completion
+from serve.requests import number as _number
 
 log = logging.getLogger(__name__)
 APP_NAME = "yard"
 VLLM_APP_NAME = "yard-vllm"
 VLLM_ROUTE = "/vllm"  # where vLLM candidates live when the config mixes both engines
-
-
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    """An OpenAI-style error response."""
-    kind = {401: "authentication_error", 404: "invalid_request_error", 413: "invalid_request_error",
-            429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
-
-
-class BadRequest(Exception):
-    """A request refused with an OpenAI-style error (raised inside the ingress, answered at once)."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def response(self) -> JSONResponse:
-        return error_body(self.status, self.message, self.param, self.code)
 
 
 # --- the candidate deployment --------------------------------------------------------------
@@ -138,82 +122,6 @@ class CandidateServer:
             if item is done:
                 return
             yield item
-
-
-# --- request validation --------------------------------------------------------------------
-def _number(body: dict, key: str, default: float, low: float, high: float, *, low_open: bool = False) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value > high or value < low or (
-            low_open and value == low):
-        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-        raise BadRequest(400, f"{key}: {value!r} is not a number in {bound}", key, "invalid_value")
-    return float(value)
-
-
-def _content_text(content, where: str) -> str:
-    """A message's content: a string, or OpenAI content parts of type text joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
-    raise BadRequest(400, f"{where}.content: expected a string or a list of text parts", where, "invalid_value")
-
-
-def parse_common(body: dict, limits: LimitsConfig, default_max_tokens: int) -> dict:
-    """The sampling fields shared by chat and completions, validated; BadRequest naming the field."""
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = min(default_max_tokens, limits.max_tokens)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise BadRequest(400, f"max_tokens: {max_tokens!r} is not a positive integer", "max_tokens", "invalid_value")
-    if max_tokens > limits.max_tokens:
-        raise BadRequest(400, f"max_tokens: {max_tokens} is over this server's limit of {limits.max_tokens}",
-                         "max_tokens", "invalid_value")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-        raise BadRequest(400, "stop: expected a string or a list of up to 4 strings", "stop", "invalid_value")
-    if body.get("n", 1) != 1:
-        raise BadRequest(400, f"n: {body.get('n')!r}: only n=1 is supported", "n", "invalid_value")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest(400, f"seed: {seed!r} is not an integer", "seed", "invalid_value")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest(400, f"stream: {stream!r} is not a boolean", "stream", "invalid_value")
-    return dict(max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-                top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True), stop=stop, seed=seed, stream=stream)
-
-
-def parse_chat(body: dict, limits: LimitsConfig) -> dict:
-    payload = parse_common(body, limits, limits.max_tokens)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest(400, "messages: expected a non-empty list of {role, content}", "messages", "invalid_value")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise BadRequest(400, f"messages.{i}: expected {{role, content}}", "messages", "invalid_value")
-        clean.append({"role": m["role"], "content": _content_text(m.get("content"), f"messages.{i}")})
-    kwargs = body.get("chat_template_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise BadRequest(400, "chat_template_kwargs: expected an object", "chat_template_kwargs", "invalid_value")
-    payload.update(messages=clean, chat_template_kwargs=kwargs)
-    return payload
-
-
-def parse_completion(body: dict, limits: LimitsConfig) -> dict:
-    payload = parse_common(body, limits, 16)  # OpenAI's default for /v1/completions
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise BadRequest(400, "prompt: expected a string (or a list of one string)", "prompt", "invalid_value")
-    payload["prompt"] = prompt
-    return payload
 
 
 # --- the ingress -----------------------------------------------------------------------------
