@@ -238,17 +238,37 @@ def build_tree(kind: str, ids: list[str], D: np.ndarray) -> Tree:
 
 # --- gates and lineage metrics -----------------------------------------------------------------
 def outlier_pairs(
-    ids: list[str], D: np.ndarray, threshold: float, identical_groups: list[list[str]] = ()
+    ids: list[str], D: np.ndarray, threshold: float, identical_groups: list[list[str]] = (),
+    related: list[tuple[str, str]] = (), related_threshold: float = 0.0,
 ) -> list[tuple[str, str, float]]:
     """Pairs closer than `threshold`, closest first, unless declared identical (both in one
-    group): a near-zero distance is almost always a silent failure (collapsed answers)."""
+    group): a near-zero distance is almost always a silent failure (collapsed answers).
+
+    Pairs in `related` (a registered parent and its derivative, or two derivatives of one parent:
+    a quantized copy, a short fine-tune) are expected to be close; they are flagged only under
+    `related_threshold`, where the derivative's outputs are all but its parent's (the change never
+    took effect)."""
     declared = [set(g) for g in identical_groups]
+    kin = {frozenset(p) for p in related}
     out = []
     for i in range(len(ids)):
         for j in range(i + 1, len(ids)):
-            if D[i, j] < threshold and not any(ids[i] in g and ids[j] in g for g in declared):
+            limit = related_threshold if frozenset((ids[i], ids[j])) in kin else threshold
+            if D[i, j] < limit and not any(ids[i] in g and ids[j] in g for g in declared):
                 out.append((ids[i], ids[j], float(D[i, j])))
     return sorted(out, key=lambda p: p[2])
+
+
+def lineage_pairs(parents: dict[str, str | None]) -> list[tuple[str, str]]:
+    """(parent, child) and (sibling, sibling) pairs among the models of `parents` (id -> parent id)."""
+    pairs = [(m, p) for m, p in parents.items() if p in parents]
+    children: dict[str, list[str]] = {}
+    for m, p in parents.items():
+        if p:
+            children.setdefault(p, []).append(m)
+    for kids in children.values():
+        pairs += [(a, b) for i, a in enumerate(kids) for b in kids[i + 1:]]
+    return pairs
 
 
 def nearest_family_accuracy(ids: list[str], D: np.ndarray, families: dict[str, str]) -> tuple[float, list[dict]]:

@@ -78,6 +78,9 @@ class GateConfig(YardModel):
     min_valid_fraction: float = Field(0.9, ge=0, le=1)
     min_avg_chars: float = Field(100.0, ge=0)
     outlier_distance: float = Field(0.1, ge=0, le=2, description="cosine distance under which a pair is suspicious")
+    lineage_outlier_distance: float = Field(
+        0.005, ge=0, le=2, description="the same for a registered parent/derivative or sibling pair, which is "
+        "expected to be close (a quantized copy, a short fine-tune)")
     # First-prompt watchdog: seconds per prompt allowed, by model size (first matching tier).
     watchdog: list[WatchdogTier] = Field(
         default_factory=lambda: [

@@ -177,7 +177,9 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
     identical += [[mid, *registry.get(mid).identical_to] for mid in ok_ids if registry.get(mid).identical_to]
     families = {mid: registry.family_of(mid) for mid in fps}
     ids, dist = analysis.distance_matrix(fps) if len(fps) >= 2 else (list(fps), None)
-    suspicious = analysis.outlier_pairs(ids, dist, cfg.gates.outlier_distance, identical) if dist is not None else []
+    related = analysis.lineage_pairs({mid: registry.get(mid).parent for mid in ids})
+    suspicious = analysis.outlier_pairs(ids, dist, cfg.gates.outlier_distance, identical, related,
+                                        cfg.gates.lineage_outlier_distance) if dist is not None else []
     published = bool(dist is not None) and (not suspicious or accept_suspicious)
     report = write_report(
         store, outcomes=outcomes, fps=fps, ids=ids, D=dist, tree_kind=cfg.tree, families=families,

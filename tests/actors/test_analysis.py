@@ -16,6 +16,7 @@ from actors.analysis import (
     load_latest,
     nearest_family_accuracy,
     neighbor_joining,
+    lineage_pairs,
     outlier_pairs,
     upgma,
 )
@@ -269,3 +270,19 @@ def test_write_report_with_a_single_fingerprint(store):
                         families={"llama-0": "llama"}, suspicious=[], host_reports=[], cfg_summary={}, published=False)
     md = open(path, encoding="utf-8").read()
     assert "REFUSED" in md and "Not enough fingerprints" in md and "No host reports" in md
+
+
+def test_lineage_explains_closeness_but_not_identity():
+    """A parent and its quantized copy, or two sweep siblings, are expected to be close: flagged only
+    when all but identical (the derivation never took effect)."""
+    parents = {"base": None, "base-q": "base", "base-ft": "base", "other": None}
+    related = lineage_pairs(parents)
+    assert {frozenset(p) for p in related} == {frozenset(("base-q", "base")), frozenset(("base-ft", "base")),
+                                               frozenset(("base-q", "base-ft"))}
+    ids = ["base", "base-q", "base-ft", "other"]
+    D = np.array([[0, 0.02, 0.06, 0.5], [0.02, 0, 0.07, 0.5], [0.06, 0.07, 0, 0.5], [0.5, 0.5, 0.5, 0]])
+    assert outlier_pairs(ids, D, 0.1, [], related, 0.005) == []
+    D[0, 1] = D[1, 0] = 0.001  # the "quantized copy" answers exactly like its parent
+    assert outlier_pairs(ids, D, 0.1, [], related, 0.005) == [("base", "base-q", 0.001)]
+    D[0, 3] = D[3, 0] = 0.03  # unrelated models that close are still suspicious
+    assert ("base", "other", 0.03) in outlier_pairs(ids, D, 0.1, [], related, 0.005)
