@@ -103,3 +103,33 @@ def test_full_tiny_job_outputs_lineage_and_probes(zoo_registry, tmp_path, ray_lo
     assert "| sft | 2 | 2 |" in report                        # projected and actual steps side by side
     stored = json.loads(store.get_bytes(f"{prefix}/summary.json"))
     assert stored["child"]["registered"] is True and stored["prep"]["bad_lines"] == 7
+
+
+@pytest.mark.timeout(400)
+def test_tiny_job_on_an_s3_store(zoo_registry, tmp_path, s3_uri):
+    """storage.uri s3://: adapters pass between the stage tasks through S3 (moto's server over HTTP),
+    and the merged model, reports and probe results land there. Run as `yard persona` in a process of
+    its own so its Ray workers inherit the S3 credentials."""
+    import os
+    import subprocess
+    import sys
+
+    import boto3
+
+    uri, endpoint = s3_uri
+    repo = Path(__file__).resolve().parents[3]
+    args = [sys.executable, "-m", "cluster", "persona", DEMO, "zoo=null", f"registry=[{zoo_registry}]",
+            f"storage.uri={uri}", f"storage.endpoint_url={endpoint}", "name=s3tiny", "sft.max_steps=2",
+            "dpo.max_steps=2", "lora.r=4", "lora.alpha=8", "probe.max_tokens=8"]
+    env = {**os.environ, "YARD_DASHBOARD": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=380)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    bucket, prefix = uri[len("s3://"):].split("/", 1)
+    keys = [o["Key"] for page in boto3.client("s3", endpoint_url=endpoint).get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+    run = [k for k in keys if "/persona/s3tiny/" in k]
+    for name in ("sft/adapter/adapter_config.json", "dpo/adapter/adapter_config.json", "model/config.json",
+                 "report.md", "losses.png", "_COMPLETE.json"):
+        assert any(k.endswith(f"/{name}") for k in run), name
+    assert any("/probe/" in k and k.endswith("report.md") for k in keys)  # the probe step ran on the S3 model
