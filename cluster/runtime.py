@@ -68,3 +68,13 @@ def cluster_summary() -> dict:
             }
         )
     return {"gcs_address": ray.get_runtime_context().gcs_address, "resources": ray.cluster_resources(), "nodes": nodes}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now (the OS picks it): for apps that must not collide with a
+    `yard serve` already on its default port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -36,7 +36,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cluster import zoo_train
 from cluster.config import ConfigError, YardModel, format_validation_error, load_config
-from cluster.registry import ModelsFile, ModelSpec
+from cluster.registry import ModelRegistry, ModelsFile, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +443,16 @@ def register_child(zoo_dir: str | Path, model_id: str, path: str | Path, parent:
         _write_registry(zoo_dir, models)
     log.info("registered %s (%s of %s) in %s", model_id, derivation, parent, zoo_dir / REGISTRY_NAME)
     return spec
+
+
+def zoo_dir_of(model_id: str, registry_paths: list[str]) -> Path | None:
+    """The zoo directory whose models.yaml registers `model_id` (None: not a zoo model), where
+    derived models of it are registered with `register_child`."""
+    for path in registry_paths:
+        p = Path(path)
+        if p.name == REGISTRY_NAME and model_id in ModelRegistry.load([p]).ids():
+            return p.parent
+    return None
 
 
 def registry_paths(registry: list[str], zoo_config: str | None, job: str) -> list[str]:

@@ -12,6 +12,7 @@ import os
 
 from cluster.config import load_config
 from cluster.jobs import REPO_ROOT
+from cluster.runtime import free_port
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "serve.demo.yaml"
@@ -26,13 +27,6 @@ def _judge():
     return JudgeEndpoint(replay=True)
 
 
-def _free_port() -> int:
-    """A free loopback port: the demo must not collide with a `yard serve` already on 8000."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def demo(store, zoo_registry: str, quick: bool = True) -> dict:
@@ -43,7 +37,7 @@ def demo(store, zoo_registry: str, quick: bool = True) -> dict:
     from serve.judge import demo_judge
     from serve.probes import demo_probes
 
-    overrides = ["zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={store.uri}", f"port={_free_port()}"]
+    overrides = ["zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={store.uri}", f"port={free_port()}"]
     cfg = load_config(DEMO_CONFIG, ServeConfig, overrides)
     ids = [c.id for c in cfg.candidates]
     url = start_app(cfg)

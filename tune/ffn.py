@@ -15,6 +15,7 @@ import logging
 import math
 
 from cluster.config import UserError
+from tune.lm import right_pad
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,9 @@ def ffn_importance(model, tokenizer, texts: list[str], *, max_tokens: int = 128,
             for start in range(0, len(texts), batch_size):
                 rows = [tokenizer(t, truncation=True, max_length=max_tokens)["input_ids"]
                         for t in texts[start:start + batch_size]]
-                # right padding by hand: no dependence on the tokenizer's pad token or padding side
-                width = max(len(r) for r in rows)
-                ids = torch.zeros(len(rows), width, dtype=torch.long)
-                mask = torch.zeros(len(rows), width, dtype=torch.long)
-                for b, r in enumerate(rows):
-                    ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
-                    mask[b, :len(r)] = 1
-                mask_now[:] = [mask.bool().to(device)]
-                model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                ids, mask = right_pad(rows, device)
+                mask_now[:] = [mask.bool()]
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
                 tokens += int(mask.sum())
     finally:
         for h in hooks:

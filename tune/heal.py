@@ -19,6 +19,7 @@ import random
 import time
 
 from cluster.config import UserError
+from tune.lm import loss_sum, mean_loss, right_pad, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -54,53 +55,10 @@ def _check_args(texts, rank, alpha, dropout, steps, lr, batch_size, max_length) 
 
 
 def _tokenize(tokenizer, texts: list[str], max_length: int) -> list:
-    """Token ids per text (1-D long tensors); texts shorter than 2 tokens give no next-token target."""
-    import torch
-
-    out = []
-    for text in texts:
-        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-        if len(ids) >= 2:
-            out.append(torch.tensor(ids, dtype=torch.long))
-    if not out:
+    rows = tokenize(tokenizer, texts, max_length)
+    if not rows:
         raise HealArgumentError("texts: every text tokenizes to fewer than 2 tokens (nothing to predict)")
-    return out
-
-
-def _batch(rows: list, device):
-    """Right-padded ids and attention mask; the pad id is irrelevant since padding is masked."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)] = r
-        mask[b, :len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _loss_sum(model, ids, mask):
-    """Summed next-token cross-entropy over non-padding targets, and their count."""
-    import torch
-
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
-    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum())
-
-
-def _mean_loss(model, rows: list, batch_size: int, device) -> float:
-    import torch
-
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            loss, n = _loss_sum(model, *_batch(rows[start:start + batch_size], device))
-            total += float(loss)
-            tokens += n
-    return total / tokens
+    return rows
 
 
 def lora_heal(model, tokenizer, texts: list[str], *, rank: int, alpha: int | None = None, dropout: float = 0.0,
@@ -132,7 +90,7 @@ def lora_heal(model, tokenizer, texts: list[str], *, rank: int, alpha: int | Non
     rows = _tokenize(tokenizer, texts, max_length)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     model.eval()
-    first = _mean_loss(model, rows, batch_size, device)
+    first = mean_loss(model, rows, batch_size)
 
     config = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=float(dropout),
                         target_modules=target_modules, bias="none")
@@ -155,7 +113,7 @@ def lora_heal(model, tokenizer, texts: list[str], *, rank: int, alpha: int | Non
                     rng.shuffle(perm)
                     order += perm
                 picked, order = order[:batch_size], order[batch_size:]
-                loss, n = _loss_sum(peft_model, *_batch([rows[i] for i in picked], device))
+                loss, n = loss_sum(peft_model, *right_pad([rows[i] for i in picked], device))
                 opt.zero_grad(set_to_none=True)
                 (loss / max(n, 1)).backward()
                 opt.step()
@@ -170,7 +128,7 @@ def lora_heal(model, tokenizer, texts: list[str], *, rank: int, alpha: int | Non
                 p.grad = None
             model.eval()
 
-    last = _mean_loss(model, rows, batch_size, device)
+    last = mean_loss(model, rows, batch_size)
     seconds = time.perf_counter() - started
     log.info("LoRA heal rank %d, %d steps on %d texts: loss %.4f -> %.4f (%.1f s)", rank, steps, len(rows),
              first, last, seconds)

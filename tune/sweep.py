@@ -30,15 +30,13 @@ from cluster.config import ConfigError, load_config
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import ArtifactStore, new_run_name, open_store
-from cluster.zoo import REGISTRY_NAME, register_child
+from cluster.zoo import register_child, zoo_dir_of
 from cluster.zoo import registry_paths as zoo_registry_paths
 from tune.config import SweepConfig
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "sweep.demo.yaml"
 SWEEP_KIND = "sweep"
-# A killed driver loses at most this much of Tune's trial bookkeeping (the state is tiny).
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 
 
 @dataclass
@@ -197,12 +195,6 @@ def rows_from_results(grid) -> list[dict]:
     return rows
 
 
-def _zoo_dir_of(base: str, registry_paths: list[str]) -> Path | None:
-    for path in registry_paths:
-        p = Path(path)
-        if p.name == REGISTRY_NAME and base in ModelRegistry.load([p]).ids():
-            return p.parent
-    return None
 
 
 def _lineage_kind(config: dict) -> str:
@@ -223,7 +215,7 @@ def register_candidates(store: ArtifactStore, rows: list[dict], cfg: SweepConfig
     from tune.leaderboard import rank_rows
     from tune.trial import CANDIDATE_FILE
 
-    zoo_dir = _zoo_dir_of(cfg.base, registry_paths)
+    zoo_dir = zoo_dir_of(cfg.base, registry_paths)
     if not cfg.register_top or zoo_dir is None or store.uri.startswith("s3://"):
         why = "register_top is 0" if not cfg.register_top else "the base is not a zoo model" if zoo_dir is None else "S3 store"
         log.info("candidates not registered in a zoo: %s", why)
@@ -320,6 +312,8 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
     from cluster.runtime import connect
     from tune.trial import TrialSetup, run_trial
 
+    # A killed driver loses at most this much of Tune's trial bookkeeping (the state is tiny).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     # absolute: Tune runs each trial in its own working directory
     registry_paths = [str(Path(p).resolve()) for p in zoo_registry_paths(cfg.registry, cfg.zoo, "sweep")]

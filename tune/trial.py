@@ -62,29 +62,6 @@ def candidate_id(setup: TrialSetup, trial_id: str) -> str:
     return f"{setup.sweep_name}.{setup.sweep_run}.{trial_id}"
 
 
-def lm_loss(model, tokenizer, texts: list[str], *, max_length: int = 128, batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy over the non-padding tokens of `texts`."""
-    import torch
-
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    total, tokens = 0.0, 0
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_length, add_special_tokens=False).to(device)
-            logits = model(**enc).logits[:, :-1].float()
-            target = enc["input_ids"][:, 1:]
-            mask = enc["attention_mask"][:, 1:].bool()
-            loss = torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum")
-            total += float(loss)
-            tokens += int(mask.sum())
-    return total / max(tokens, 1)
-
-
 def _stored_result(store, cid: str) -> dict | None:
     run = next((r for r in reversed(store.runs(CANDIDATE_KIND, cid)) if r.ok), None)
     if run is None:
@@ -129,6 +106,7 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
     from tune.evaluate import EvalResult, evaluate
     from tune.ffn import ffn_importance, prune_ffn
     from tune.heal import lora_heal
+    from tune.lm import lm_loss
     from tune.prune import choose_layers, remove_layers
     from tune.quantize import load_quantized, quantize, weights_size_bytes
     from tune.score import score_breakdown
@@ -170,7 +148,7 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
         importance = ffn_importance(model, tokenizer, setup.calibration, max_tokens=max_length)
         prune_ffn(model, ffn_keep, importance)
     layers = int(model.config.num_hidden_layers)
-    val = lm_loss(model, tokenizer, setup.holdout, max_length=max_length)
+    val = lm_loss(model, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
     report({"stage": "prune", "val_loss": val, "layers": layers, "removed_layers": drop})
 
     # 2. distil from the unpruned base's cached top-k logits (never recomputed here).
@@ -186,7 +164,7 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
                         lr=cfg.kd.lr, batch_size=cfg.kd.batch_size)
         model.eval()
         kd_loss = stats["kd_loss_last"]
-    val = lm_loss(model, tokenizer, setup.holdout, max_length=max_length)
+    val = lm_loss(model, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
     report({"stage": "distil", "val_loss": val, "kd_loss": kd_loss})
 
     # 3. heal with LoRA, merged (rank 0: untouched).
@@ -194,7 +172,7 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
                             alpha=int(round(cfg.heal.alpha_per_rank * lora_rank)) if lora_rank else None,
                             steps=cfg.heal.steps, lr=cfg.heal.lr, batch_size=cfg.heal.batch_size,
                             max_length=max_length)
-    val = lm_loss(model, tokenizer, setup.holdout, max_length=max_length)
+    val = lm_loss(model, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
     report({"stage": "heal", "val_loss": val, "heal_loss": heal.get("heal_loss_last")})
 
     # 4. quantize, reload the saved candidate, evaluate it as the base was evaluated.
@@ -207,7 +185,7 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
         release_memory()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         candidate = load_quantized(q.path, device=device)
-        final_val = lm_loss(candidate, tokenizer, setup.holdout, max_length=max_length)
+        final_val = lm_loss(candidate, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
         result = evaluate(candidate, tokenizer, setup.benchmarks, cfg.eval, spec=spec, model_id=cid)
         base = EvalResult.from_dict(setup.baseline)
         parts = score_breakdown(result.perf_mean, result.sec_per_token, base.perf_mean, base.sec_per_token)

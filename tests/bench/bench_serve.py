@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import time
@@ -52,17 +51,14 @@ def _registry(args) -> str:
     return str(build_zoo(cfg).registry_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(args, registry: str, max_batch_size: int, wait_s: float):
+    from cluster.runtime import free_port
     from serve.config import ServeConfig
 
     return ServeConfig.model_validate({
-        "kind": "serve", "registry": [registry], "port": _free_port(),
+        "kind": "serve", "registry": [registry], "port": free_port(),
         "limits": {"max_tokens": 64, "max_prompt_tokens": 128, "max_body_bytes": 16384,
                    "max_concurrent_requests": 256},
         "candidates": [{"id": args.model, "model": args.model, "max_batch_size": max_batch_size,

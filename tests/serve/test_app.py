@@ -1,7 +1,6 @@
 """serve/app.py: a real Serve app on local Ray hosting zoo models, called over real HTTP with the
 `openai` client (and httpx for the malformed requests no client would send)."""
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -9,6 +8,7 @@ import openai
 import pytest
 
 from cluster.config import ConfigError, load_config
+from cluster.runtime import free_port
 from serve.config import ServeConfig
 
 KEY = "test-key"
@@ -17,10 +17,6 @@ LIMITS = {"max_prompt_tokens": 448, "max_tokens": 24, "max_body_bytes": 16384, "
 HI = [{"role": "user", "content": "what is the weather like?"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_adapter(base_dir, out_dir) -> str:
@@ -45,7 +41,7 @@ def app(ray_local, zoo, tmp_path_factory):
     torch.set_num_threads(1)
     adapter = _make_adapter(zoo.zoo_dir / "llama-a", tmp_path_factory.mktemp("adapter") / "persona")
     cfg = ServeConfig.model_validate({
-        "kind": "serve", "registry": [str(zoo.registry_path)], "port": _free_port(), "api_key": KEY,
+        "kind": "serve", "registry": [str(zoo.registry_path)], "port": free_port(), "api_key": KEY,
         "storage": {"uri": str(tmp_path_factory.mktemp("store"))},
         "limits": LIMITS,
         "candidates": [

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,9 @@ from pathlib import Path
 from cluster.config import ConfigError, UserError, load_config
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
+from cluster.runtime import free_port
 from cluster.storage import ArtifactStore, new_run_name, open_store
+from cluster.zoo import zoo_dir_of
 from tune.persona.config import PersonaConfig, StageResources
 from tune.persona.plan import Plan, make_plan, plan_markdown
 
@@ -192,21 +193,8 @@ def _options(res: StageResources) -> dict:
     return opts
 
 
-def zoo_dir_of(base: str, registry_paths: list[str]) -> Path | None:
-    """The zoo directory whose models.yaml registers `base` (None: not a zoo model)."""
-    from cluster.zoo import REGISTRY_NAME
-
-    for path in registry_paths:
-        p = Path(path)
-        if p.name == REGISTRY_NAME and base in ModelRegistry.load([p]).ids():
-            return p.parent
-    return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, reporter=None) -> dict:
@@ -223,7 +211,7 @@ def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, repor
     suite = load_suite(resolve_relative(cfg.probe.suite, cfg))
     cand_id = f"{cfg.name}-merged"
     res = cfg.resources.probe
-    scfg = ServeConfig(storage=cfg.storage, ray=cfg.ray, port=_free_port(), probe_suite=None, candidates=[
+    scfg = ServeConfig(storage=cfg.storage, ray=cfg.ray, port=free_port(), probe_suite=None, candidates=[
         CandidateConfig(id=cand_id, path=model_path, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                         chat_template_kwargs=cfg.chat_template_kwargs)])
     with contextlib.ExitStack() as stack:
