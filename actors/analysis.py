@@ -102,6 +102,29 @@ def distance_matrix(fps: dict[str, Fingerprint]) -> tuple[list[str], np.ndarray]
     return ids, D
 
 
+def lineage_distances(fps: dict[str, Fingerprint], cfg) -> tuple[list[str], np.ndarray]:
+    """(ids, D) for the tree and the lineage check, per `cfg.distance` (an actors.config
+    AnalysisConfig): plain cosine, or cosine after subtracting the models' mean vector.
+
+    Centering removes what every compared model shares: each DNA vector is a fixed linear map of
+    the answers' embeddings, so the mean vector is the DNA of the average answer to each probe
+    (the probe's topic, the common language). With toy models whose answers are dominated by it,
+    plain cosine put a child nearer another family than its parent on some seeds; centered, the
+    lineage held on every seed measured (BENCHMARKS.md, "Lineage across zoo seeds"). With fewer
+    than 3 models there is no population to center on and plain cosine is used."""
+    ids, D = distance_matrix(fps)
+    if cfg.distance == "cosine" or len(ids) < 3:
+        return ids, D
+    X = np.stack([fps[m].vector.astype(np.float64) for m in ids])
+    X = X - X.mean(axis=0)
+    norms = np.linalg.norm(X, axis=1)
+    unit = X / np.where(norms == 0, 1.0, norms)[:, None]
+    C = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    C = (C + C.T) / 2
+    np.fill_diagonal(C, 0.0)
+    return ids, C
+
+
 # --- trees -------------------------------------------------------------------------------------
 @dataclass
 class Node:

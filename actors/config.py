@@ -58,10 +58,22 @@ class DnaMathConfig(YardModel):
     """llm-dna's TextDNAExtractor settings (part of every vector's provenance)."""
 
     dna_dim: int = Field(128, ge=2)
-    pre_agg_embed_dim: int = Field(64, ge=2)
+    pre_agg_embed_dim: int | None = Field(64, ge=2, description="per-answer width before concatenation (a shared "
+                                          "random projection, or Qwen3-Embedding's Matryoshka prefix); null keeps the "
+                                          "encoder's full width (the projection matrix grows with probes x width)")
     normalize_embeddings: bool = False
     projection_seed: int = Field(42, ge=0, le=2**32 - 1)
     aggregation: Literal["concat", "mean", "sum", "max"] = "concat"
+
+
+class AnalysisConfig(YardModel):
+    """How DNA vectors are compared for the tree and the lineage check (the outlier gate always
+    uses plain cosine distance: its thresholds are absolute)."""
+
+    distance: Literal["cosine", "centered_cosine"] = Field(
+        "centered_cosine", description="centered_cosine: cosine after subtracting the mean vector of the models "
+        "compared (3 or more), so what every model shares (probe topics, language) does not drown what tells "
+        "families apart")
 
 
 class WatchdogTier(YardModel):
@@ -128,3 +140,4 @@ class DnaConfig(YardModel):
     hosts: HostConfig = Field(default_factory=HostConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     tree: Literal["nj", "upgma"] = Field("nj", description="neighbor-joining (default) or UPGMA")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)

@@ -181,17 +181,21 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
     suspicious = analysis.outlier_pairs(ids, dist, cfg.gates.outlier_distance, identical, related,
                                         cfg.gates.lineage_outlier_distance) if dist is not None else []
     published = bool(dist is not None) and (not suspicious or accept_suspicious)
+    # the gate above reads plain cosine (absolute thresholds); the tree and lineage use cfg.analysis
+    lineage_D = analysis.lineage_distances(fps, cfg.analysis)[1] if dist is not None else None
     report = write_report(
-        store, outcomes=outcomes, fps=fps, ids=ids, D=dist, tree_kind=cfg.tree, families=families,
+        store, outcomes=outcomes, fps=fps, ids=ids, D=lineage_D, tree_kind=cfg.tree, families=families,
         suspicious=suspicious, host_reports=host_reports,
         cfg_summary={"gates": cfg.gates.model_dump(), "generation": cfg.generation.model_dump(), "dna": cfg.dna.model_dump(),
-                     "encoder": cfg.encoder.name, "accept_suspicious": accept_suspicious, "missing": missing},
+                     "encoder": cfg.encoder.name, "accept_suspicious": accept_suspicious, "missing": missing,
+                     "analysis": cfg.analysis.model_dump()},
         published=published,
     )
     summary = {"published": published, "suspicious": [list(p) for p in suspicious], "missing": missing, "report": report}
     if dist is not None and len(set(families.values())) > 1:
-        acc, _ = analysis.nearest_family_accuracy(ids, dist, families)
+        acc, _ = analysis.nearest_family_accuracy(ids, lineage_D, families)
         summary["nearest_family_accuracy"] = acc
+        summary["family_pair_auroc"] = analysis.family_pair_auroc(ids, lineage_D, families)
     return published, report, summary
 
 

@@ -34,6 +34,16 @@ def _placeholder(ax, text: str) -> None:
     ax.set_axis_off()
 
 
+# What the tree, heatmap, distances.csv and lineage figures are computed on (the outlier gate
+# always reads plain cosine distance).
+DISTANCE_NOTE = {
+    "cosine": "Distances (tree, heatmap, distances.csv, lineage): cosine distance between DNA vectors.",
+    "centered_cosine": "Distances (tree, heatmap, distances.csv, lineage): cosine distance after subtracting the mean "
+                       "DNA vector of the models compared (what they all share), `analysis.distance: centered_cosine`. "
+                       "The outlier gate reads plain cosine distance.",
+}
+
+
 def heatmap_png(ids: list[str], D: np.ndarray | None, path) -> None:
     plt, (fig, ax) = _figure(len(ids))
     if D is None or len(ids) < 2:
@@ -182,6 +192,8 @@ def write_report(
                    "scored": len(scored), "rows": nrows}
         md.append(f"Nearest-family accuracy: **{_num(acc, '.0%')}**; same- vs cross-family pair AUROC: "
                   f"**{_num(auroc, '.3f')}**; separated from every other family: {sep}/{len(scored)} models.")
+        md.append("")
+        md.append(DISTANCE_NOTE[((cfg_summary.get("analysis") or {}).get("distance") or "cosine")])
         md.append("")
         yes = {True: "yes", False: "**no**", None: "-"}
         md += _table(["model", "family", "nearest", "its family", "distance", "hit", "separated"],

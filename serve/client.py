@@ -4,7 +4,8 @@ The users' KoMT judge was unusable because its API answered 429 (seed 002); this
 429, 5xx and dropped connections as "try again later" with exponential backoff plus jitter,
 honouring `Retry-After`, and fails at once with one line on any other 4xx (a bad key or request
 never gets better by retrying). A content-hash `ResponseCache` keyed on model + messages + params
-(not the URL nor the key) means a rerun pays for no call twice.
+(not the URL nor the key) means a rerun pays for no call twice; a `keep` predicate keeps useless
+replies (a judgment without a rating) out of it, so a rerun asks those again.
 
     >>> client = ChatClient("http://127.0.0.1:8000/v1", "judge", api_key_env="JUDGE_API_KEY",
     ...                     cache=ResponseCache(".yard-cache/judge"))          # doctest: +SKIP
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -211,9 +212,13 @@ class ChatClient:
             delay = max(delay, min(retry_after_s, MAX_RETRY_AFTER_S))
         return delay
 
-    def chat(self, messages: list[dict], **params: Any) -> ChatReply:
+    def chat(self, messages: list[dict], *, keep: Callable[[str], bool] | None = None, **params: Any) -> ChatReply:
         """One chat completion. `params` go into the request body as given (temperature,
-        max_tokens, chat_template_kwargs, ...). Raises ChatError when it fails for good."""
+        max_tokens, chat_template_kwargs, ...). Raises ChatError when it fails for good.
+
+        `keep(text)` decides what the cache holds: a reply it rejects (a judgment without a
+        rating) is returned but not stored, and a stored one it rejects counts as a miss, so a
+        rerun asks again instead of replaying a useless reply forever."""
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise ChatError("messages: expected a non-empty list of {role, content} mappings")
         if params.get("stream"):
@@ -221,26 +226,26 @@ class ChatClient:
         key = cache_key(self.model, messages, params) if self.cache is not None else None
         if key is not None:
             hit = self.cache.get(key)
-            if hit is not None:
+            if hit is not None and (keep is None or keep(hit["text"])):
                 return ChatReply(hit["text"], cached=True, attempts=0, usage=hit.get("usage") or {},
                                  finish_reason=hit.get("finish_reason"))
         reply = self._post(messages, params)
-        if key is not None:
+        if key is not None and (keep is None or keep(reply.text)):
             self.cache.put(key, {"text": reply.text, "usage": reply.usage, "finish_reason": reply.finish_reason,
                                  "model": self.model})
         return reply
 
     def chat_many(self, conversations: list[list[dict]], *, return_errors: bool = False,
-                  **params: Any) -> list[ChatReply]:
+                  keep: Callable[[str], bool] | None = None, **params: Any) -> list[ChatReply]:
         """`chat()` over many conversations, at most `max_concurrency` at a time, replies in input
         order. The first failure is raised once the calls in flight finish (queued ones are
-        cancelled); with
-        `return_errors=True` a failed conversation's slot holds its ChatError instead."""
+        cancelled); with `return_errors=True` a failed conversation's slot holds its ChatError
+        instead. `keep`: as for `chat()`."""
         if not conversations:
             return []
         workers = min(self.max_concurrency, len(conversations))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chat") as pool:
-            futures = [pool.submit(self.chat, msgs, **params) for msgs in conversations]
+            futures = [pool.submit(self.chat, msgs, keep=keep, **params) for msgs in conversations]
             out = []
             for f in futures:
                 try:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -190,9 +190,11 @@ def generate_answers(client: ChatClient, questions: list[Question], answer: Answ
 
 
 # --- judging ---------------------------------------------------------------------------------------
-def _judge_all(judge: ChatClient, jobs: list[dict], params: dict) -> None:
-    """Send every job's `messages` to the judge (bounded concurrency); fill `judgment`/`error`/`cached`."""
-    replies = judge.chat_many([j["messages"] for j in jobs], return_errors=True, **params)
+def _judge_all(judge: ChatClient, jobs: list[dict], params: dict, parses: Callable[[str], object]) -> None:
+    """Send every job's `messages` to the judge (bounded concurrency); fill `judgment`/`error`/`cached`.
+    Only judgments `parses` reads go into the judge's cache: an unparseable one is asked again next run."""
+    replies = judge.chat_many([j["messages"] for j in jobs], return_errors=True,
+                              keep=lambda text: parses(text) is not None, **params)
     for job, reply in zip(jobs, replies):
         if isinstance(reply, ChatError):
             job.update(judgment=None, error=str(reply), cached=False)
@@ -220,7 +222,7 @@ def judge_single(judge: ChatClient, prompts: dict, questions: list[Question], an
                 ratio = hangul_ratio(q.turns[turn - 1])
                 rec["korean_question"] = ratio is not None and ratio >= HANGUL_MIN_RATIO
                 jobs.append(rec)
-    _judge_all(judge, jobs, params)
+    _judge_all(judge, jobs, params, parse_rating)
     for rec in jobs:
         if rec["judgment"] is None:
             rec["status"] = "judge_failed"
@@ -255,7 +257,7 @@ def judge_pairwise(judge: ChatClient, prompts: dict, questions: list[Question], 
                 _, m2 = pair_messages(prompts, q, gb, ga, turn)
                 rec["orders"] = [{"messages": m1}, {"messages": m2}]
                 jobs.extend(rec["orders"])
-    _judge_all(judge, jobs, params)
+    _judge_all(judge, jobs, params, parse_verdict)
     for rec in records:
         if "orders" not in rec:
             continue
@@ -357,7 +359,8 @@ def _judge_client(cfg: JudgeConfig, store: ArtifactStore, base_url: str, model: 
 
 
 def run_judge(cfg: JudgeConfig, config_path: str | None = None) -> tuple[int, JudgeResult]:
-    """`yard judge`: the whole run inside a job record; exit code 1 when any judgment is missing."""
+    """`yard judge`: the whole run inside a job record; exit code 1 when any judgment is missing
+    or none parsed (a report of only unparseable judgments measures nothing)."""
     from serve.replay import ReplayServer
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
@@ -378,13 +381,17 @@ def run_judge(cfg: JudgeConfig, config_path: str | None = None) -> tuple[int, Ju
                 questions_path=cfg.questions)
             job.add_artifact(f"{result.run_prefix}/report.md")
             missing = sum(s["n_judge_failed"] + s["n_no_answer"] for s in result.summary.values())
+            # pairwise "inconsistent": both orders parsed, they only disagreed
+            parsed = sum(r["status"] in ("ok", "inconsistent") for r in result.records)
             job.summary = {"report": result.report, "judge_requests": result.judge_requests}
             if missing:
                 job.fail(f"{missing} judgment(s) missing (judge failed or no answer); see {result.report}")
+            elif not parsed:
+                job.fail(f"no judgment parsed: all {len(result.records)} unparseable; see {result.report}")
     finally:
         if replay is not None:
             replay.stop()
-    return (1 if missing else 0), result
+    return (1 if missing or not parsed else 0), result
 
 
 def _print_summary(result: JudgeResult, mode: str) -> None:

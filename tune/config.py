@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from cluster.config import RayConfig, StorageConfig, YardModel
 from tune.evaluate import EvalConfig
 from tune.quantize import SCHEMES
+from tune.timing import TimingConfig
 
 DIMENSIONS = ("prune_depth", "kd_samples", "lora_rank", "quant", "ffn_keep_ratio")
 _INT_DIMS = ("prune_depth", "kd_samples", "lora_rank")
@@ -220,6 +221,8 @@ class SweepConfig(YardModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     register_top: int = Field(3, ge=0, description="the best N candidates join the zoo's lineage as children of "
                               "the base (zoo bases, local store), so `yard dna` can place them; 0: none")
+    timing: TimingConfig = Field(default_factory=TimingConfig, description="the Score's speed half: every model "
+                                 "timed alone after the trials, interleaved and repeated (tune/timing.py)")
     stall_after_s: float = Field(900.0, gt=0)
 
     @model_validator(mode="after")

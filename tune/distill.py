@@ -1,11 +1,12 @@
 """Knowledge distillation from the unpruned base: top-k teacher logits, cached once per base.
 
-The teacher (the unpruned base) runs once per (base, calibration texts, top_k, max_length); its
-top-k logits per non-padding token go into the store (kind "teacher") and every later trial reads
-them back without touching the teacher. Teacher forward passes per sweep = the number of KD
-samples (once), not trials x samples.
+The teacher (the unpruned base) runs once per (base content, calibration texts, top_k,
+max_length); its top-k logits per non-padding token go into the store (kind "teacher") and every
+later trial reads them back without touching the teacher. Teacher forward passes per sweep =
+the number of KD samples (once), not trials x samples.
 
-    cache = teacher_logits_cached(store, "llama-a", teacher, tokenizer, texts, top_k=32)
+    cache = teacher_logits_cached(store, "llama-a", teacher, tokenizer, texts, top_k=32,
+                                  content=model_content_key(spec, plan))
     stats = distill(student, cache, kd_samples=64, temperature=2.0)   # {kd_loss_first, kd_loss_last, ...}
 
 The loss is KL(teacher || student) at temperature T over the teacher's top-k support: the
@@ -52,10 +53,12 @@ class TeacherCache:
         return int(self.topk_values[0].shape[1]) if self.topk_values else 0
 
 
-def teacher_cache_key(base_id: str, texts: list[str], top_k: int, max_length: int) -> dict:
-    """What identifies a teacher computation: base, calibration texts (hashed), top_k, max_length."""
+def teacher_cache_key(base_id: str, texts: list[str], top_k: int, max_length: int, content: dict) -> dict:
+    """What identifies a teacher computation: the base's content (`cluster.content.model_content_key`,
+    so a rebuilt model under the same id is a miss), calibration texts (hashed), top_k, max_length."""
     digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-    return {"base_id": base_id, "texts_sha256": digest, "top_k": top_k, "max_length": max_length}
+    key = {"base_id": base_id, "model": content, "texts_sha256": digest, "top_k": top_k, "max_length": max_length}
+    return json.loads(json.dumps(key, sort_keys=True))  # what comes back from the store compares equal
 
 
 def _check_args(texts: list[str], top_k, max_length) -> list[str]:
@@ -119,11 +122,11 @@ def teacher_topk(teacher, tokenizer, texts: list[str], *, top_k: int = 32, max_l
 
 
 def stored_teacher_logits(store: ArtifactStore, base_id: str, texts: list[str], *, top_k: int = 32,
-                          max_length: int = 128) -> TeacherCache | None:
+                          max_length: int = 128, content: dict) -> TeacherCache | None:
     """The cached top-k logits for exactly these arguments, or None: trials read them this way
-    and never hold a teacher."""
+    and never hold a teacher (the sweep's prepare step hands them the base's `content` key)."""
     texts = _check_args(texts, top_k, max_length)
-    key = teacher_cache_key(base_id, texts, top_k, max_length)
+    key = teacher_cache_key(base_id, texts, top_k, max_length, content)
     run = store.find_cached(TEACHER_KIND, base_id, key, TEACHER_FILE)
     if run is None:
         return None
@@ -133,12 +136,13 @@ def stored_teacher_logits(store: ArtifactStore, base_id: str, texts: list[str], 
 
 
 def teacher_logits_cached(store: ArtifactStore, base_id: str, teacher, tokenizer, texts: list[str], *,
-                          top_k: int = 32, max_length: int = 128) -> TeacherCache:
-    """`teacher_topk` computed once per (base, calibration texts, top_k, max_length) and kept in
-    `store` (kind "teacher"); later calls read it back and never touch the teacher or tokenizer."""
+                          top_k: int = 32, max_length: int = 128, content: dict) -> TeacherCache:
+    """`teacher_topk` computed once per (base content, calibration texts, top_k, max_length) and
+    kept in `store` (kind "teacher"); later calls read it back and never touch the teacher or
+    tokenizer. `content`: `cluster.content.model_content_key` of the teacher."""
     texts = _check_args(texts, top_k, max_length)
-    key = teacher_cache_key(base_id, texts, top_k, max_length)
-    hit = stored_teacher_logits(store, base_id, texts, top_k=top_k, max_length=max_length)
+    key = teacher_cache_key(base_id, texts, top_k, max_length, content)
+    hit = stored_teacher_logits(store, base_id, texts, top_k=top_k, max_length=max_length, content=content)
     if hit is not None:
         return hit
     cache = teacher_topk(teacher, tokenizer, texts, top_k=top_k, max_length=max_length)

@@ -7,8 +7,8 @@ benchmark in loglikelihood mode picks the option with the highest log-likelihood
 given the question (lm-evaluation-harness `acc_norm`) and generates nothing.
 
 sec_per_token = generation seconds / generated tokens over every generate-mode benchmark, measured
-the same way for the base and each candidate; the base is evaluated once per (base, benchmark
-items, eval config, hardware) and kept in the store (kind "baseline").
+the same way for the base and each candidate; the base is evaluated once per (base content,
+benchmark items, eval config, judge, hardware) and kept in the store (kind "baseline").
 
     cfg = EvalConfig(benchmarks=[BenchmarkSpec(name="zoo_qa", task="qa", source="configs/bench/zoo_qa.jsonl")])
     benchmarks = load_benchmarks(cfg)                 # schema errors here, before any model loads
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 BASELINE_KIND = "baseline"
 BASELINE_FILE = "baseline.json"
 # Part of the baseline cache key: a change to the prompts or the scoring makes old baselines stale.
-EVAL_VERSION = 1
+# 2: keyed by the base's content and the judge settings; judge details carry per-item ratings.
+EVAL_VERSION = 2
 N_SAMPLES = 3  # predictions kept per benchmark in `details`, for reports
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 _HANGUL = re.compile("[\uac00-\ud7a3]")
@@ -292,6 +293,32 @@ def _prompt(bench: Benchmark) -> Callable[[Mapping], str]:
     return mcq_prompt if bench.spec.task == "mcq" else qa_prompt
 
 
+def generation_prompts(benchmarks: list[Benchmark], limit: int) -> list[str]:
+    """Up to `limit` unrendered prompts of the generate-mode benchmarks, round robin over them so
+    each contributes: what the sweep's timing phase generates from (`tune.timing`)."""
+    pools = []
+    for bench in benchmarks:
+        if bench.spec.mode != "generate":
+            continue
+        if bench.spec.task == "judge":
+            pools.append([item["turns"][0] for item in bench.items])
+        else:
+            pools.append([_prompt(bench)(item) for item in bench.items])
+    out: list[str] = []
+    for i in range(max((len(p) for p in pools), default=0)):
+        out += [p[i] for p in pools if i < len(p)]
+    if not out:
+        raise ValueError("benchmarks: no generate-mode prompt to time")
+    return out[:limit]
+
+
+def render_for(tokenizer, cfg: EvalConfig, spec: ModelSpec | None, model_id: str,
+               prompts: list[str]) -> tuple[list[str], bool]:
+    """(prompts as `evaluate` renders them for this tokenizer, add_special_tokens)."""
+    render = _Renderer(tokenizer, cfg, spec, model_id)
+    return render(prompts), render.add_special_tokens
+
+
 def _by_category(items: list[dict], values: list[float]) -> dict[str, float]:
     groups: dict[str, list[float]] = {}
     for item, value in zip(items, values):
@@ -403,16 +430,21 @@ def hardware_key(device=None) -> dict:
 
 
 def baseline_cache_key(base_id: str, benchmarks: list[Benchmark], cfg: EvalConfig, hardware: dict,
-                       spec: ModelSpec | None = None) -> dict:
-    """What identifies a baseline: base, each benchmark's items (hashed) and scoring, the eval
-    settings, the hardware and the chat template options. JSON-native, as the store compares it."""
+                       spec: ModelSpec | None = None, *, content: dict) -> dict:
+    """What identifies a baseline: the base's content (`cluster.content.model_content_key`), each
+    benchmark's items (hashed) and scoring (a judge benchmark's judge too), the eval settings, the
+    hardware and the chat template options. JSON-native, as the store compares it."""
+    from tune.judge_bench import judge_key
+
     if not isinstance(hardware, dict) or not hardware:
         raise ValueError(f"hardware: expected a non-empty dict like hardware_key(device) gives, got {hardware!r}")
     key = {
         "version": EVAL_VERSION,
         "base_id": base_id,
+        "model": content,
         "benchmarks": [{"name": b.spec.name, "task": b.spec.task, "mode": b.spec.mode, "n": len(b.items),
-                        "items_sha256": b.sha256, "max_new_tokens": b.spec.max_new_tokens} for b in benchmarks],
+                        "items_sha256": b.sha256, "max_new_tokens": b.spec.max_new_tokens,
+                        "judge": judge_key(b.spec) if b.spec.task == "judge" else None} for b in benchmarks],
         "eval": cfg.model_dump(exclude={"benchmarks"}),
         "chat_template_kwargs": dict(spec.chat_template_kwargs) if spec is not None else None,
         "hardware": hardware,
@@ -421,11 +453,12 @@ def baseline_cache_key(base_id: str, benchmarks: list[Benchmark], cfg: EvalConfi
 
 
 def baseline_cached(store: ArtifactStore, base_id: str, load: Callable[[], tuple], benchmarks: list[Benchmark],
-                    cfg: EvalConfig, *, spec: ModelSpec | None = None, hardware: dict) -> tuple[EvalResult, bool]:
-    """The base's EvalResult, evaluated once per (base, benchmark items, eval config, hardware) and
-    kept in `store` (kind "baseline"). `load()` returns (model, tokenizer) and is called only when
-    nothing is stored. Returns (result, was_cached)."""
-    key = baseline_cache_key(base_id, benchmarks, cfg, hardware, spec)
+                    cfg: EvalConfig, *, spec: ModelSpec | None = None, hardware: dict,
+                    content: dict) -> tuple[EvalResult, bool]:
+    """The base's EvalResult, evaluated once per (base content, benchmark items, eval config,
+    judge, hardware) and kept in `store` (kind "baseline"). `load()` returns (model, tokenizer)
+    and is called only when nothing is stored. Returns (result, was_cached)."""
+    key = baseline_cache_key(base_id, benchmarks, cfg, hardware, spec, content=content)
     run = store.find_cached(BASELINE_KIND, base_id, key, BASELINE_FILE)
     if run is not None:
         log.info("baseline of %s from the store: %s", base_id, run.prefix)

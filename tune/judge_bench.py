@@ -1,6 +1,8 @@
 """A KoMT-style judge benchmark inside a sweep: the candidate answers both turns of each question
 here (its generation counts toward sec_per_token like every other benchmark), then an
-OpenAI-compatible judge grades each turn; perf = mean rating / 10.
+OpenAI-compatible judge grades each turn; perf = mean rating / 10. The details keep each turn's
+rating, so a sweep scores a candidate against its baseline over the turns rated for both
+(`aligned_perf`).
 
 The judge pieces (prompts in FastChat's shapes, rating parsing, the retrying client, the replay
 judge) live in serve/, the Serve issue's package; they are imported when a judge benchmark runs,
@@ -14,12 +16,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from cluster.config import ConfigError, format_validation_error
 
+if TYPE_CHECKING:
+    from tune.evaluate import EvalResult
+
 log = logging.getLogger(__name__)
+# Endpoint fields that never change a rating (how hard and how often to ask), left out of cache keys.
+_OPERATIONAL = {"api_key_env", "max_concurrency", "max_retries", "backoff_s", "max_backoff_s", "timeout_s"}
 
 
 def load_judge_items(source: str, name: str, judge: dict | None) -> list[dict]:
@@ -97,8 +105,45 @@ def run_judge_benchmark(model, tokenizer, bench, gen, *, spec, model_id: str) ->
         "generation_seconds": first.seconds + second.seconds,
         "samples": [{"question": q.turns[0][:200], "prediction": replies[q.question_id]["turns"][0][:300]}
                     for q in questions[:3]],
+        # every judged turn's score (None: not rated), so a candidate and its baseline can be
+        # compared over the turns rated for both (`aligned_perf`)
+        "per_item": {f"{r['question_id']}:{r['turn']}": r["score"] if r["status"] == "ok" else None
+                     for r in records},
     }
     if endpoint.replay:
         log.warning("benchmark %s: replayed judge: its ratings are deterministic fakes, not a measurement",
                     bench.spec.name)
     return sum(r["score"] for r in ok) / len(ok) / 10.0, detail
+
+
+def judge_key(spec) -> dict:
+    """What of a judge benchmark's spec changes its ratings, for the baseline cache key: the judge
+    endpoint as validated (replay or URL + model, temperature, max_tokens), the prompt language
+    and the language penalty."""
+    from serve.judge import JudgeEndpoint
+
+    endpoint = JudgeEndpoint.model_validate(spec.judge).model_dump(exclude=_OPERATIONAL)
+    return {"endpoint": endpoint, "judge_language": spec.judge_language, "language_penalty": spec.language_penalty}
+
+
+def aligned_perf(result: "EvalResult", baseline: "EvalResult") -> tuple[float, float, dict[str, int]]:
+    """(candidate perf_mean, baseline perf_mean, {judge benchmark: turns left out}) with each judge
+    benchmark's perf recomputed, for both, over the turns rated for both: a turn one judgment
+    failed to parse for is left out of both means (and counted), so neither model is scored on
+    questions the other was not. Other benchmarks, and judge results without per-item ratings
+    (or with no turn rated for both), keep their own perf."""
+    perf, base_perf, left_out = dict(result.perf), dict(baseline.perf), {}
+    for name in perf.keys() & base_perf.keys():
+        mine = (result.details.get(name) or {}).get("per_item")
+        theirs = (baseline.details.get(name) or {}).get("per_item")
+        if mine is None or theirs is None:
+            continue
+        both = [k for k in mine.keys() & theirs.keys() if mine[k] is not None and theirs[k] is not None]
+        if not both:
+            log.warning("benchmark %s: no judged turn was rated for both the candidate and the baseline; "
+                        "comparing their own means", name)
+            continue
+        left_out[name] = len(mine.keys() | theirs.keys()) - len(both)
+        perf[name] = sum(mine[k] for k in both) / len(both) / 10.0
+        base_perf[name] = sum(theirs[k] for k in both) / len(both) / 10.0
+    return sum(perf.values()) / len(perf), sum(base_perf.values()) / len(base_perf), left_out

@@ -33,8 +33,9 @@ BENCH_PREFIX = "perf."
 BASELINE_SCORE = 0.5
 LEAD_COLUMNS = ("rank", "trial_id", "status", "prune_depth", "kd_samples", "lora_rank", "quant",
                 "ffn_keep_ratio", "layers")
-TAIL_COLUMNS = ("perf", "sec_per_token", "perf_norm", "speed_norm", "score", "size_mb", "kd_loss",
-                "val_loss", "pareto", "candidate", "seconds", "error")
+TAIL_COLUMNS = ("perf", "sec_per_token", "perf_norm", "speed_norm", "score", "score_spread", "within_noise",
+                "size_mb", "kd_loss", "val_loss", "pareto", "candidate", "seconds", "sec_per_token_in_trial",
+                "score_in_trial", "error")
 PARAMS = ("prune_depth", "kd_samples", "lora_rank")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 FILES = {"csv": "leaderboard.csv", "md": "leaderboard.md", "html": "leaderboard.html",
@@ -87,7 +88,19 @@ def rank_rows(rows: list[dict]) -> list[dict]:
         -_num(r["score"]), _num(r.get("size_mb")) if _num(r.get("size_mb")) is not None else math.inf, r["trial_id"]))
     rest = sorted((r for r in rows if not _rankable(r)),
                   key=lambda r: (STATUSES.index(r["status"]), r["trial_id"]))
-    return [{**r, "rank": i} for i, r in enumerate(ranked, start=1)] + [{**r, "rank": None} for r in rest]
+    out = [{**r, "rank": i} for i, r in enumerate(ranked, start=1)]
+    for above, row in zip(out, out[1:]):
+        row["within_noise"] = _within_noise(above, row)
+    return out + [{**r, "rank": None} for r in rest]
+
+
+def _within_noise(a: dict, b: dict) -> bool | None:
+    """Whether two Scores differ by less than the larger of their spreads (the timing phase's
+    `score_spread`); None when neither row has a spread."""
+    spreads = [x for x in (_num(a.get("score_spread")), _num(b.get("score_spread"))) if x is not None]
+    if not spreads:
+        return None
+    return abs(_num(a["score"]) - _num(b["score"])) < max(spreads)
 
 
 def pareto_front(rows: list[dict]) -> list[str]:
@@ -128,7 +141,7 @@ def fmt(column: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, bool):
-        return "*" if value else ""
+        return ("≈" if column == "within_noise" else "*") if value else ""
     if not isinstance(value, numbers.Real):
         return str(value).replace("\n", " ")
     if column in ("rank", "prune_depth", "kd_samples", "lora_rank", "layers"):
@@ -168,7 +181,8 @@ def _table_columns(benches: list[str]) -> list[tuple[str, str]]:
              ("kd_samples", "kd_samples"), ("lora_rank", "lora_rank"), ("quant", "quant")]
             + [(b, b[len(BENCH_PREFIX):]) for b in benches]
             + [("perf", "perf"), ("sec_per_token", "sec_per_token"), ("perf_norm", "perf_norm"),
-               ("speed_norm", "speed_norm"), ("score", "Score"), ("size_mb", "size MB"), ("pareto", "pareto")])
+               ("speed_norm", "speed_norm"), ("score", "Score"), ("score_spread", "±"),
+               ("within_noise", "≈ above"), ("size_mb", "size MB"), ("pareto", "pareto")])
 
 
 def _baseline_line(baseline: dict, benches: list[str]) -> str:
@@ -178,6 +192,12 @@ def _baseline_line(baseline: dict, benches: list[str]) -> str:
             + f", sec_per_token {fmt('sec_per_token', baseline.get('sec_per_token'))}"
             + f", size {fmt('size_mb', baseline.get('size_mb'))} MB, {fmt('layers', baseline.get('layers'))} layers."
             + f" A copy of the baseline scores {BASELINE_SCORE}.")
+
+
+# The timing phase (tune/timing.py) gives every Score a spread; neighbours closer than it are flagged.
+_NOISE_NOTE = (" `±`: half the Score's range over the timing rounds (speed measured with every model alone, "
+               "interleaved); `≈` in ≈ above: within that noise of the trial ranked above, so their order is not "
+               "a measurement.")
 
 
 def _summary_line(ranked_rows: list[dict]) -> str:
@@ -193,7 +213,7 @@ def render_markdown(ranked_rows: list[dict], baseline: dict, title: str) -> str:
     benches = bench_columns(ranked_rows, baseline)
     columns = _table_columns(benches)
     lines = [f"# {title}", "", _baseline_line(baseline, benches), "", _summary_line(ranked_rows)
-             + " `*` in pareto: on the perf / sec_per_token Pareto front.", ""]
+             + " `*` in pareto: on the perf / sec_per_token Pareto front." + _NOISE_NOTE, ""]
     ranked = [r for r in ranked_rows if r["rank"] is not None]
     if ranked:
         lines.append("| " + " | ".join(h for _, h in columns) + " |")

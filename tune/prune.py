@@ -126,17 +126,19 @@ def remove_layers(model, layers: list[int]):
     return model
 
 
-def bi_cache_key(base_id: str, texts: list[str], variant: str) -> dict:
-    """What identifies a BI computation: base, calibration texts (hashed) and variant."""
+def bi_cache_key(base_id: str, texts: list[str], variant: str, content: dict) -> dict:
+    """What identifies a BI computation: the base's content (`cluster.content.model_content_key`,
+    so a rebuilt model under the same id is a miss), calibration texts (hashed) and variant."""
     digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-    return {"base_id": base_id, "texts_sha256": digest, "variant": variant}
+    key = {"base_id": base_id, "model": content, "texts_sha256": digest, "variant": variant}
+    return json.loads(json.dumps(key, sort_keys=True))  # what comes back from the store compares equal
 
 
 def bi_scores_cached(store: ArtifactStore, base_id: str, model, tokenizer, texts: list[str],
-                     variant: str = "cosine") -> list[float]:
-    """`block_influence` computed once per (base, calibration texts, variant) and kept in `store`
-    (kind "bi"); later calls read the stored scores and never run the model."""
-    key = bi_cache_key(base_id, texts, variant)
+                     variant: str = "cosine", *, content: dict) -> list[float]:
+    """`block_influence` computed once per (base content, calibration texts, variant) and kept in
+    `store` (kind "bi"); later calls read the stored scores and never run the model."""
+    key = bi_cache_key(base_id, texts, variant, content)
     run = store.find_cached(BI_KIND, base_id, key, BI_FILE)
     if run is not None:
         log.info("BI scores for %s (%s) from the store: %s", base_id, variant, run.prefix)

@@ -33,6 +33,7 @@ from cluster.storage import ArtifactStore, new_run_name, open_store
 from cluster.zoo import register_child, zoo_dir_of
 from cluster.zoo import registry_paths as zoo_registry_paths
 from tune.config import SweepConfig
+from tune.timing import apply_timing
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "sweep.demo.yaml"
@@ -110,6 +111,7 @@ def prepare(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_
     top-k logits and the baseline, each computed at most once per base (store caches)."""
     import torch
 
+    from cluster.content import model_content_key
     from cluster.loading import load_model
     from tune.calibration import render, split
     from tune.distill import teacher_logits_cached
@@ -121,21 +123,24 @@ def prepare(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_
     store = open_store(store_uri, endpoint_url)
     registry = ModelRegistry.load(registry_paths)
     spec = registry.get(cfg.base)
-    model, tokenizer, _ = load_model(cfg.base, registry)
+    model, tokenizer, plan = load_model(cfg.base, registry)
+    # every cache is keyed by what the base is (its files), not its id: a rebuilt base is a miss
+    content = model_content_key(spec, plan)
     calibration, holdout = split(render(items, tokenizer), cfg.calibration)
-    bi = bi_scores_cached(store, cfg.base, model, tokenizer, calibration, variant=cfg.prune.variant)
+    bi = bi_scores_cached(store, cfg.base, model, tokenizer, calibration, variant=cfg.prune.variant, content=content)
     n_teacher = int(cfg.search.space.kd_samples.upper())
     teacher_passes = 0
     if n_teacher:
         cache = teacher_logits_cached(store, cfg.base, model, tokenizer, calibration[:n_teacher],
-                                      top_k=cfg.kd.top_k, max_length=cfg.calibration.max_length)
+                                      top_k=cfg.kd.top_k, max_length=cfg.calibration.max_length, content=content)
         teacher_passes = cache.teacher_forward_passes
     device = next(model.parameters()).device
     baseline, was_cached = baseline_cached(store, cfg.base, lambda: (model, tokenizer), benchmarks, cfg.eval,
-                                           spec=spec, hardware=hardware_key(device))
+                                           spec=spec, hardware=hardware_key(device), content=content)
     size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     return {"calibration": calibration, "holdout": holdout, "bi_scores": bi, "teacher_forward_passes": teacher_passes,
-            "teacher_key": {"texts": n_teacher, "top_k": cfg.kd.top_k, "max_length": cfg.calibration.max_length},
+            "teacher_key": {"texts": n_teacher, "top_k": cfg.kd.top_k, "max_length": cfg.calibration.max_length,
+                            "content": content},
             "baseline": baseline.to_dict(), "baseline_cached": was_cached, "base_size_mb": round(size_mb, 3),
             "layers": int(model.config.num_hidden_layers)}
 
@@ -234,8 +239,32 @@ def register_candidates(store: ArtifactStore, rows: list[dict], cfg: SweepConfig
     return added
 
 
-def publish(store: ArtifactStore, cfg: SweepConfig, run: str, rows: list[dict], baseline: dict, summary: dict) -> str:
-    """Leaderboard (md, csv, html), plots, rows and summary as the store run sweep/<name>/<run>."""
+def time_candidates(cfg: SweepConfig, registry_paths: list[str], store: ArtifactStore, benchmarks: list,
+                    candidates: dict[str, str], job_id: str | None) -> dict:
+    """The timing phase (`tune.timing`) as one Ray task, after every trial has finished: the base
+    and each candidate timed alone, interleaved and repeated. A whole GPU when trials use one."""
+    import ray
+
+    from tune.timing import run_timing
+
+    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0
+    task = ray.remote(run_timing).options(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus)
+    timing = ray.get(task.remote(cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url,
+                                 benchmarks, candidates, job_id))
+    log.info("timing phase: %d models x %d rounds", len(timing["models"]), timing["rounds"])
+    return timing
+
+
+def _timing_summary(timing: dict | None) -> dict | None:
+    if timing is None:
+        return None
+    return {k: timing[k] for k in ("rounds", "new_tokens", "prompts", "batch_size", "device", "torch_threads")}
+
+
+def publish(store: ArtifactStore, cfg: SweepConfig, run: str, rows: list[dict], baseline: dict, summary: dict,
+            timing: dict | None = None) -> str:
+    """Leaderboard (md, csv, html), plots, rows, summary and the timing phase's raw figures as the
+    store run sweep/<name>/<run>."""
     from tune.leaderboard import write_leaderboard
 
     writer = store.new_run(SWEEP_KIND, cfg.name, name=run)
@@ -246,6 +275,8 @@ def publish(store: ArtifactStore, cfg: SweepConfig, run: str, rows: list[dict], 
     writer.put_json("rows.json", rows)
     writer.put_json("baseline.json", baseline)
     writer.put_json("summary.json", summary)
+    if timing is not None:
+        writer.put_json("timing.json", timing)
     writer.complete(trials=len(rows), ok=sum(r["status"] == "ok" for r in rows))
     return writer.prefix
 
@@ -354,6 +385,12 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
         trial_seconds = time.time() - t_trials
         rows = rows_from_results(grid)
         baseline = _baseline_row(cfg, prep)
+        timing = None
+        candidates = {r["trial_id"]: r["candidate"] for r in rows if r["status"] == "ok" and r.get("candidate")}
+        if cfg.timing.enabled and candidates:
+            reporter.phase("timing")
+            timing = time_candidates(cfg, registry_paths, store, checked.benchmarks, candidates, job.job_id)
+            rows = apply_timing(rows, baseline, timing)
         seconds = time.time() - t0
         ok = [r for r in rows if r["status"] == "ok"]
         summary = {"sweep": cfg.name, "run": run, "base": cfg.base, "trials": len(rows), "ok": len(ok),
@@ -364,9 +401,10 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
                    "trial_seconds": round(trial_seconds, 1),
                    # over the trial phase: the prepare step (teacher, baseline) is paid once per sweep
                    "trials_per_hour": round(len(rows) / trial_seconds * 3600, 1) if trial_seconds > 0 else None,
-                   "tune_dir": path, "best": max(ok, key=lambda r: r["score"])["trial_id"] if ok else None}
+                   "tune_dir": path, "best": max(ok, key=lambda r: r["score"])["trial_id"] if ok else None,
+                   "timing": _timing_summary(timing)}
         reporter.phase("publish")
-        prefix = publish(store, cfg, run, rows, baseline, summary)
+        prefix = publish(store, cfg, run, rows, baseline, summary, timing)
         summary["report"] = store.locate(f"{prefix}/leaderboard.md")
         summary["registered"] = register_candidates(store, rows, cfg, registry_paths)
         store.put_state(_state_key(cfg.name, run), {"run": run, "experiment": experiment, "status": "published",
@@ -395,16 +433,23 @@ def print_rows(rows: list[dict], summary: dict) -> None:
     from tune.leaderboard import rank_rows
 
     table = Table(title=f"yard sweep {summary['sweep']}: {summary['ok']}/{summary['trials']} scored")
-    for col in ("rank", "trial", "depth", "kd", "rank r", "quant", "perf", "s/token", "Score", "MB", "status"):
+    for col in ("rank", "trial", "depth", "kd", "rank r", "quant", "perf", "s/token", "Score", "±", "MB", "status"):
         table.add_column(col, overflow="fold")
     fmt = lambda v, s: "-" if v is None else s.format(v)  # noqa: E731
     for r in rank_rows(rows):
         table.add_row(str(r.get("rank") or "-"), r["trial_id"], str(r["prune_depth"]), str(r["kd_samples"]),
                       str(r["lora_rank"]), str(r["quant"]), fmt(r.get("perf"), "{:.4f}"),
-                      fmt(r.get("sec_per_token"), "{:.6f}"), fmt(r.get("score"), "{:.4f}"), fmt(r.get("size_mb"), "{:.2f}"),
+                      fmt(r.get("sec_per_token"), "{:.6f}"),
+                      fmt(r.get("score"), "{:.4f}") + (" ≈" if r.get("within_noise") else ""),
+                      fmt(r.get("score_spread"), "{:.4f}"), fmt(r.get("size_mb"), "{:.2f}"),
                       r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}")
     console = make_console()
     console.print(table)
+    timing = summary.get("timing")
+    if timing:
+        console.print(f"speed: every model timed alone after the trials, {timing['rounds']} interleaved rounds of "
+                      f"{timing['prompts']} prompts x {timing['new_tokens']} tokens (median; ± = half the range; "
+                      f"≈ = within noise of the row above)")
     console.print(f"teacher forward passes: {summary['teacher_forward_passes']} (once per sweep); "
                   f"{summary['trials_per_hour']} trials/hour; leaderboard: {summary['report']}")
     console.print(f"TensorBoard: tensorboard --logdir {summary['tune_dir']}")

@@ -106,6 +106,7 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
     from tune.evaluate import EvalResult, evaluate
     from tune.ffn import ffn_importance, prune_ffn
     from tune.heal import lora_heal
+    from tune.judge_bench import aligned_perf
     from tune.lm import lm_loss
     from tune.prune import choose_layers, remove_layers
     from tune.quantize import load_quantized, quantize, weights_size_bytes
@@ -155,7 +156,8 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
     kd_loss = None
     if kd_samples:
         cache = stored_teacher_logits(store, cfg.base, setup.calibration[:kd_samples_max(setup)],
-                                      top_k=setup.teacher_key["top_k"], max_length=setup.teacher_key["max_length"])
+                                      top_k=setup.teacher_key["top_k"], max_length=setup.teacher_key["max_length"],
+                                      content=setup.teacher_key["content"])
         if cache is None:
             raise RuntimeError(f"teacher logits for {cfg.base} are missing from the store; the sweep's prepare "
                                f"step writes them before any trial starts")
@@ -188,16 +190,21 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
         final_val = lm_loss(candidate, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
         result = evaluate(candidate, tokenizer, setup.benchmarks, cfg.eval, spec=spec, model_id=cid)
         base = EvalResult.from_dict(setup.baseline)
-        parts = score_breakdown(result.perf_mean, result.sec_per_token, base.perf_mean, base.sec_per_token)
+        # judge benchmarks: both perfs over the turns rated for both (an unparsed judgment of either
+        # model drops that turn from both), so the ratio compares like with like
+        perf, base_perf, left_out = aligned_perf(result, base)
+        parts = score_breakdown(perf, result.sec_per_token, base_perf, base.sec_per_token)
         metrics = {
             "stage": "evaluate", "val_loss": final_val, "layers": layers, "kd_loss": kd_loss,
-            "heal_loss": heal.get("heal_loss_last"), "perf": result.perf_mean,
+            "heal_loss": heal.get("heal_loss_last"), "perf": perf,
             **{f"perf.{name}": value for name, value in result.perf.items()},
             "sec_per_token": result.sec_per_token, "generated_tokens": result.generated_tokens,
             "perf_norm": parts.perf_norm, "speed_norm": parts.speed_norm, "score": parts.score,
+            "baseline_perf": base_perf, "judge_left_out": sum(left_out.values()),
             "size_mb": weights_size_bytes(q.path) / 1e6, "quant_seconds": q.seconds,
             "seconds": time.perf_counter() - started,
         }
+        # provisional speed: timed beside other trials; the sweep's timing phase replaces it (tune/timing.py)
         metrics = {k: (_round(v) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
         writer = store.new_run(CANDIDATE_KIND, cid)
         writer.put_dir("model", q.path)

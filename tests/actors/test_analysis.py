@@ -16,6 +16,7 @@ from actors.analysis import (
     load_latest,
     nearest_family_accuracy,
     neighbor_joining,
+    lineage_distances,
     lineage_pairs,
     outlier_pairs,
     upgma,
@@ -83,6 +84,33 @@ def test_distance_matrix_cosine_symmetric_zero_diagonal():
     assert np.allclose(D, D.T) and np.all(np.diag(D) == 0)
     assert D[0, 1] == pytest.approx(0, abs=1e-12) and D[0, 2] == pytest.approx(1) and D[0, 3] == pytest.approx(2)
     assert D[0, 4] == 1.0
+
+
+def test_centered_distance_is_cosine_after_removing_the_mean():
+    """centered_cosine compares what differs between the models: the shared mean is subtracted
+    first, so a component every model carries (the probes' topics, a common language) weighs
+    nothing. Whether that recovers lineage is measured on real zoos (tests/bench/bench_lineage.py)."""
+    from actors.config import AnalysisConfig
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=16) * 5
+    vectors = {m: shared + rng.normal(size=16) for m in ("a", "b", "c", "d")}
+    ids, C = lineage_distances(fps_of(vectors), AnalysisConfig(distance="centered_cosine"))
+    X = np.stack([vectors[m] for m in ids]).astype(np.float32).astype(np.float64)
+    X -= X.mean(axis=0)
+    U = X / np.linalg.norm(X, axis=1, keepdims=True)
+    assert np.allclose(C, 1 - U @ U.T - np.diag(np.diag(1 - U @ U.T)), atol=1e-9)
+    assert np.allclose(C, C.T) and np.all(np.diag(C) == 0)
+    plain = lineage_distances(fps_of(vectors), AnalysisConfig(distance="cosine"))[1]
+    assert np.allclose(plain, distance_matrix(fps_of(vectors))[1])
+    assert plain.max() < 0.2 < C.max()  # the shared part made every plain distance small
+
+
+def test_centered_distance_needs_three_models():
+    from actors.config import AnalysisConfig
+
+    fps = fps_of({"a": [1.0, 0.0], "b": [0.8, 0.6]})
+    assert np.allclose(lineage_distances(fps, AnalysisConfig())[1], distance_matrix(fps)[1])
 
 
 def test_distance_matrix_refuses_mixed_provenance():

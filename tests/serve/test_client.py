@@ -75,6 +75,32 @@ def test_cache_makes_a_rerun_free_and_ignores_the_url(tmp_path):
     assert cache_key("judge", MSG, {"temperature": 0}) != cache_key("other", MSG, {"temperature": 0})
 
 
+def test_cache_keeps_only_replies_the_predicate_accepts(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    rated = lambda text: "[[" in text  # noqa: E731
+    script = [{"match": "hello", "content": "I cannot decide.", "times": 2}, {"match": "hello", "content": "ok [[7]]"}]
+    with ReplayServer(script) as srv:
+        client = ChatClient(srv.url, "judge", cache=cache)
+        first = client.chat(MSG, keep=rated)
+        assert first.text == "I cannot decide." and len(cache) == 0  # returned, not stored
+        second = client.chat(MSG, keep=rated)  # asked again: nothing was cached
+        third = client.chat(MSG, keep=rated)
+        [fourth] = client.chat_many([MSG], keep=rated)
+    assert not second.cached and third.text == "ok [[7]]" and not third.cached
+    assert fourth.cached and fourth.text == "ok [[7]]" and len(srv.requests) == 3 and len(cache) == 1
+
+
+def test_a_cached_reply_the_predicate_rejects_is_a_miss(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    script = [{"match": "hello", "content": "no rating", "times": 1}, {"match": "hello", "content": "[[5]]"}]
+    with ReplayServer(script) as srv:
+        ChatClient(srv.url, "judge", cache=cache).chat(MSG)  # no predicate: stored (a cache of older runs)
+        again = ChatClient(srv.url, "judge", cache=cache).chat(MSG, keep=lambda text: "[[" in text)
+    assert not again.cached and again.text == "[[5]]" and len(srv.requests) == 2
+    assert srv.requests[1]["body"].get("keep") is None  # the predicate is not a request parameter
+    assert cache.get(cache_key("judge", MSG, {}))["text"] == "[[5]]"  # the useful reply replaced it
+
+
 def test_cache_in_the_store_state_area(tmp_path):
     store = open_store(str(tmp_path / "store"))
     with ReplayServer() as srv:

@@ -137,6 +137,35 @@ def test_rerun_with_cache_makes_no_judge_requests(tmp_path):
     assert first.summary == second.summary and second.judge_requests == 0
 
 
+def test_rerun_asks_the_judge_again_only_for_unparseable_judgments(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    cands = [CandidateEndpoint(id="a", base_url="http://x/v1", model="a")]
+    # both math turns (turn 2's prompt repeats turn 1's answer); the Korean ones get the default [[k]]
+    malformed = [{"match": "6 times 7 is 42", "content": "I cannot decide."}]
+    with ReplayServer(ANSWERS) as cand, ReplayServer(malformed) as judge:
+        cands[0] = cands[0].model_copy(update={"base_url": cand.url})
+        first = judge_candidates(cands, _judge(judge.url, cache), [KO_Q, MATH_Q])
+        second = judge_candidates(cands, _judge(judge.url, cache), [KO_Q, MATH_Q])
+        asked_again = [r["messages"][-1]["content"] for r in judge.chat_requests[4:]]
+    assert first.judge_requests == 4 and first.summary["a"]["n_unparseable"] == 2
+    assert second.judge_requests == 2 and all("6 times 7 is 42" in m for m in asked_again)
+    assert second.summary == first.summary and len(cache) == 2  # the unparseable judgments were never stored
+
+
+def test_pairwise_rerun_asks_again_for_an_unparseable_verdict(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    qs = [Question("p1", "writing", ("Write a slogan.",))]
+    judgments = [{"match": "<|Assistant A|>\nXSLOGAN", "content": "[[A]]"},
+                 {"match": "<|Assistant A|>\nYSLOGAN", "content": "both are fine"}]
+    with ReplayServer([{"match": "slogan", "content": "XSLOGAN"}]) as cx, \
+            ReplayServer([{"match": "slogan", "content": "YSLOGAN"}]) as cy, ReplayServer(judgments) as j:
+        cands = [CandidateEndpoint(id="x", base_url=cx.url, model="x"),
+                 CandidateEndpoint(id="y", base_url=cy.url, model="y")]
+        first = judge_candidates(cands, _judge(j.url, cache), qs, mode="pairwise")
+        second = judge_candidates(cands, _judge(j.url, cache), qs, mode="pairwise")
+    assert first.records[0]["status"] == "unparseable" and (first.judge_requests, second.judge_requests) == (2, 1)
+
+
 def test_pairwise_judges_both_orders_and_a_disagreement_is_a_tie():
     qs = [Question("p1", "writing", ("Write a slogan.",)), Question("p2", "stem", ("Explain rain.",))]
     answers_x = [{"match": "slogan", "content": "XSLOGAN"}, {"match": "rain", "content": "XRAIN"}]
@@ -187,6 +216,21 @@ def test_cli_reports_missing_judgments_with_exit_1(tmp_path, capsys):
                              judge={"base_url": j.url, "model": "jm", "backoff_s": 0.01})
         code = main([str(path)])
     assert code == 1 and "failed 4" in capsys.readouterr().out
+
+
+def test_cli_exits_1_when_no_judgment_parsed(tmp_path, capsys):
+    with ReplayServer(default="echo") as cand, ReplayServer([{"match": None, "content": "I cannot decide."}]) as j:
+        path = _write_config(tmp_path, candidates=[{"id": "a", "base_url": cand.url, "model": "a"}],
+                             judge={"base_url": j.url, "model": "jm", "backoff_s": 0.01})
+        code = main([str(path)])
+        rerun = main([str(path)])
+        asked = len(j.chat_requests)
+    out = capsys.readouterr().out
+    assert code == 1 and rerun == 1 and "unparseable 4" in out and "failed 0" in out
+    assert asked == 8  # nothing unparseable was cached: the rerun asked all 4 again
+    store = open_store(str(tmp_path / "store"))
+    manifest = store.get_json(f"{store.runs('jobs', 'judge')[-1].prefix}/manifest.json")
+    assert manifest["status"] == "failed" and manifest["message"].startswith("no judgment parsed: all 4 unparseable")
 
 
 @pytest.mark.parametrize("change, match", [

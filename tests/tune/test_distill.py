@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from cluster.storage_local import LocalStore
-from tune.distill import TEACHER_KIND, distill, teacher_logits_cached
+from tests.cluster.test_content import key_of, perturb, register_copy
+from tune.distill import TEACHER_KIND, distill, stored_teacher_logits, teacher_logits_cached
 from tune.prune import remove_layers
 
 CORPUS = Path(__file__).resolve().parents[2] / "cluster" / "zoo_corpus"
+CONTENT = {"files_sha256": "llama-a"}  # stands in for model_content_key of the zoo's llama-a
 
 
 class Untouchable:
@@ -45,7 +47,8 @@ def teacher(zoo):
 def cached(tmp_path_factory, teacher, texts):
     model, tok = teacher
     root = tmp_path_factory.mktemp("store")
-    first = teacher_logits_cached(LocalStore(str(root)), "llama-a", model, tok, texts, top_k=16, max_length=64)
+    first = teacher_logits_cached(LocalStore(str(root)), "llama-a", model, tok, texts, top_k=16, max_length=64,
+                                  content=CONTENT)
     return root, first
 
 
@@ -64,7 +67,7 @@ def test_teacher_cache_computed_once(cached, texts):
 
     # a new store object over the same directory: a hit, the teacher never touched
     again = teacher_logits_cached(LocalStore(str(root)), "llama-a", Untouchable(), Untouchable(), texts,
-                                  top_k=16, max_length=64)
+                                  top_k=16, max_length=64, content=CONTENT)
     assert again.teacher_forward_passes == 0
     assert again.prefix == first.prefix
     for a, b in zip(first.input_ids, again.input_ids):
@@ -80,8 +83,29 @@ def test_teacher_cache_computed_once(cached, texts):
 def test_teacher_cache_key_includes_top_k(cached, teacher, texts):
     root, _ = cached
     model, tok = teacher
-    other = teacher_logits_cached(LocalStore(str(root)), "llama-a", model, tok, texts[:3], top_k=4, max_length=64)
+    other = teacher_logits_cached(LocalStore(str(root)), "llama-a", model, tok, texts[:3], top_k=4, max_length=64,
+                                  content=CONTENT)
     assert other.teacher_forward_passes == 3 and other.top_k == 4
+
+
+def test_teacher_rebuilt_under_the_same_id_is_a_cache_miss(zoo, texts, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    registry = register_copy(zoo, tmp_path, "toy")
+    store = LocalStore(str(tmp_path / "store"))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "toy")
+    args = dict(top_k=4, max_length=32)
+    first = teacher_logits_cached(store, "toy", AutoModelForCausalLM.from_pretrained(tmp_path / "toy"), tok,
+                                  texts[:2], content=key_of(registry), **args)
+    # unchanged: the trial's lookup with the same content key hits
+    assert stored_teacher_logits(store, "toy", texts[:2], content=key_of(registry), **args).prefix == first.prefix
+    perturb(tmp_path / "toy")
+    rebuilt = key_of(registry)
+    assert stored_teacher_logits(store, "toy", texts[:2], content=rebuilt, **args) is None
+    again = teacher_logits_cached(store, "toy", AutoModelForCausalLM.from_pretrained(tmp_path / "toy"), tok,
+                                  texts[:2], content=rebuilt, **args)
+    assert again.teacher_forward_passes == 2 and again.prefix != first.prefix
+    assert not all(np.array_equal(a, b) for a, b in zip(first.topk_values, again.topk_values))
 
 
 def test_distill_lowers_kd_loss(cached, teacher):

@@ -11,14 +11,16 @@ from cluster.config import ConfigError, validate
 from cluster.registry import ModelRegistry
 from cluster.storage_local import LocalStore
 from tune.datasets import BenchmarkSchemaError
-from tune.evaluate import (BenchmarkSpec, EvalConfig, EvalResult, baseline_cached, evaluate, hardware_key,
-                           load_benchmarks, mcq_prompt, qa_prompt)
+from tests.cluster.test_content import key_of, perturb, register_copy
+from tune.evaluate import (BenchmarkSpec, EvalConfig, EvalResult, baseline_cache_key, baseline_cached, evaluate,
+                           hardware_key, load_benchmarks, mcq_prompt, qa_prompt)
 from tune.prune import remove_layers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[2]
 ZOO_QA, ZOO_MCQ = str(REPO / "configs/bench/zoo_qa.jsonl"), str(REPO / "configs/bench/zoo_mcq.jsonl")
+KOMT = str(REPO / "configs/komt_sample.jsonl")
 OWN = ["weather", "food"]  # what llama-a was trained on
 
 
@@ -126,19 +128,54 @@ def test_baseline_is_cached_per_hardware_and_benchmarks(llama, zoo, tmp_path):
         calls.append(1)
         return llama
 
-    cpu = hardware_key("cpu")
-    first, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware=cpu)
+    cpu, content = hardware_key("cpu"), {"files_sha256": "llama-a"}
+    first, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware=cpu, content=content)
     assert (cached, len(calls)) == (False, 1)
-    second, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware=cpu)
+    second, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware=cpu, content=content)
     assert (cached, len(calls)) == (True, 1) and second == first
-    _, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware={**cpu, "torch_threads": 64})
+    _, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware={**cpu, "torch_threads": 64},
+                                content=content)
     assert (cached, len(calls)) == (False, 2)
     other = load_benchmarks(cfg.model_copy(update={"benchmarks": [cfg.benchmarks[0].model_copy(update={"limit": 2})]}))
-    _, cached = baseline_cached(store, "llama-a", load, other, cfg, spec=spec, hardware=cpu)
+    _, cached = baseline_cached(store, "llama-a", load, other, cfg, spec=spec, hardware=cpu, content=content)
     assert (cached, len(calls)) == (False, 3)
     assert len(store.runs("baseline", "llama-a")) == 3
     with pytest.raises(ValueError, match="hardware"):
-        baseline_cached(store, "llama-a", load, bench, cfg, hardware={})
+        baseline_cached(store, "llama-a", load, bench, cfg, hardware={}, content=content)
+
+
+def test_baseline_of_a_base_rebuilt_under_the_same_id_is_measured_again(llama, zoo, tmp_path):
+    registry = register_copy(zoo, tmp_path, "toy")
+    cfg = EvalConfig(max_new_tokens=4, benchmarks=[BenchmarkSpec(name="qa", task="qa", source=ZOO_QA, limit=1)])
+    bench, store, cpu = load_benchmarks(cfg), LocalStore(tmp_path / "store"), hardware_key("cpu")
+    calls = []
+
+    def load():
+        calls.append(1)
+        return llama
+
+    for _ in range(2):  # unchanged: measured once, then a hit
+        baseline_cached(store, "toy", load, bench, cfg, hardware=cpu, content=key_of(registry))
+    assert len(calls) == 1
+    perturb(tmp_path / "toy")
+    _, cached = baseline_cached(store, "toy", load, bench, cfg, hardware=cpu, content=key_of(registry))
+    assert (cached, len(calls)) == (False, 2)
+
+
+def _judge_key(**judge_fields) -> dict:
+    spec = {"name": "komt", "task": "judge", "source": KOMT, "limit": 2, "judge": {"replay": True}, **judge_fields}
+    cfg = EvalConfig.model_validate({"benchmarks": [spec]})
+    return baseline_cache_key("b", load_benchmarks(cfg), cfg, {"device": "cpu"}, content={"files_sha256": "x"})
+
+
+def test_baseline_key_holds_the_judge_settings_that_change_ratings():
+    base = _judge_key()
+    for change in ({"judge_language": "ko"}, {"language_penalty": True},
+                   {"judge": {"base_url": "http://judge/v1", "model": "gpt-4o"}},
+                   {"judge": {"replay": True, "temperature": 0.7}}):
+        assert _judge_key(**change) != base, change
+    # how hard or how often the judge is asked changes no rating; defaults spelled out are defaults
+    assert _judge_key(judge={"replay": True, "max_concurrency": 9, "timeout_s": 5, "temperature": 0.0}) == base
 
 
 def test_hardware_key_names_device_and_threads():

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from cluster.storage_local import LocalStore
+from tests.cluster.test_content import key_of, perturb, register_copy
 from tune.prune import bi_scores_cached, block_influence, choose_layers, remove_layers
 
 CORPUS = Path(__file__).resolve().parents[2] / "cluster" / "zoo_corpus"
@@ -126,17 +127,36 @@ class _Refuses:
 def test_bi_scores_are_cached_per_base_texts_and_variant(zoo, texts, tmp_path):
     model, tok = _load(zoo, "exaone4-c")
     store = LocalStore(tmp_path / "store")
+    content = {"files_sha256": "exaone4-c"}
     calls = []
     hook = model.register_forward_pre_hook(lambda *a: calls.append(1))
-    first = bi_scores_cached(store, "exaone4-c", model, tok, texts, "cosine")
+    first = bi_scores_cached(store, "exaone4-c", model, tok, texts, "cosine", content=content)
     assert calls and len(first) == 6
     calls.clear()
-    assert bi_scores_cached(store, "exaone4-c", _Refuses(), tok, texts, "cosine") == first
+    assert bi_scores_cached(store, "exaone4-c", _Refuses(), tok, texts, "cosine", content=content) == first
     # another variant or another calibration set is another key: computed again
-    assert bi_scores_cached(store, "exaone4-c", model, tok, texts, "angular") != first
+    assert bi_scores_cached(store, "exaone4-c", model, tok, texts, "angular", content=content) != first
     assert calls
     calls.clear()
-    bi_scores_cached(store, "exaone4-c", model, tok, texts[:3], "cosine")
+    bi_scores_cached(store, "exaone4-c", model, tok, texts[:3], "cosine", content=content)
     assert calls
     hook.remove()
     assert len(store.runs("bi", "exaone4-c")) == 3
+
+
+def test_bi_scores_of_a_model_rebuilt_under_the_same_id_are_recomputed(zoo, texts, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    registry = register_copy(zoo, tmp_path, "toy")
+    store = LocalStore(tmp_path / "store")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "toy")
+    first = bi_scores_cached(store, "toy", AutoModelForCausalLM.from_pretrained(tmp_path / "toy"), tok, texts[:2],
+                             content=key_of(registry))
+    assert bi_scores_cached(store, "toy", _Refuses(), tok, texts[:2], content=key_of(registry)) == first  # a hit
+    perturb(tmp_path / "toy")  # same id, same registry entry, other weights
+    rebuilt = AutoModelForCausalLM.from_pretrained(tmp_path / "toy")
+    calls = []
+    rebuilt.register_forward_pre_hook(lambda *a: calls.append(1))
+    again = bi_scores_cached(store, "toy", rebuilt, tok, texts[:2], content=key_of(registry))
+    assert calls and again != first  # a miss: the new weights were measured
+    assert len(store.runs("bi", "toy")) == 2

@@ -113,6 +113,7 @@ def test_sweep_killed_and_resumed_runs_no_finished_trial_twice(zoo, tmp_path):
         bench["source"] = str(REPO / "configs" / bench["source"])
         bench["limit"] = 6
     cfg["eval"]["max_new_tokens"] = 16
+    cfg["timing"] = {"rounds": 2, "prompts": 4, "new_tokens": 8}
     cfg["search"] = {"algorithm": "grid", "max_concurrent_trials": 1,
                      "space": {"prune_depth": {"grid": [0, 1, 2]}, "kd_samples": {"value": 8},
                                "lora_rank": {"value": 4}, "quant": {"value": "none"}}}
@@ -155,6 +156,9 @@ def test_sweep_killed_and_resumed_runs_no_finished_trial_twice(zoo, tmp_path):
     assert {r["layers"] for r in rows} == {6, 5, 4}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["teacher_forward_passes"] == 0 and summary["baseline_cached"] is True
+    # the resumed run still times every candidate in its timing phase, beside the base
+    timing = json.loads((run_dir / "timing.json").read_text())
+    assert set(timing["models"]) == {"__baseline__", *(r["trial_id"] for r in rows)}
     first_teacher = json.loads(next((store_dir / "teacher").glob("exaone4-c/*/_COMPLETE.json")).read_text())
     assert first_teacher["teacher_forward_passes"] == 8  # the first run: kd_samples texts, once
     with open(run_dir / "leaderboard.csv") as f:
@@ -188,6 +192,7 @@ def test_sweep_on_s3_store(zoo, tmp_path, s3_uri):
         bench["source"] = str(REPO / "configs" / bench["source"])
         bench["limit"] = 4
     cfg["eval"]["max_new_tokens"] = 8
+    cfg["timing"] = {"rounds": 2, "prompts": 4, "new_tokens": 8}
     cfg["search"] = {"algorithm": "grid", "max_concurrent_trials": 2,
                      "space": {"prune_depth": {"grid": [0, 1]}, "kd_samples": {"value": 4},
                                "lora_rank": {"value": 0}, "quant": {"value": "none"}}}
@@ -205,3 +210,29 @@ def test_sweep_on_s3_store(zoo, tmp_path, s3_uri):
     assert sum(k.endswith("/model/config.json") and "/candidate/" in k for k in keys) == 2
     assert any("/teacher/exaone4-c/" in k for k in keys) and any("/baseline/exaone4-c/" in k for k in keys)
     assert any("/tune/s3t-" in k and k.endswith("progress.csv") for k in keys)
+
+
+@pytest.mark.timeout(500)
+def test_identity_recipe_scores_half_while_trials_share_the_node(ray_local, zoo, tmp_path):
+    """Four copies of the base (prune 0, no KD, no heal, no quantization) trained 4 at a time on 2
+    cores. Timed inside the trials they scored about 0.40 (the baseline was timed alone); the timing
+    phase times base and copies alone, interleaved, so a copy scores 0.5 within its noise."""
+    from tune.sweep import run_sweep
+
+    benches = [f"eval.benchmarks.{i}.limit=6" for i in range(2)]
+    cfg = _cfg(zoo, tmp_path, "name=ident", "register_top=0", "calibration.count=8", "calibration.holdout=2",
+               "search.space.prune_depth={value: 0}", "search.space.kd_samples={value: 0}",
+               "search.space.lora_rank={value: 0}", "search.space.quant={value: none}", "search.num_samples=4",
+               "search.max_concurrent_trials=4", "search.asha.enabled=false", "resources.cpus_per_trial=0.5",
+               "eval.max_new_tokens=16", "timing.rounds=3", "timing.prompts=8", "timing.new_tokens=16",
+               "quant.num_calibration_samples=2", *benches)
+    code, summary = run_sweep(cfg, config_path=str(DEMO))
+    assert code == 0 and summary["ok"] == 4
+    store = LocalStore(str(tmp_path / "store"))
+    run = store.runs("sweep", "ident")[-1]
+    rows = store.get_json(f"{run.prefix}/rows.json")
+    for row in rows:
+        assert row["perf_norm"] == pytest.approx(1.0, abs=0.02)  # the same weights answer the same
+        assert row["score_spread"] is not None and row["score_in_trial"] is not None
+        assert abs(row["score"] - 0.5) <= 0.03, rows
+    assert summary["timing"]["rounds"] == 3

@@ -73,6 +73,9 @@ class ProbeSettings(YardModel):
     # fake ratings (no judge model runs on a CPU machine; such scores measure nothing).
     judge: dict | None = None
     max_tokens: int = Field(200, ge=1, description="reply length per probe turn")
+    # The base answers the same probes in the same Serve app, so the report shows what the
+    # fine-tune changed. Where the cluster lacks GPUs for two probe replicas they share them.
+    compare_base: bool = Field(True, description="probe the base too: base and child side by side in the report")
 
     @field_validator("judge")
     @classmethod

@@ -193,14 +193,15 @@ def _options(res: StageResources) -> dict:
     return opts
 
 
-
-
-
-
-def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, reporter=None) -> dict:
-    """The probe suite on the merged model behind the Serve app (a free port), with and without the
-    system prompt; the judge as configured (replay: deterministic fake ratings). run_probes' summary."""
+def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, registry_paths: list[str],
+                reporter=None) -> dict:
+    """The probe suite on the merged model (variant "merged", the first candidate) and, with
+    `probe.compare_base`, on its base (variant "base") behind one Serve app (a free port), each with
+    and without the system prompt; the judge as configured (replay: deterministic fake ratings).
+    run_probes' summary."""
     import contextlib
+
+    import ray
 
     from serve.app import shutdown, start_app
     from serve.config import CandidateConfig, ServeConfig
@@ -209,11 +210,19 @@ def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, repor
     from serve.probes import CONDITIONS, ProbeCandidate, make_judge, run_probes
     from serve.replay import ReplayServer
     suite = load_suite(resolve_relative(cfg.probe.suite, cfg))
-    cand_id = f"{cfg.name}-merged"
     res = cfg.resources.probe
-    scfg = ServeConfig(storage=cfg.storage, ray=cfg.ray, port=free_port(), probe_suite=None, candidates=[
-        CandidateConfig(id=cand_id, path=model_path, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                        chat_template_kwargs=cfg.chat_template_kwargs)])
+    num_cpus, num_gpus = res.num_cpus, res.num_gpus
+    have = ray.cluster_resources()
+    if cfg.probe.compare_base and (2 * num_gpus > have.get("GPU", 0) or 2 * num_cpus > have.get("CPU", 0)):
+        # two replicas on what one was given (check_resources saw room for one), not a Serve app that waits forever
+        num_cpus, num_gpus = num_cpus / 2, num_gpus / 2
+        log.info("probe: base and merged model share %g CPU(s) and %g GPU(s)", res.num_cpus, res.num_gpus)
+    where = {"merged": {"path": model_path}, "base": {"model": cfg.base}}  # variant -> its weights
+    served = {variant: CandidateConfig(id=f"{cfg.name}-{variant}", num_cpus=num_cpus, num_gpus=num_gpus,
+                                       chat_template_kwargs=cfg.chat_template_kwargs, **where[variant])
+              for variant in (["merged", "base"] if cfg.probe.compare_base else ["merged"])}
+    scfg = ServeConfig(storage=cfg.storage, ray=cfg.ray, port=free_port(), probe_suite=None, registry=registry_paths,
+                       candidates=list(served.values()))
     with contextlib.ExitStack() as stack:
         judge, judge_params = None, None
         if cfg.probe.judge is not None:
@@ -227,10 +236,10 @@ def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, repor
                 judge = stack.enter_context(make_judge(jcfg, store))
         url = start_app(scfg)
         stack.callback(shutdown)
-        cand = ProbeCandidate(id=cand_id, base_url=f"{url}/v1", model=cand_id, group=cfg.name, variant="merged",
-                              params={"max_tokens": cfg.probe.max_tokens,
-                                      "chat_template_kwargs": dict(cfg.chat_template_kwargs)})
-        summary = run_probes(suite, [cand], judge, store, conditions=CONDITIONS, judge_params=judge_params,
+        params = {"max_tokens": cfg.probe.max_tokens, "chat_template_kwargs": dict(cfg.chat_template_kwargs)}
+        cands = [ProbeCandidate(id=c.id, base_url=f"{url}/v1", model=c.id, group=cfg.name, variant=variant,
+                                params=params) for variant, c in served.items()]
+        summary = run_probes(suite, cands, judge, store, conditions=CONDITIONS, judge_params=judge_params,
                              reporter=reporter)
     summary["judge_replayed"] = bool(cfg.probe.judge and cfg.probe.judge.get("replay"))
     return summary
@@ -307,7 +316,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None) -> tuple[
         summary["child"] = register(cfg, registry_paths, model_path if local else None, run)
         reporter.phase("probe", item=cfg.name)
         if cfg.probe.enabled:
-            summary["probe"] = probe_model(cfg, store, model_path, reporter=None)
+            summary["probe"] = probe_model(cfg, store, model_path, registry_paths, reporter=None)
         else:
             summary["probe"] = None
         reporter.advance(item="probe")
@@ -366,9 +375,12 @@ def main(argv: list[str]) -> int:
     code, summary = run_persona(cfg, config_path=args.config)
     probe = summary.get("probe")
     if probe:
-        for cond, s in probe["candidates"][0].get("conditions", {}).items():
-            judge = s["judge"]["mean"] if s.get("judge") else None
-            print(f"probe {cond:<15} pass {s['pass_rate']:.0%}" + (f"  judge {judge:.1f}" if judge is not None else ""))
+        for cand in probe["candidates"]:
+            for cond, s in cand.get("conditions", {}).items():
+                judge = s["judge"]["mean"] if s.get("judge") else None
+                groups = "  ".join(f"{g} {v['pass_rate']:.0%}" for g, v in s["groups"].items() if v["probes"])
+                print(f"probe {cand['variant']:<6} {cond:<15} pass {s['pass_rate']:.0%}  ({groups})"
+                      + (f"  judge {judge:.1f}" if judge is not None else ""))
     print(f"child: {summary['child']['id']} ({'registered' if summary['child']['registered'] else summary['child']['why']})")
     print(f"report: {summary['report']}")
     return code
@@ -376,10 +388,11 @@ def main(argv: list[str]) -> int:
 
 def demo(store, zoo_registry: str, quick: bool = True) -> dict:
     """`yard demo`'s persona step: the demo config on the zoo `yard demo` built; quick caps the
-    stages at a few steps (about a minute or two on CPU)."""
+    stages (about two minutes on CPU)."""
     overrides = ["zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={store.uri}"]
     if quick:
-        overrides += ["sft.max_steps=4", "dpo.max_steps=2", "probe.max_tokens=24"]
+        # enough SFT steps that the child already answers the persona facts the base cannot
+        overrides += ["sft.max_steps=80", "dpo.max_steps=2", "probe.max_tokens=24"]
     cfg = load_config(DEMO_CONFIG, PersonaConfig, overrides)
     try:
         code, summary = run_persona(cfg, config_path=str(DEMO_CONFIG))

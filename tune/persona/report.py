@@ -1,5 +1,6 @@
 """The persona job's report: prep counts, training per stage, loss curves, plan beside actual
-figures, lineage, and the probe results with and without the system prompt side by side."""
+figures, lineage, and the probe results of base and child, with and without the system prompt, side
+by side."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,25 +13,46 @@ def _num(value, fmt: str = "{:.4f}") -> str:
     return "-" if value is None or value != value else fmt.format(value)  # NaN != NaN
 
 
+def _probe_columns(probe: dict) -> list[tuple[str, dict | None]]:
+    """(header, condition summary or None when that candidate failed) per report column: for each
+    condition, the base (when it was probed) beside the merged child."""
+    cands = probe["candidates"]
+    child = next(c for c in cands if c["variant"] == "merged")
+    base = next((c for c in cands if c["variant"] == "base"), None)
+    cols = []
+    for cond in probe["conditions"]:
+        label = cond.replace("_", " ")
+        for name, cand in ((("base", base), ("child", child)) if base else (("", child),)):
+            cols.append((f"{name}, {label}" if name else label, None if cand["error"] else cand["conditions"][cond]))
+    return cols
+
+
 def probe_markdown(probe: dict | None) -> list[str]:
-    """Both conditions of the merged model's probe run as columns: pass rates, per group, facts, judge."""
+    """The probe results as one table: base and merged child side by side under each condition
+    (with and without the system prompt): all probes, each group, each fact, the judge mean."""
     if probe is None:
         return ["Probes disabled (probe.enabled: false)."]
-    cand = probe["candidates"][0]
-    if cand.get("error"):
-        return [f"The probe of the merged model failed: {cand['error']}"]
-    conds = list(cand["conditions"])
-    lines = ["| | " + " | ".join(c.replace("_", " ") for c in conds) + " |", "|---|" + "---|" * len(conds)]
-    get = lambda c: cand["conditions"][c]  # noqa: E731
-    lines.append("| all probes passed | " + " | ".join(
-        f"{get(c)['passed']}/{get(c)['probes']} ({_num(get(c)['pass_rate'], '{:.0%}')})" for c in conds) + " |")
-    for group in get(conds[0])["groups"]:
-        lines.append(f"| {group} | " + " | ".join(_num(get(c)["groups"][group]["pass_rate"], "{:.0%}") for c in conds) + " |")
-    for fact in get(conds[0])["facts"]:
-        lines.append(f"| fact {fact} | " + " | ".join(get(c)["facts"][fact]["status"] for c in conds) + " |")
-    if get(conds[0]).get("judge") is not None:
-        lines.append("| judge mean (1-10) | " + " | ".join(_num(get(c)["judge"]["mean"], "{:.2f}") for c in conds) + " |")
+    failed = [c for c in probe["candidates"] if c.get("error")]
+    if any(c["variant"] == "merged" for c in failed):
+        return [f"The probe of the merged model failed: {failed[0]['error']}"]
+    cols = _probe_columns(probe)
+    first = next(s for _, s in cols if s is not None)
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join("failed" if s is None else cell(s) for _, s in cols) + " |"
+
+    lines = ["| | " + " | ".join(h for h, _ in cols) + " |", "|---|" + "---|" * len(cols),
+             row("all probes passed", lambda s: f"{s['passed']}/{s['probes']} ({_num(s['pass_rate'], '{:.0%}')})")]
+    for group in first["groups"]:
+        lines.append(row(group, lambda s, g=group: f"{_num(s['groups'][g]['pass_rate'], '{:.0%}')} "
+                                                    f"({s['groups'][g]['passed']}/{s['groups'][g]['probes']})"))
+    for fact in first["facts"]:
+        lines.append(row(f"fact {fact}", lambda s, f=fact: s["facts"][f]["status"]))
+    if first.get("judge") is not None:
+        lines.append(row("judge mean (1-10)", lambda s: _num(s["judge"]["mean"], "{:.2f}")))
     lines += ["", f"Full probe report: {probe['report']}"]
+    if failed:
+        lines += [""] + [f"- the probe of {c['id']} failed: {c['error']}" for c in failed]
     if probe.get("judge_replayed"):
         lines += ["", "**Judge: replayed** (deterministic fake ratings from a replay server; no judge model ran, "
                   "the judge scores measure nothing; the rule checks are real)."]
@@ -56,10 +78,14 @@ def write_report(cfg: PersonaConfig, summary: dict, plan: Plan, stages: list[dic
              f"{prep['duplicates']} duplicates, {prep['stripped_system']} system messages stripped; recommended "
              f"max_length {prep['recommended_max_length']}. Details: prep_report.md, lengths.png.", "",
              "## Training", "",
-             "| stage | backend | steps | train loss | held-out loss | train s | tokens/s |", "|---|---|---|---|---|---|---|"]
+             "| stage | backend | steps | train loss (mean) | first -> last step | held-out loss | train s "
+             "| tokens/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in stages:
-        lines.append(f"| {s['stage']} | {s['backend']} | {s['steps']} | {_num(s['train_loss'])} | {_num(s['eval_loss'])} "
-                     f"| {s['seconds']:.1f} | {s['tokens_per_s']:.0f} |")
+        logged = [r["loss"] for r in s["log"] if r.get("loss") is not None]
+        ends = f"{_num(logged[0], '{:.2f}')} -> {_num(logged[-1], '{:.2f}')}" if logged else "-"
+        lines.append(f"| {s['stage']} | {s['backend']} | {s['steps']} | {_num(s['train_loss'])} | {ends} "
+                     f"| {_num(s['eval_loss'])} | {s['seconds']:.1f} | {s['tokens_per_s']:.0f} |")
     if summary.get("dpo_skipped"):
         lines += ["", f"DPO skipped: {summary['dpo_skipped']}."]
     lines += ["", "![losses](losses.png)", "", "## Plan and actual", "",
@@ -73,7 +99,8 @@ def write_report(cfg: PersonaConfig, summary: dict, plan: Plan, stages: list[dic
         lines.append("- GGUF: not enabled (gguf.enabled: false)")
     lines.append(f"- lineage: {child['id']} as a persona child of {cfg.base}" if child["registered"]
                  else f"- lineage: not registered ({child['why']})")
-    lines += ["", "## Probes: with and without the system prompt", ""] + probe_markdown(summary.get("probe"))
+    lines += ["", "## Probes: base and child, with and without the system prompt", ""]
+    lines += probe_markdown(summary.get("probe"))
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"report": report, "losses": losses}

@@ -50,6 +50,10 @@ class LoraSettings(YardModel):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     # "all-linear": every nn.Linear except the output head (q/k/v/o + gate/up/down)
     target_modules: str | list[str] = "all-linear"
+    # Trained in full beside the adapter and saved with it, e.g. ["embed_tokens"]: a tied output
+    # head stays tied to it. LoRA never reaches a tied head, so a base that never learned to say the
+    # persona's tokens cannot be taught them without this (the toy zoo's bases; see the demo config).
+    modules_to_save: list[str] = Field(default_factory=list)
 
 
 class SftSettings(YardModel):
@@ -311,12 +315,15 @@ def build_sft_trainer(base_path: str, rows, held_out, lora: LoraSettings, cfg: S
 
         model = FastLanguageModel.get_peft_model(
             model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-            target_modules=_target_modules(lora, backend), use_gradient_checkpointing="unsloth", random_state=0)
+            target_modules=_target_modules(lora, backend), modules_to_save=lora.modules_to_save or None,
+            use_gradient_checkpointing="unsloth", random_state=0)
     else:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")
+                                 target_modules=lora.target_modules, task_type="CAUSAL_LM",
+                                 modules_to_save=lora.modules_to_save or None,
+                                 ensure_weight_tying=bool(lora.modules_to_save))
     args = trl.SFTConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler,
                          warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                          per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,

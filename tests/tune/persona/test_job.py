@@ -1,5 +1,6 @@
-"""tune/persona/job.py: --plan without training, bad input refused before Ray, and one full tiny job
-(prep -> SFT -> DPO -> merge -> lineage -> probe) on the toy qwen3-b on local Ray."""
+"""tune/persona/job.py: --plan without training, bad input refused before Ray, and the demo job as
+shipped (prep -> SFT -> DPO -> merge -> lineage -> probe of base and child) on the toy qwen3-b on
+local Ray: the child must beat its base on the persona probes."""
 import json
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_plan_prints_steps_and_costs_without_training(zoo_registry, tmp_path, ca
     out = capsys.readouterr().out
     assert code == 0
     assert "270 SFT rows, 36 DPO pairs after prep (7 bad lines, 7 duplicates" in out
-    assert "| sft | 270 | 1 | 8 | 256 | 12 |" in out          # capped by the demo's sft.max_steps
+    assert "| sft | 270 | 4 | 8 | 256 | 120 |" in out         # capped by the demo's sft.max_steps
     assert "H200 SXM5 (chosen)" in out and "H100 PCIe" in out
     assert not (tmp_path / "store").exists()                 # nothing written, nothing trained
 
@@ -78,10 +79,11 @@ def test_gpu_request_on_a_cpu_cluster_is_refused(zoo_registry, tmp_path, ray_loc
         job.check_resources(_cfg(zoo_registry, tmp_path, "resources.sft.num_gpus=1"))
 
 
-def test_full_tiny_job_outputs_lineage_and_probes(zoo_registry, tmp_path, ray_local):
-    cfg = _cfg(zoo_registry, tmp_path, "name=tiny", "sft.max_steps=2", "dpo.max_steps=2", "lora.r=4", "lora.alpha=8",
-               "probe.max_tokens=8")
-    code, summary = job.run_persona(cfg, config_path=DEMO)
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_demo_job_outputs_lineage_and_a_child_that_beats_its_base(zoo_registry, tmp_path, ray_local):
+    """The demo config as shipped (~3 min on 2 cores): outputs, lineage, and probes of base and child."""
+    code, summary = job.run_persona(_cfg(zoo_registry, tmp_path, "name=tiny"), config_path=DEMO)
     assert code == 0, summary.get("probe")
     store = open_store(str(tmp_path / "store"))
     prefix = summary["prefix"]
@@ -90,17 +92,28 @@ def test_full_tiny_job_outputs_lineage_and_probes(zoo_registry, tmp_path, ray_lo
                  "model/config.json", "losses.png", "report.md", "summary.json", "_COMPLETE.json"):
         assert f"{prefix}/{name}" in files, name
     assert [s["stage"] for s in summary["stages"]] == ["sft", "dpo"]
-    assert [s["steps"] for s in summary["stages"]] == [2, 2]
+    assert [s["steps"] for s in summary["stages"]] == [120, 4]
+    sft_losses = [r["loss"] for r in summary["stages"][0]["log"] if "loss" in r]
+    assert sft_losses[-1] < sft_losses[0] / 4                  # measured 10.7 -> 0.8 (held-out 0.55)
     # the merged model is a persona child of its zoo base, pointing at the stored model
     child = ModelRegistry.load([zoo_registry]).get("qwen3-b.tiny")
     assert (child.parent, child.derivation) == ("qwen3-b", "persona")
     assert Path(child.source) == (tmp_path / "store" / prefix / "model").resolve()
-    # both probe conditions ran and are in the report, the replayed judge labelled as such
-    conds = summary["probe"]["candidates"][0]["conditions"]
-    assert set(conds) == {"with_system", "without_system"} and conds["without_system"]["probes"] > 0
+    # base and child both probed under both conditions, side by side in the report
+    cands = {c["variant"]: c["conditions"] for c in summary["probe"]["candidates"]}
+    assert set(cands) == {"merged", "base"}
+    for conds in cands.values():
+        assert set(conds) == {"with_system", "without_system"} and conds["without_system"]["probes"] > 0
+    # the fine-tune teaches the persona: without the system prompt the child beats its base on facts
+    # and identity (measured: facts 0% -> 75%, identity 50% -> 100%, all probes 35% -> 83%)
+    base, tuned = cands["base"]["without_system"], cands["merged"]["without_system"]
+    assert tuned["groups"]["fact"]["pass_rate"] >= base["groups"]["fact"]["pass_rate"] + 0.25
+    assert tuned["groups"]["identity"]["pass_rate"] > base["groups"]["identity"]["pass_rate"]
+    assert tuned["pass_rate"] >= base["pass_rate"] + 0.15
     report = store.get_bytes(f"{prefix}/report.md").decode()
-    assert "| | with system | without system |" in report and "Judge: replayed" in report
-    assert "| sft | 2 | 2 |" in report                        # projected and actual steps side by side
+    assert "| | base, with system | child, with system | base, without system | child, without system |" in report
+    assert "\n| fact | " in report and "\n| fact cat | " in report and "Judge: replayed" in report
+    assert "| sft | 120 | 120 |" in report                    # projected and actual steps side by side
     stored = json.loads(store.get_bytes(f"{prefix}/summary.json"))
     assert stored["child"]["registered"] is True and stored["prep"]["bad_lines"] == 7
 
@@ -120,7 +133,7 @@ def test_tiny_job_on_an_s3_store(zoo_registry, tmp_path, s3_uri):
     repo = Path(__file__).resolve().parents[3]
     args = [sys.executable, "-m", "cluster", "persona", DEMO, "zoo=null", f"registry=[{zoo_registry}]",
             f"storage.uri={uri}", f"storage.endpoint_url={endpoint}", "name=s3tiny", "sft.max_steps=2",
-            "dpo.max_steps=2", "lora.r=4", "lora.alpha=8", "probe.max_tokens=8"]
+            "dpo.max_steps=2", "lora.r=4", "lora.alpha=8", "probe.max_tokens=8", "probe.compare_base=false"]
     env = {**os.environ, "YARD_DASHBOARD": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=380)

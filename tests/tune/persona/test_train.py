@@ -60,7 +60,8 @@ def _targets(trainer) -> list[tuple[str, str]]:
 
 def test_defaults_are_the_seed_recipe():
     lora, sft, dpo = LoraSettings(), SftSettings(), DpoSettings()
-    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (64, 128, 0.05, "all-linear")
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.modules_to_save) == (64, 128, 0.05,
+                                                                                          "all-linear", [])
     assert (sft.epochs, sft.lr, sft.scheduler, sft.warmup_ratio, sft.batch_size, sft.grad_accum, sft.max_length,
             sft.packing) == (3, 1e-4, "cosine", 0.05, 16, 2, 1024, False)
     assert (dpo.epochs, dpo.lr, dpo.beta, dpo.batch_size, dpo.grad_accum, dpo.warmup_ratio) == (2, 5e-6, 0.1, 4, 2, 0.1)
@@ -136,6 +137,28 @@ def test_dpo_logs_rewards_and_loss_then_merge_reloads_and_generates(base, sft_re
 
     png = plot_losses([sft_result, dpo], tmp_path / "losses.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_embeddings_train_beside_the_adapter_and_the_tied_head_follows_them_into_the_merge(base, tmp_path):
+    """modules_to_save=["embed_tokens"] (the demo's setting): the toy's output head is tied to the
+    embeddings, which LoRA never reaches; trained in full they must stay tied, in training and merged."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lora = LoraSettings(r=4, alpha=8, modules_to_save=["embed_tokens"])
+    sft = train_sft(base, CONVERSATIONS, [], lora, SFT.model_copy(update={"lr": 1e-2}), tmp_path / "sft",
+                    chat_template_kwargs=NO_THINK)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), sft.adapter_dir).eval()
+    inner = tuned.base_model.model
+    assert torch.equal(inner.lm_head.weight, inner.model.embed_tokens.modules_to_save["default"].weight)
+    merged = AutoModelForCausalLM.from_pretrained(merge_adapter(base, sft.adapter_dir, tmp_path / "m", dtype="fp32"))
+    original = AutoModelForCausalLM.from_pretrained(base)
+    assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()   # still tied
+    assert not torch.equal(merged.model.embed_tokens.weight, original.model.embed_tokens.weight)  # and trained
+    ids = torch.tensor([[1, 3, 100, 200, 300, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, tuned(ids).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_bad_rows_and_paths_are_one_line_errors(base, sft_result, tmp_path):

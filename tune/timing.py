@@ -1,0 +1,219 @@
+"""The Score's speed half, measured fairly: baseline and candidates timed alone, interleaved, repeated.
+
+Timing inside a trial measures contention, not the model: trials run side by side (2 or 4 to a
+node) while the baseline was timed alone in the prepare step, so a plain copy of the base scored
+0.403 instead of 0.5. After the trials, `time_models` runs as one task with nothing else of the
+sweep beside it. Round after round it visits the baseline and every candidate in turn (the order
+rotates each round, so a drift in the machine's speed hits every model alike); each visit warms
+up, then generates the same prompts for exactly `new_tokens` tokens per row, EOS ignored. Every
+model thus produces the same token count over the same batch shapes, and rows that finish early
+cannot make a model look faster or slower.
+
+Per model: sec_per_token per round and its median. Per candidate: speed_norm in each round
+against the baseline's time in that same round (paired, so load that changes between rounds
+cancels), its median, and the spread, half the range over rounds. The Score's spread is half the
+speed_norm spread (Score = 0.5 PerfNorm + 0.5 SpeedNorm).
+
+    timing = time_models({"base": load_base, "t1": load_t1}, texts_for, TimingConfig(rounds=5))
+    timing["models"]["t1"]["speed_norm"], timing["models"]["t1"]["speed_norm_spread"]
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import Field
+
+from cluster.config import YardModel
+
+log = logging.getLogger(__name__)
+
+BASELINE = "__baseline__"
+# Models kept loaded between rounds while their weights add up to less than this (else reloaded
+# at every visit; a load is never timed).
+KEEP_LOADED_MB = 4096.0
+
+
+class TimingConfig(YardModel):
+    """The sweep's timing phase (the Score's speed half)."""
+
+    enabled: bool = Field(True, description="false: keep each trial's own (contended) sec_per_token")
+    rounds: int = Field(5, ge=1, le=50, description="visits per model, interleaved with the others")
+    prompts: int = Field(16, ge=1, description="the first N generate-mode benchmark prompts")
+    new_tokens: int = Field(32, ge=1, le=4096, description="tokens every row generates (EOS ignored)")
+    batch_size: int | None = Field(None, ge=1, description="default: eval.batch_size")
+
+
+def generate_fixed(model, tokenizer, texts: list[str], new_tokens: int, batch_size: int,
+                   add_special_tokens: bool = False) -> tuple[float, int]:
+    """(seconds, tokens): greedy generation of exactly `new_tokens` per text (EOS suppressed by
+    min_new_tokens), `batch_size` texts at a time, left padded. tokens = len(texts) * new_tokens."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
+                  top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+    batches = [tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                         add_special_tokens=add_special_tokens).to(model.device)
+               for i in range(0, len(texts), batch_size)]
+    tokens = 0
+    started = time.perf_counter()
+    for inputs in batches:
+        with torch.inference_mode():
+            out = model.generate(**inputs, **kwargs)
+        tokens += (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
+    seconds = time.perf_counter() - started
+    if tokens != len(texts) * new_tokens:  # a generate() that stopped early would skew the ratio
+        raise RuntimeError(f"timing: expected {len(texts) * new_tokens} tokens, generated {tokens}")
+    return seconds, tokens
+
+
+def _half_range(values: list[float]) -> float:
+    return (max(values) - min(values)) / 2 if values else 0.0
+
+
+Loader = Callable[[], tuple]  # () -> (model, tokenizer)
+
+
+def time_models(loaders: dict[str, Loader], texts_for: Callable[[object], tuple[list[str], bool]],
+                cfg: TimingConfig, batch_size: int, *, baseline: str = BASELINE,
+                on_visit: Callable[[int, int, str], None] | None = None) -> dict:
+    """Time every model of `loaders` (the baseline among them) `cfg.rounds` times, interleaved.
+
+    `texts_for(tokenizer)` gives (rendered prompts, add_special_tokens). Returns {"rounds",
+    "new_tokens", "prompts", "models": {name: {"sec_per_token", "sec_per_token_runs",
+    "generated_tokens" (per visit), and for candidates "speed_norm", "speed_norm_runs",
+    "speed_norm_spread"}}}. `on_visit(done, total, name)` runs after each visit."""
+    from cluster.loading import release_memory
+
+    if baseline not in loaders:
+        raise ValueError(f"timing: the baseline {baseline!r} is not among the models to time")
+    names = list(loaders)
+    kept: dict[str, tuple] = {}
+    kept_mb = 0.0
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    tokens: dict[str, int] = {}
+    total, done = len(names) * cfg.rounds, 0
+    for r in range(cfg.rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            model, tokenizer = kept.get(name) or loaders[name]()
+            texts, special = texts_for(tokenizer)
+            texts = texts[:cfg.prompts]
+            # untimed warm-up: allocator growth and kernel choice are not the model's speed
+            generate_fixed(model, tokenizer, texts[:1], 2, 1, special)
+            seconds, n = generate_fixed(model, tokenizer, texts, cfg.new_tokens, batch_size, special)
+            runs[name].append(seconds / n)
+            tokens[name] = n
+            if name not in kept:
+                mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+                if kept_mb + mb <= KEEP_LOADED_MB:
+                    kept[name], kept_mb = (model, tokenizer), kept_mb + mb
+                else:
+                    del model
+                    release_memory()
+            done += 1
+            if on_visit is not None:
+                on_visit(done, total, name)
+    out = {"rounds": cfg.rounds, "new_tokens": cfg.new_tokens, "prompts": min(cfg.prompts, len(texts)),
+           "batch_size": batch_size, "models": {}}
+    base_runs = runs[baseline]
+    for name in names:
+        entry = {"sec_per_token": statistics.median(runs[name]), "sec_per_token_runs": runs[name],
+                 "generated_tokens": tokens[name]}
+        if name != baseline:
+            norms = [1.0 - c / b for c, b in zip(runs[name], base_runs)]
+            entry.update(speed_norm=statistics.median(norms), speed_norm_runs=norms,
+                         speed_norm_spread=_half_range(norms))
+        out["models"][name] = entry
+    kept.clear()
+    release_memory()
+    return out
+
+
+def _model_dir(store, prefix: str, tmp: Path) -> Path:
+    """A candidate's `model/` as a local directory (downloaded from an S3 store)."""
+    if not store.uri.startswith("s3://"):
+        return Path(store.uri) / prefix / "model"
+    target = tmp / prefix.replace("/", "_")
+    for key in store.list_keys(f"{prefix}/model/"):
+        if not key.endswith("/"):
+            store.download(key, target / key[len(prefix) + len("/model/"):])
+    return target
+
+
+def run_timing(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_url: str | None,
+               benchmarks: list, candidates: dict[str, str], job_id: str | None = None) -> dict:
+    """The sweep's timing phase as one task: the base (as the trials load it) and each candidate
+    (`{trial_id: store prefix}`, loaded from its saved `model/` as packaged) timed by `time_models`."""
+    import torch
+
+    from cluster.loading import load_model
+    from cluster.registry import ModelRegistry
+    from cluster.storage import open_store
+    from tune.config import SweepConfig
+    from tune.evaluate import generation_prompts, render_for
+    from tune.quantize import load_quantized
+
+    cfg = SweepConfig.model_validate(cfg_dict)
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_trial)))  # as a trial runs
+    store = open_store(store_uri, endpoint_url)
+    registry = ModelRegistry.load(registry_paths)
+    spec = registry.get(cfg.base)
+    prompts = generation_prompts(benchmarks, cfg.timing.prompts)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reporter = None
+    if job_id is not None:
+        from cluster.progress import ProgressReporter
+
+        reporter = ProgressReporter(store, job_id, task="timing", total=(len(candidates) + 1) * cfg.timing.rounds)
+        reporter.phase("timing", item=cfg.base)
+
+    def texts_for(tokenizer):
+        return render_for(tokenizer, cfg.eval, spec, cfg.base, prompts)
+
+    with tempfile.TemporaryDirectory(prefix="yard-timing-") as tmp:
+        loaders: dict[str, Loader] = {BASELINE: lambda: load_model(cfg.base, registry)[:2]}
+        for trial_id, prefix in candidates.items():
+            path = _model_dir(store, prefix, Path(tmp))
+            loaders[trial_id] = lambda path=path: (load_quantized(path, device=device), _tokenizer(path))
+        on_visit = None if reporter is None else (lambda done, total, name: reporter.advance(item=name))
+        result = time_models(loaders, texts_for, cfg.timing, cfg.timing.batch_size or cfg.eval.batch_size,
+                             on_visit=on_visit)
+    if reporter is not None:
+        reporter.finish("succeeded")
+    result["device"] = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    result["torch_threads"] = torch.get_num_threads()
+    return result
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def apply_timing(rows: list[dict], baseline_row: dict, timing: dict) -> list[dict]:
+    """Rows with the timing phase's speed: sec_per_token, speed_norm, score and score_spread from
+    `timing`; the trial's own figures kept as `sec_per_token_in_trial` / `score_in_trial`. Rows the
+    timing phase did not measure are returned unchanged; `baseline_row` gets the base's time."""
+    models = timing["models"]
+    baseline_row["sec_per_token"] = models[BASELINE]["sec_per_token"]
+    out = []
+    for row in rows:
+        t = models.get(row["trial_id"])
+        if row.get("status") != "ok" or t is None or row.get("perf_norm") is None:
+            out.append(row)
+            continue
+        speed = t["speed_norm"]
+        score = max(0.5 * row["perf_norm"] + 0.5 * speed, 0.0)
+        out.append({**row, "sec_per_token_in_trial": row.get("sec_per_token"), "score_in_trial": row.get("score"),
+                    "sec_per_token": round(t["sec_per_token"], 9), "speed_norm": round(speed, 6),
+                    "score": round(score, 6), "score_spread": round(0.5 * t["speed_norm_spread"], 6)})
+    return out
