@@ -123,7 +123,7 @@ class ZooConfig(YardModel):
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     seq_len: int = Field(128, ge=16, le=512, description="training window, in tokens")
     batch_size: int = Field(8, ge=1)
-    num_threads: int = Field(2, ge=1, description="torch CPU threads while building")
+    num_threads: int = Field(2, ge=1, description="models trained at once while building (one torch thread each)")
     bases: list[BaseSpec] = Field(min_length=1)
     children: list[ChildSpec] = Field(default_factory=list)
 
@@ -303,7 +303,6 @@ def build_zoo(cfg: ZooConfig) -> ZooBuild:
     dirs missing: only those are rebuilt (deterministically, so siblings stay consistent). A new
     hash: everything is rebuilt and models registered later with `register_child` are dropped.
     """
-    import torch
     from transformers.utils import logging as hf_logging
 
     started = time.monotonic()
@@ -334,32 +333,25 @@ def build_zoo(cfg: ZooConfig) -> ZooBuild:
             todo = [s.name for s in cfg.specs() if s.name in missing or s.name not in registry]
         log.info("building zoo %s: %d of %d models", zoo_dir, len(todo), len(cfg.specs()))
 
-        threads = torch.get_num_threads()
-        torch.set_num_threads(cfg.num_threads)
         # Our own per-model progress says more than transformers' per-file load/save bars.
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            tokenizer = _load_tokenizer(zoo_dir, cfg, reuse=same)
+            _load_tokenizer(zoo_dir, cfg, reuse=same)
             # (architecture, lineage family) of every model: a child inherits both from its parent.
             lineage = {b.name: (b.arch, b.name) for b in cfg.bases}
-            for n, spec in enumerate(cfg.specs(), 1):
-                if isinstance(spec, ChildSpec):
-                    lineage[spec.name] = lineage[spec.parent]
-                if spec.name not in todo:
-                    continue
-                log.info("model %d/%d: %s (%s)", n, len(cfg.specs()), spec.name,
-                         spec.arch if isinstance(spec, BaseSpec) else f"{spec.derivation} of {spec.parent}")
-                with _staging(zoo_dir / spec.name) as tmp:
-                    # Children start from the parent as saved, so rebuilding one child alone
-                    # gives the same weights as a full build.
-                    parent_dir = zoo_dir / spec.parent if isinstance(spec, ChildSpec) else None
-                    params, loss = zoo_train.train_zoo_model(
-                        spec, tokenizer, tmp, parent_dir=parent_dir, seed=_mixed_seed(cfg, spec),
-                        batch_size=cfg.batch_size, seq_len=cfg.seq_len)
-                registry[spec.name] = _entry(cfg, spec, params, loss, *lineage[spec.name])
+            for spec in cfg.children:
+                lineage[spec.name] = lineage[spec.parent]
+            specs = [s for s in cfg.specs() if s.name in todo]
+            # Children start from the parent as saved, and every model trains on one thread, so
+            # rebuilding one child alone gives the same weights as a full build.
+            trained = zoo_train.train_models(
+                specs, zoo_dir=zoo_dir, tokenizer_dir=zoo_dir / TOKENIZER_DIR, workers=min(cfg.num_threads, len(specs)),
+                seed_of=lambda spec: _mixed_seed(cfg, spec), batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                install=_replace_dir)
+            for spec in specs:
+                registry[spec.name] = _entry(cfg, spec, *trained[spec.name], *lineage[spec.name])
         finally:
-            torch.set_num_threads(threads)
             if bars:
                 hf_logging.enable_progress_bar()
 

@@ -14,8 +14,10 @@ import hashlib
 import logging
 import math
 import random
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,3 +335,90 @@ def train_zoo_model(spec, tokenizer, out: Path, *, parent_dir: Path | None, seed
         model, loss = lora_finetune(model, docs, rank=spec.lora_rank, **train_kwargs)
     save_model(model, tokenizer, out)
     return count_params(model), loss
+
+
+# ------------------------------------------------------------------------------- parallel builds
+
+def _train_in_worker(spec, tokenizer_dir: str, out: str, parent_dir: str | None, seed: int, batch_size: int,
+                     seq_len: int) -> tuple[int, float]:
+    """One model in a spawned worker process, on one torch thread (the result does not depend on
+    which worker, or how many, ran it)."""
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return train_zoo_model(spec, tokenizer, Path(out), parent_dir=Path(parent_dir) if parent_dir else None,
+                           seed=seed, batch_size=batch_size, seq_len=seq_len)
+
+
+def train_models(specs: list, *, zoo_dir: Path, tokenizer_dir: Path, workers: int, seed_of: Callable,
+                 batch_size: int, seq_len: int, install: Callable[[Path, Path], None]) -> dict[str, tuple[int, float]]:
+    """Train `specs` (zoo BaseSpec / ChildSpec, parents before children) into `zoo_dir/<name>`, up
+    to `workers` at a time in spawned processes of one torch thread each: tiny models gain little
+    from a second thread, much from a second core. A child starts once its parent is installed.
+    Each model is trained in a temp dir and moved into place by `install(tmp, final)` when it is
+    done. Returns {name: (parameter count, final loss)}; the first failure stops the rest and
+    leaves no partial model dir behind."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    names = {s.name for s in specs}
+    # no wider than the models that can train at once (those whose parent is not being trained)
+    workers = min(workers, sum(getattr(s, "parent", None) not in names for s in specs))
+    if workers <= 1:
+        return _train_here(specs, zoo_dir, tokenizer_dir, seed_of, batch_size, seq_len, install)
+    pending = list(specs)
+    done: set[str] = set()
+    out: dict[str, tuple[int, float]] = {}
+    running: dict = {}
+    started = time.monotonic()
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            while pending or running:
+                ready = [s for s in pending if getattr(s, "parent", None) not in names - done]
+                for spec in ready[:max(1, workers) - len(running)]:
+                    tmp = zoo_dir / f".{spec.name}.tmp-{spec.name}"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp.mkdir(parents=True)
+                    parent = str(zoo_dir / spec.parent) if getattr(spec, "parent", None) else None
+                    running[pool.submit(_train_in_worker, spec, str(tokenizer_dir), str(tmp), parent,
+                                        seed_of(spec), batch_size, seq_len)] = (spec, tmp)
+                    pending.remove(spec)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    spec, tmp = running.pop(future)
+                    out[spec.name] = future.result()
+                    install(tmp, zoo_dir / spec.name)
+                    done.add(spec.name)
+                    log.info("trained %s (%d/%d) in %.0fs: loss %.3f", spec.name, len(done), len(specs),
+                             time.monotonic() - started, out[spec.name][1])
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for _, tmp in running.values():
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
+def _train_here(specs: list, zoo_dir: Path, tokenizer_dir: Path, seed_of: Callable, batch_size: int, seq_len: int,
+                install: Callable[[Path, Path], None]) -> dict[str, tuple[int, float]]:
+    """`train_models` one model after another in this process (a single model, or a chain), on
+    one torch thread like the workers, so the weights are the same either way."""
+    threads = torch.get_num_threads()
+    out: dict[str, tuple[int, float]] = {}
+    try:
+        for spec in specs:
+            tmp = zoo_dir / f".{spec.name}.tmp-{spec.name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            parent = str(zoo_dir / spec.parent) if getattr(spec, "parent", None) else None
+            try:
+                out[spec.name] = _train_in_worker(spec, str(tokenizer_dir), str(tmp), parent, seed_of(spec),
+                                                  batch_size, seq_len)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            install(tmp, zoo_dir / spec.name)
+    finally:
+        torch.set_num_threads(threads)
+    return out

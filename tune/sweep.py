@@ -33,7 +33,7 @@ from cluster.storage import ArtifactStore, new_run_name, open_store
 from cluster.zoo import register_child, zoo_dir_of
 from cluster.zoo import registry_paths as zoo_registry_paths
 from tune.config import SweepConfig
-from tune.timing import apply_timing
+from tune.timing import apply_timing, time_candidates, timing_summary
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "sweep.demo.yaml"
@@ -239,28 +239,6 @@ def register_candidates(store: ArtifactStore, rows: list[dict], cfg: SweepConfig
     return added
 
 
-def time_candidates(cfg: SweepConfig, registry_paths: list[str], store: ArtifactStore, benchmarks: list,
-                    candidates: dict[str, str], job_id: str | None) -> dict:
-    """The timing phase (`tune.timing`) as one Ray task, after every trial has finished: the base
-    and each candidate timed alone, interleaved and repeated. A whole GPU when trials use one."""
-    import ray
-
-    from tune.timing import run_timing
-
-    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0
-    task = ray.remote(run_timing).options(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus)
-    timing = ray.get(task.remote(cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url,
-                                 benchmarks, candidates, job_id))
-    log.info("timing phase: %d models x %d rounds", len(timing["models"]), timing["rounds"])
-    return timing
-
-
-def _timing_summary(timing: dict | None) -> dict | None:
-    if timing is None:
-        return None
-    return {k: timing[k] for k in ("rounds", "new_tokens", "prompts", "batch_size", "device", "torch_threads")}
-
-
 def publish(store: ArtifactStore, cfg: SweepConfig, run: str, rows: list[dict], baseline: dict, summary: dict,
             timing: dict | None = None) -> str:
     """Leaderboard (md, csv, html), plots, rows, summary and the timing phase's raw figures as the
@@ -402,7 +380,7 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
                    # over the trial phase: the prepare step (teacher, baseline) is paid once per sweep
                    "trials_per_hour": round(len(rows) / trial_seconds * 3600, 1) if trial_seconds > 0 else None,
                    "tune_dir": path, "best": max(ok, key=lambda r: r["score"])["trial_id"] if ok else None,
-                   "timing": _timing_summary(timing)}
+                   "timing": timing_summary(timing)}
         reporter.phase("publish")
         prefix = publish(store, cfg, run, rows, baseline, summary, timing)
         summary["report"] = store.locate(f"{prefix}/leaderboard.md")

@@ -193,6 +193,26 @@ def run_timing(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoi
     return result
 
 
+def time_candidates(cfg, registry_paths: list[str], store, benchmarks: list,
+                    candidates: dict[str, str], job_id: str | None) -> dict:
+    """The timing phase (`tune.timing`) as one Ray task, after every trial has finished: the base
+    and each candidate timed alone, interleaved and repeated. A whole GPU when trials use one."""
+    import ray
+
+    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0
+    task = ray.remote(run_timing).options(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus)
+    timing = ray.get(task.remote(cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url,
+                                 benchmarks, candidates, job_id))
+    log.info("timing phase: %d models x %d rounds", len(timing["models"]), timing["rounds"])
+    return timing
+
+
+def timing_summary(timing: dict | None) -> dict | None:
+    if timing is None:
+        return None
+    return {k: timing[k] for k in ("rounds", "new_tokens", "prompts", "batch_size", "device", "torch_threads")}
+
+
 def _tokenizer(path: Path):
     from transformers import AutoTokenizer
 

@@ -19,6 +19,7 @@ import logging
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -34,7 +35,8 @@ def weight_delta(child_dir: Path, parent_dir: Path) -> float:
     return (num / den) ** 0.5
 
 
-def one_zoo(zoo_config: Path, seed: int, cache: Path, store_root: Path, dna_overrides: list[str]) -> dict:
+def one_zoo(zoo_config: Path, seed: int, cache: Path, store_root: Path, dna_overrides: list[str],
+            zoo_overrides: list[str] = (), reuse: bool = False) -> dict:
     from actors import analysis
     from actors.config import DnaConfig
     from actors.dna_job import DEMO_CONFIG, run_dna
@@ -45,8 +47,12 @@ def one_zoo(zoo_config: Path, seed: int, cache: Path, store_root: Path, dna_over
     from cluster.zoo import ZooConfig
 
     name = f"{zoo_config.stem}-s{seed}"
-    zoo_cfg = load_config(zoo_config, ZooConfig, [f"seed={seed}", f"zoo_dir={cache / name}"])
-    build = build_zoo(zoo_cfg)
+    zoo_cfg = load_config(zoo_config, ZooConfig, [f"seed={seed}", f"zoo_dir={cache / name}", *zoo_overrides])
+    if reuse and (cache / name / "models.yaml").is_file():
+        # a zoo built earlier for this config and seed (e.g. with another num_threads): measure it as it is
+        build = SimpleNamespace(registry_path=cache / name / "models.yaml", zoo_dir=cache / name)
+    else:
+        build = build_zoo(zoo_cfg)
     store_uri = str(store_root / name)
     cfg = load_config(DEMO_CONFIG, DnaConfig, ["zoo=null", f"registry=[{build.registry_path}]",
                                                 f"storage.uri={store_uri}", *dna_overrides])
@@ -78,11 +84,14 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "modelyard" / "lineage")
     parser.add_argument("--store", type=Path, default=Path.home() / ".cache" / "modelyard" / "lineage-store")
+    parser.add_argument("--zoo-set", action="append", default=[], help="zoo config override, e.g. num_threads=1")
+    parser.add_argument("--reuse", action="store_true", help="measure zoos already under --cache as they are")
     parser.add_argument("overrides", nargs="*", help="DNA config overrides, e.g. dna.dna_dim=128")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     zoos = args.zoo or [REPO / "configs" / "zoo.demo.yaml", REPO / "configs" / "zoo.shared-data.yaml"]
-    results = [one_zoo(z, s, args.cache, args.store, args.overrides) for z in zoos for s in args.seeds]
+    results = [one_zoo(z, s, args.cache, args.store, args.overrides, args.zoo_set, args.reuse)
+               for z in zoos for s in args.seeds]
     print("| zoo | seed | nearest-family accuracy | family-pair AUROC |")
     print("|---|---:|---:|---:|")
     for r in results:
