@@ -3,14 +3,14 @@
 Timing inside a trial measures contention, not the model: trials run side by side (2 or 4 to a
 node) while the baseline was timed alone in the prepare step, so a plain copy of the base scored
 0.403 instead of 0.5. After the trials, `time_models` runs as one task with nothing else of the
-sweep beside it. Round after round it visits the baseline and every candidate in turn (the order
-rotates each round, so a drift in the machine's speed hits every model alike); each visit warms
-up, then generates the same prompts for exactly `new_tokens` tokens per row, EOS ignored. Every
-model thus produces the same token count over the same batch shapes, and rows that finish early
+sweep beside it. Round after round it visits every candidate in turn (the order rotates each
+round); a visit times the baseline and the candidate alternately, at least `repeats` pairs and
+`min_visit_s` seconds, each generating the same prompts for exactly `new_tokens` tokens per row,
+EOS ignored, and keeps each one's fastest run. Every model thus produces the same token count over the same batch shapes, and rows that finish early
 cannot make a model look faster or slower.
 
-Per model: sec_per_token per round and its median. Per candidate: speed_norm in each round
-against the baseline's time in that same round (paired, so load that changes between rounds
+Per model: sec_per_token per visit and its median. Per candidate: speed_norm in each round against
+the baseline timed in the same visit (paired seconds apart, so a drift in the machine's speed
 cancels), its median, and the spread, half the range over rounds. The Score's spread is half the
 speed_norm spread (Score = 0.5 PerfNorm + 0.5 SpeedNorm).
 
@@ -46,6 +46,8 @@ class TimingConfig(YardModel):
     prompts: int = Field(16, ge=1, description="the first N generate-mode benchmark prompts")
     new_tokens: int = Field(32, ge=1, le=4096, description="tokens every row generates (EOS ignored)")
     batch_size: int | None = Field(None, ge=1, description="default: eval.batch_size")
+    repeats: int = Field(3, ge=1, le=100, description="timed generations per visit at least; the fastest counts")
+    min_visit_s: float = Field(1.0, ge=0, le=600, description="repeat within a visit until this much was timed")
 
 
 def generate_fixed(model, tokenizer, texts: list[str], new_tokens: int, batch_size: int,
@@ -84,53 +86,77 @@ Loader = Callable[[], tuple]  # () -> (model, tokenizer)
 def time_models(loaders: dict[str, Loader], texts_for: Callable[[object], tuple[list[str], bool]],
                 cfg: TimingConfig, batch_size: int, *, baseline: str = BASELINE,
                 on_visit: Callable[[int, int, str], None] | None = None) -> dict:
-    """Time every model of `loaders` (the baseline among them) `cfg.rounds` times, interleaved.
+    """Time every candidate of `loaders` against the baseline, `cfg.rounds` rounds, interleaved.
 
-    `texts_for(tokenizer)` gives (rendered prompts, add_special_tokens). Returns {"rounds",
-    "new_tokens", "prompts", "models": {name: {"sec_per_token", "sec_per_token_runs",
-    "generated_tokens" (per visit), and for candidates "speed_norm", "speed_norm_runs",
-    "speed_norm_spread"}}}. `on_visit(done, total, name)` runs after each visit."""
+    A visit times baseline and candidate alternately (B C B C ...), at least `cfg.repeats` pairs
+    and `cfg.min_visit_s` seconds, and keeps each one's fastest run: the pair is measured seconds
+    apart, so a machine whose speed drifts (a VM's neighbours, a daemon) slows both alike, and a run
+    can only be slowed by such noise, never sped up. `texts_for(tokenizer)` gives (rendered prompts,
+    add_special_tokens). Returns {"rounds", "new_tokens", "prompts", "models": {name:
+    {"sec_per_token", "sec_per_token_runs", "generated_tokens" (per run), and for candidates
+    "speed_norm", "speed_norm_runs", "speed_norm_spread"}}}. `on_visit(done, total, name)` runs
+    after each visit."""
     from cluster.loading import release_memory
 
     if baseline not in loaders:
         raise ValueError(f"timing: the baseline {baseline!r} is not among the models to time")
-    names = list(loaders)
+    names = [n for n in loaders if n != baseline]
     kept: dict[str, tuple] = {}
-    kept_mb = 0.0
-    runs: dict[str, list[float]] = {n: [] for n in names}
+    kept_mb = [0.0]
+    warmed: set[str] = set()
     tokens: dict[str, int] = {}
+    texts_count = [0]
+
+    def load(name: str) -> tuple:
+        if name in kept:
+            return kept[name]
+        model, tokenizer = loaders[name]()
+        mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+        # the baseline is always kept: every visit times it
+        if name == baseline or kept_mb[0] + mb <= KEEP_LOADED_MB:
+            kept[name], kept_mb[0] = (model, tokenizer), kept_mb[0] + mb
+        return model, tokenizer
+
+    def timed(name: str, model, tokenizer) -> float:
+        texts, special = texts_for(tokenizer)
+        texts = texts[:cfg.prompts]
+        texts_count[0] = len(texts)
+        if name not in warmed:  # untimed: allocator growth and kernel choice are not the model's speed
+            generate_fixed(model, tokenizer, texts[:1], 2, 1, special)
+            warmed.add(name)
+        seconds, tokens[name] = generate_fixed(model, tokenizer, texts, cfg.new_tokens, batch_size, special)
+        return seconds
+
+    base = load(baseline)
+    runs: dict[str, list[float]] = {n: [] for n in loaders}
+    norms: dict[str, list[float]] = {n: [] for n in names}
     total, done = len(names) * cfg.rounds, 0
     for r in range(cfg.rounds):
-        shift = r % len(names)
+        shift = r % max(1, len(names))
         for name in names[shift:] + names[:shift]:
-            model, tokenizer = kept.get(name) or loaders[name]()
-            texts, special = texts_for(tokenizer)
-            texts = texts[:cfg.prompts]
-            # untimed warm-up: allocator growth and kernel choice are not the model's speed
-            generate_fixed(model, tokenizer, texts[:1], 2, 1, special)
-            seconds, n = generate_fixed(model, tokenizer, texts, cfg.new_tokens, batch_size, special)
-            runs[name].append(seconds / n)
-            tokens[name] = n
+            model, tokenizer = load(name)
+            b: list[float] = []
+            c: list[float] = []
+            while len(c) < cfg.repeats or (sum(b) + sum(c) < cfg.min_visit_s and len(c) < 100):
+                b.append(timed(baseline, *base))
+                c.append(timed(name, model, tokenizer))
+            runs[baseline].append(min(b) / tokens[baseline])
+            runs[name].append(min(c) / tokens[name])
+            norms[name].append(1.0 - min(c) / min(b))
             if name not in kept:
-                mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
-                if kept_mb + mb <= KEEP_LOADED_MB:
-                    kept[name], kept_mb = (model, tokenizer), kept_mb + mb
-                else:
-                    del model
-                    release_memory()
+                del model
+                release_memory()
             done += 1
             if on_visit is not None:
                 on_visit(done, total, name)
-    out = {"rounds": cfg.rounds, "new_tokens": cfg.new_tokens, "prompts": min(cfg.prompts, len(texts)),
+    out = {"rounds": cfg.rounds, "new_tokens": cfg.new_tokens, "prompts": texts_count[0],
            "batch_size": batch_size, "models": {}}
-    base_runs = runs[baseline]
-    for name in names:
-        entry = {"sec_per_token": statistics.median(runs[name]), "sec_per_token_runs": runs[name],
-                 "generated_tokens": tokens[name]}
+    for name in loaders:
+        entry = {"sec_per_token": statistics.median(runs[name]) if runs[name] else None,
+                 "sec_per_token_runs": runs[name], "generated_tokens": tokens.get(name)}
         if name != baseline:
-            norms = [1.0 - c / b for c, b in zip(runs[name], base_runs)]
-            entry.update(speed_norm=statistics.median(norms), speed_norm_runs=norms,
-                         speed_norm_spread=_half_range(norms))
+            entry.update(speed_norm=statistics.median(norms[name]), speed_norm_runs=norms[name],
+                         speed_norm_spread=_half_range(norms[name]))
         out["models"][name] = entry
     kept.clear()
     release_memory()
@@ -172,7 +198,7 @@ def run_timing(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoi
     if job_id is not None:
         from cluster.progress import ProgressReporter
 
-        reporter = ProgressReporter(store, job_id, task="timing", total=(len(candidates) + 1) * cfg.timing.rounds)
+        reporter = ProgressReporter(store, job_id, task="timing", total=len(candidates) * cfg.timing.rounds)
         reporter.phase("timing", item=cfg.base)
 
     def texts_for(tokenizer):

@@ -3,7 +3,9 @@ zoos trained from other seeds (as another machine's floating point would give)?
 
 For each zoo config and seed: build the zoo (cached under --cache), run the DNA job with the demo
 DNA config on it (kept under --store, so a rerun only analyses), then print per seed the
-nearest-family accuracy and the same- vs cross-family pair AUROC, and mean / min / max over seeds.
+nearest-family accuracy and the same- vs cross-family pair AUROC, and mean / min / max over seeds,
+beside the same figures on the same answers with what the project used before (llm-dna's
+defaults, dna_dim 128 and pre_agg_embed_dim 64, and plain cosine distance).
 It also prints, per child, how far it was trained (relative L2 change of its weights from its
 parent's) beside how far its DNA sits from its parent's.
 
@@ -68,6 +70,7 @@ def one_zoo(zoo_config: Path, seed: int, cache: Path, store_root: Path, dna_over
     families = {m: registry.family_of(m) for m in ids}
     acc, _ = analysis.nearest_family_accuracy(ids, D, families)
     auroc = analysis.family_pair_auroc(ids, D, families)
+    before = llm_dna_defaults(store, ids, families, cfg)
     paths = {row["id"]: Path(row["path"]) for row in list_zoo(build.zoo_dir)}
     children = []
     for m in ids:
@@ -75,7 +78,36 @@ def one_zoo(zoo_config: Path, seed: int, cache: Path, store_root: Path, dna_over
         if parent in ids:
             children.append({"child": m, "parent": parent, "weight_delta": weight_delta(paths[m], paths[parent]),
                              "dna_distance": float(D[ids.index(m), ids.index(parent)])})
-    return {"zoo": zoo_config.stem, "seed": seed, "accuracy": acc, "auroc": auroc, "children": children}
+    return {"zoo": zoo_config.stem, "seed": seed, "accuracy": acc, "auroc": auroc, "children": children,
+            "before_accuracy": before[0], "before_auroc": before[1]}
+
+
+_ENCODER = {}
+
+
+def llm_dna_defaults(store, ids: list[str], families: dict, cfg) -> tuple[float, float]:
+    """(accuracy, AUROC) on the same stored answers with what the project used before: llm-dna's
+    defaults (dna_dim 128, pre_agg_embed_dim 64) and plain cosine distance."""
+    import numpy as np
+
+    from actors import analysis
+    from actors.config import AnalysisConfig
+    from actors.fingerprint import load_encoder
+    from llm_dna.dna.TextDNAExtractor import TextDNAExtractor
+
+    if "encoder" not in _ENCODER:
+        _ENCODER["encoder"] = load_encoder(cfg.encoder, device="cpu")
+    encoder = _ENCODER["encoder"]
+    extractor = TextDNAExtractor(dna_dim=128, pre_agg_embed_dim=64, random_seed=cfg.dna.projection_seed,
+                                 encoder_name=cfg.encoder.name)
+    fps = {}
+    for m in ids:
+        run = store.latest("dna", m, prefer=(".npy",)).run
+        answers = [item["response"] for item in store.get_json(f"{run.prefix}/responses.json")["items"]]
+        vector = extractor.extract_dna_from_answers(answers, model_name=m, encoder=encoder).signature
+        fps[m] = analysis.Fingerprint(m, np.asarray(vector, dtype=np.float32), {}, run.name, "")
+    ids, D = analysis.lineage_distances(fps, AnalysisConfig(distance="cosine"))
+    return analysis.nearest_family_accuracy(ids, D, families)[0], analysis.family_pair_auroc(ids, D, families)
 
 
 def main() -> int:
@@ -92,18 +124,20 @@ def main() -> int:
     zoos = args.zoo or [REPO / "configs" / "zoo.demo.yaml", REPO / "configs" / "zoo.shared-data.yaml"]
     results = [one_zoo(z, s, args.cache, args.store, args.overrides, args.zoo_set, args.reuse)
                for z in zoos for s in args.seeds]
-    print("| zoo | seed | nearest-family accuracy | family-pair AUROC |")
-    print("|---|---:|---:|---:|")
+    print("| zoo | seed | nearest-family accuracy | family-pair AUROC | before: accuracy | before: AUROC |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['zoo']} | {r['seed']} | {r['accuracy']:.3f} | {r['auroc']:.3f} |")
+        print(f"| {r['zoo']} | {r['seed']} | {r['accuracy']:.3f} | {r['auroc']:.3f} | {r['before_accuracy']:.3f} "
+              f"| {r['before_auroc']:.3f} |")
     print()
     print("| zoo | seeds | accuracy mean / min / max | AUROC mean / min / max |")
     print("|---|---:|---|---|")
     for z in zoos:
         rs = [r for r in results if r["zoo"] == z.stem]
-        accs, aurocs = [r["accuracy"] for r in rs], [r["auroc"] for r in rs]
-        print(f"| {z.stem} | {len(rs)} | {statistics.mean(accs):.3f} / {min(accs):.3f} / {max(accs):.3f} "
-              f"| {statistics.mean(aurocs):.3f} / {min(aurocs):.3f} / {max(aurocs):.3f} |")
+        for label, prefix in (("now", ""), ("before", "before_")):
+            accs, aurocs = [r[prefix + "accuracy"] for r in rs], [r[prefix + "auroc"] for r in rs]
+            print(f"| {z.stem} ({label}) | {len(rs)} | {statistics.mean(accs):.3f} / {min(accs):.3f} / {max(accs):.3f} "
+                  f"| {statistics.mean(aurocs):.3f} / {min(aurocs):.3f} / {max(aurocs):.3f} |")
     print()
     print("| zoo | child | weight change vs parent (rel. L2), mean over seeds | DNA distance to parent, mean |")
     print("|---|---|---:|---:|")

@@ -7,7 +7,7 @@ sweep's timing phase then times the base and every copy alone, interleaved and r
 mean / min / max over the copies, and the timing phase's mean ± spread.
 
     python tests/bench/bench_sweep_timing.py                 # 4 copies, 1 then 4 at a time
-    python tests/bench/bench_sweep_timing.py --copies 8
+    python tests/bench/bench_sweep_timing.py --copies 8 --zoo-dir ~/.cache/modelyard/test-zoo
 
 Not a timed assertion: a table for BENCHMARKS.md.
 """
@@ -48,13 +48,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--at-once", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--zoo-dir", default=None, help="where the demo zoo is built or reused (default: .yard/zoo)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
 
     from cluster.zoo import build_zoo, default_zoo_config
 
-    registry = str(build_zoo(default_zoo_config()).registry_path)
+    registry = str(build_zoo(default_zoo_config([f"zoo_dir={args.zoo_dir}"] if args.zoo_dir else [])).registry_path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     lines = ["| trials at once | copies | Score timed in the trial: mean / min / max | Score from the timing "
              "phase: mean / min / max | timing-phase spread (mean ±) |", "|---:|---:|---|---|---:|"]

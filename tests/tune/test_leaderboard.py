@@ -116,7 +116,7 @@ def test_markdown_table_one_line_per_ranked_row_in_order(board):
     lines = md.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("| rank |"))
     assert lines[header] == ("| rank | trial | prune_depth | kd_samples | lora_rank | quant | kmmlu_pro | kmmlu_redux | "
-                             "ko_longrag | perf | sec_per_token | perf_norm | speed_norm | Score | size MB | pareto |")
+                             "ko_longrag | perf | sec_per_token | perf_norm | speed_norm | Score | ± | ≈ above | size MB | pareto |")
     table = []
     for ln in lines[header + 2:]:
         if not ln.startswith("|"):

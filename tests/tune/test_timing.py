@@ -34,7 +34,7 @@ def test_every_row_generates_exactly_new_tokens_even_past_eos(llama):
     assert tokens == len(texts) * 40 and seconds > 0
 
 
-def test_time_models_interleaves_rotates_and_pairs_rounds(llama):
+def test_time_models_interleaves_rotates_and_pairs_each_visit(llama):
     model, tokenizer = llama
     visits, loads = [], []
 
@@ -44,21 +44,21 @@ def test_time_models_interleaves_rotates_and_pairs_rounds(llama):
             return model, tokenizer
         return load
 
-    cfg = TimingConfig(rounds=3, prompts=2, new_tokens=4)
+    cfg = TimingConfig(rounds=3, prompts=2, new_tokens=4, repeats=2, min_visit_s=0)
     out = time_models({BASELINE: loader(BASELINE), "a": loader("a"), "b": loader("b")}, _texts, cfg, 2,
                       on_visit=lambda done, total, name: visits.append(name))
-    assert len(visits) == 9
-    # each round visits every model once, starting one further along each time
-    assert visits[:3] == [BASELINE, "a", "b"] and visits[3:6] == ["a", "b", BASELINE]
-    assert visits[6:] == ["b", BASELINE, "a"]
+    # each round visits every candidate once, starting one further along each time
+    assert visits == ["a", "b", "b", "a", "a", "b"]
     assert sorted(loads) == sorted([BASELINE, "a", "b"])  # small models stay loaded between rounds
     models = out["models"]
     assert {m["generated_tokens"] for m in models.values()} == {2 * 4}
-    assert all(len(m["sec_per_token_runs"]) == 3 for m in models.values())
+    assert len(models[BASELINE]["sec_per_token_runs"]) == 6  # timed in every visit, beside each candidate
     base = models[BASELINE]["sec_per_token_runs"]
     for name in ("a", "b"):
         m = models[name]
-        assert m["speed_norm_runs"] == pytest.approx([1 - c / b for c, b in zip(m["sec_per_token_runs"], base)])
+        assert len(m["sec_per_token_runs"]) == 3 and len(m["speed_norm_runs"]) == 3
+        paired = [base[i] for i, v in enumerate(visits) if v == name]  # the base's time in the same visit
+        assert m["speed_norm_runs"] == pytest.approx([1 - c / b for c, b in zip(m["sec_per_token_runs"], paired)])
         assert sorted(m["speed_norm_runs"])[1] == pytest.approx(m["speed_norm"])  # the median
         assert m["speed_norm_spread"] == pytest.approx((max(m["speed_norm_runs"]) - min(m["speed_norm_runs"])) / 2)
     assert "speed_norm" not in models[BASELINE]
