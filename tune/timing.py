@@ -6,8 +6,8 @@ node) while the baseline was timed alone in the prepare step, so a plain copy of
 sweep beside it. Round after round it visits every candidate in turn (the order rotates each
 round); a visit times the baseline and the candidate alternately, at least `repeats` pairs and
 `min_visit_s` seconds, each generating the same prompts for exactly `new_tokens` tokens per row,
-EOS ignored, and keeps each one's fastest run. Every model thus produces the same token count over the same batch shapes, and rows that finish early
-cannot make a model look faster or slower.
+EOS ignored, and keeps each one's fastest run. Every model thus produces the same token count
+over the same batch shapes, and rows that finish early cannot make a model look faster or slower.
 
 Per model: sec_per_token per visit and its median. Per candidate: speed_norm in each round against
 the baseline timed in the same visit (paired seconds apart, so a drift in the machine's speed
