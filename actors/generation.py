@@ -125,6 +125,20 @@ def generate_batched(model, tokenizer, texts: list[str], gen: GenerationConfig, 
     return GenerationResult(responses, new_tokens, round(seconds, 4), round(n / seconds, 4) if seconds > 0 else 0.0)
 
 
+def generate_vllm(model, tokenizer, texts: list[str], gen: GenerationConfig, *,
+                  on_batch: OnBatch | None = None, add_special_tokens: bool = False) -> GenerationResult:
+    """`generate_batched` for a `cluster.engine_vllm.VllmModel`: the same texts tokenized by the
+    same HF tokenizer, the same decoding, all prompts in one call (vLLM batches them itself, up
+    to its `max_num_seqs`); `on_batch` runs once, at the end. Replies in the order of `texts`."""
+    ids = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    sampling = dict(temperature=gen.temperature, top_p=gen.top_p, seed=gen.seed) if gen.do_sample else {}
+    out = model.generate(ids, max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.min_new_tokens, **sampling)
+    n = len(texts)
+    if on_batch is not None:
+        on_batch(n, n, out.seconds)
+    return GenerationResult(out.texts, out.new_tokens, out.seconds, round(n / out.seconds, 4) if out.seconds > 0 else 0.0)
+
+
 def generate_sequential(model, tokenizer, texts: list[str], gen: GenerationConfig, *,
                         add_special_tokens: bool = False) -> GenerationResult:
     """One prompt at a time, no padding: what the public llm-dna path does. For benchmarks and

@@ -123,6 +123,16 @@ class ModelHost:
 
         self.registry = ModelRegistry.load(registry_paths)
         self.node = node_facts()
+        from cluster.engine import check_engine, engine_version
+
+        self.engine = self.cfg.engine.name
+        check_engine(self.cfg.engine, "engine", gpus=torch.cuda.device_count() if self.cuda else 0)
+        self.engine_version = engine_version(self.engine)
+        if self.engine == "vllm":
+            t0 = time.perf_counter()
+            import vllm  # noqa: F401  (~20 s: paid once per host, like torch's)
+
+            imports_s = round(imports_s + _since(t0), 4)
         self._in_queue = False
         self.models: list[dict] = []  # per-model {model_id, status, **timings}
         self.memory_leaks: list[dict] = []
@@ -170,13 +180,14 @@ class ModelHost:
             return out
         out["artifact"] = run.prefix
         baseline = self._allocated()
+        device_before = self._device_used()
         vector = signature = provenance = None
         advanced = 0
-        ref = None
+        ref = model = None
+        out["engine"] = self.engine_version
         try:
             from actors.fingerprint import ProbeSet, fingerprint, make_provenance, probes_sha256, responses_payload
-            from actors.generation import generate_batched, render_prompts
-            from cluster.loading import load_model
+            from actors.generation import render_prompts
 
             if probes_sha256(probes) != probe_sha256:
                 raise ValueError(f"model {model_id}: probe set {probe_set_id}: sha256 {probe_sha256[:12]}... "
@@ -185,7 +196,7 @@ class ModelHost:
 
             self._phase("loading", model_id, out, stall_after_s=self.cfg.hosts.load_stall_after_s)
             t0 = time.perf_counter()
-            model, tokenizer, plan = load_model(model_id, self.registry, self.node)
+            model, tokenizer, plan, generate = self._load(model_id)
             ref = weakref.ref(model)
             timings["load_s"] = _since(t0)
             out["plan"] = {"dtype": plan.dtype, "device_map": plan.device_map, "quantization": plan.quantization}
@@ -197,8 +208,8 @@ class ModelHost:
             sanity_gen = gen.model_copy(update={"do_sample": False, "batch_size": 1, "max_new_tokens": sanity_new,
                                                 "min_new_tokens": min(gen.min_new_tokens, sanity_new)})
             sanity_text = render_prompts(tokenizer, [self.cfg.gates.sanity_prompt], spec, model_id, gen.use_chat_template)
-            reply = generate_batched(model, tokenizer, sanity_text, sanity_gen,
-                                     add_special_tokens=not gen.use_chat_template).responses[0]
+            reply = generate(model, tokenizer, sanity_text, sanity_gen,
+                             add_special_tokens=not gen.use_chat_template).responses[0]
             timings["gate_s"] = _since(t0)
             out["sanity_reply"] = reply[:200]
             sanity_gate(model_id, reply, self.cfg.gates.sanity_min_chars)
@@ -216,11 +227,14 @@ class ModelHost:
 
             t0 = time.perf_counter()
             try:
-                result = generate_batched(model, tokenizer, texts, gen, on_batch=on_batch,
-                                          add_special_tokens=not gen.use_chat_template)
+                result = generate(model, tokenizer, texts, gen, on_batch=on_batch,
+                                  add_special_tokens=not gen.use_chat_template)
             finally:
                 timings["generate_s"] = _since(t0)
             timings["prompts"] = len(probes)
+            timings["new_tokens"] = sum(result.new_tokens)
+            # generated tokens over the generate call (prompt reading included, as users time it)
+            timings["tokens_per_s"] = round(timings["new_tokens"] / max(timings["generate_s"], 1e-9), 1)
             timings["sec_per_prompt"] = round(timings["generate_s"] / max(len(probes), 1), 4)
             run.put_json("responses.json", responses_payload(model_id, probe_set_id, probes, result.responses,
                                                              gen.model_dump()))
@@ -251,8 +265,10 @@ class ModelHost:
             traceback.clear_frames(exc.__traceback__)
         # An exception's traceback holds the frames that hold the model: their locals are cleared
         # above, and the unload runs outside the except blocks, once the exception is gone.
-        model = tokenizer = result = None  # noqa: F841
-        self._unload(model_id, out, timings, baseline, ref)
+        if model is not None and self.engine == "vllm":
+            model.close()  # the engine's memory goes back before the check below
+        model = tokenizer = result = generate = None  # noqa: F841
+        self._unload(model_id, out, timings, baseline, ref, device_before)
         timings["total_s"] = _since(t_model)
         timings.setdefault("prompts", len(probes))
         timings.setdefault("sec_per_prompt", None)
@@ -272,7 +288,8 @@ class ModelHost:
     def host_report(self) -> dict:
         """Host start timings (start_s, imports_s, cuda_init_s, encoder_load_s: disjoint parts
         of host_start_total_s) and each model's timings so far."""
-        return {"host_id": self.host_id, "node": self.node.hostname, "device": self.device, **self.start,
+        return {"host_id": self.host_id, "node": self.node.hostname, "device": self.device,
+                "engine": self.engine_version, **self.start,
                 "models": [dict(m) for m in self.models], "memory_leaks": list(self.memory_leaks)}
 
     def close(self, status: str = "succeeded", message: str = "") -> None:
@@ -282,6 +299,20 @@ class ModelHost:
             self.reporter.finish(status, message or f"{ok}/{len(self.models)} models ok")
 
     # --- internals ------------------------------------------------------------------------------
+    def _load(self, model_id: str):
+        """(model, tokenizer, plan, generate function) on the configured engine."""
+        if self.engine == "vllm":
+            from actors.generation import generate_vllm
+            from cluster.engine_vllm import load_vllm
+
+            model, tokenizer, plan = load_vllm(model_id, self.registry, self.cfg.engine.vllm, self.node)
+            return model, tokenizer, plan, generate_vllm
+        from actors.generation import generate_batched
+        from cluster.loading import load_model
+
+        model, tokenizer, plan = load_model(model_id, self.registry, self.node)
+        return model, tokenizer, plan, generate_batched
+
     def _expect(self, prompts: int) -> None:
         if self.reporter is not None:
             self.reporter.set_total(max(self.reporter.total or 0, self.reporter.done) + prompts)
@@ -327,7 +358,16 @@ class ModelHost:
         # every visible GPU: a device_map="auto" model spreads over several
         return sum(int(torch.cuda.memory_allocated(i)) for i in range(torch.cuda.device_count()))
 
-    def _unload(self, model_id: str, out: dict, timings: dict, baseline: int, ref) -> None:
+    def _device_used(self) -> int:
+        """Bytes in use on every visible GPU, by anyone (cudaMemGetInfo): what an engine allocating
+        outside torch's allocator (NCCL, CUDA graphs' pools) leaves behind shows here."""
+        if not self.cuda:
+            return 0
+        import torch
+
+        return sum(total - free for free, total in (torch.cuda.mem_get_info(i) for i in range(torch.cuda.device_count())))
+
+    def _unload(self, model_id: str, out: dict, timings: dict, baseline: int, ref, device_before: int = 0) -> None:
         from cluster.loading import release_memory
 
         self._phase("unloading", model_id, None)
@@ -338,6 +378,8 @@ class ModelHost:
         collected = ref is None or ref() is None
         memory = {"device": "cuda" if self.cuda else "cpu", "baseline_bytes": baseline, "after_unload_bytes": after,
                   "model_collected": collected}
+        if self.cuda:
+            memory.update(device_used_before_bytes=device_before, device_used_after_bytes=self._device_used())
         memory["returned"] = collected and after - baseline <= MEMORY_TOLERANCE_BYTES
         out["memory"] = memory
         if not memory["returned"]:

@@ -83,9 +83,11 @@ def node_kinds_from_ray(ray_nodes: list[dict], node_overrides: dict[str, tuple[f
     return kinds
 
 
-def _fits(mid: str, spec: ModelSpec, kind: NodeKind, headroom: float) -> str | None:
+def _fits(mid: str, spec: ModelSpec, kind: NodeKind, headroom: float, engine: str = "hf") -> str | None:
     """None when `kind` can run the model, else why not."""
     mem = expected_memory_gib(spec)
+    if kind.gpus == 0 and engine == "vllm":
+        return "engine vllm needs a CUDA GPU"
     if kind.gpus == 0:
         if spec.load_in in ("4bit", "8bit"):
             return f"load_in {spec.load_in} needs a CUDA GPU"
@@ -114,8 +116,11 @@ def plan_hosts(
     max_hosts: int = 2,
     cpus_per_host: float = 1.0,
     gpu_mem_headroom: float = 0.9,
+    engine: str = "hf",
 ) -> Plan:
-    """Assign every model to a host or reject it with a reason."""
+    """Assign every model to a host or reject it with a reason. With `engine="vllm"` a host
+    holds whole GPUs (vLLM sizes its KV cache to a fraction of each GPU: no side by side) and
+    a several-GPU model runs tensor-parallel."""
     rejected: dict[str, str] = {}
     placed: dict[str, list[tuple[str, ModelSpec]]] = {}  # node kind name -> models
     for mid in model_ids:
@@ -125,7 +130,7 @@ def plan_hosts(
         spec = registry.get(mid)
         reasons = []
         for kind in kinds:  # GPU kinds first: models run where they run fastest
-            why = _fits(mid, spec, kind, gpu_mem_headroom)
+            why = _fits(mid, spec, kind, gpu_mem_headroom, engine)
             if why is None:
                 placed.setdefault(kind.name, []).append((mid, spec))
                 break
@@ -141,7 +146,8 @@ def plan_hosts(
         small = [(m, s) for m, s in models if s.num_gpus <= 1]
         for mid, spec in big:
             hosts.append(HostPlan(f"host-{len(hosts)}", kind_name, cpus_per_host, spec.num_gpus, [mid],
-                                  expected_memory_gib(spec), "device_map=auto"))
+                                  expected_memory_gib(spec),
+                                  f"vLLM tensor_parallel={spec.num_gpus}" if engine == "vllm" else "device_map=auto"))
         if not small:
             continue
         if kind.gpus == 0:
@@ -149,7 +155,7 @@ def plan_hosts(
             gpu_share = 0.0
         else:
             biggest = max(expected_memory_gib(s) for _, s in small)
-            per_gpu = 1 if kind.gpu_mem_gib is None else max(1, min(MAX_SIDE_BY_SIDE, int(kind.gpu_mem_gib * gpu_mem_headroom // max(biggest, 1e-6))))
+            per_gpu = 1 if kind.gpu_mem_gib is None or engine == "vllm" else max(1, min(MAX_SIDE_BY_SIDE, int(kind.gpu_mem_gib * gpu_mem_headroom // max(biggest, 1e-6))))
             total_gpus = kind.count * kind.gpus
             slots = max(1, min(max_hosts, len(small), total_gpus * per_gpu))
             # side by side only when there are more hosts than GPUs
@@ -157,6 +163,7 @@ def plan_hosts(
         start = len(hosts)
         for i in range(slots):
             device = "cpu" if kind.gpus == 0 else ("single GPU" if gpu_share == 1.0 else f"{gpu_share:g} GPU, side by side")
+            device += ", vLLM" if engine == "vllm" else ""
             hosts.append(HostPlan(f"host-{start + i}", kind_name, cpus_per_host, gpu_share, [], 0.0, device))
         # Longest-processing-time first: biggest models spread over the hosts first.
         loads = [0.0] * slots

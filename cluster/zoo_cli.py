@@ -1,4 +1,5 @@
-"""`yard zoo build [CONFIG] [key.sub=value ...]` and `yard zoo list [--zoo-dir DIR]`.
+"""`yard zoo build [CONFIG] [key.sub=value ...]`, `yard zoo list [--zoo-dir DIR]` and
+`yard zoo shape NAME [--out DIR]` (a random-weight model of a real shape, cluster.shapes).
 
     yard zoo build                                   # configs/zoo.demo.yaml
     yard zoo build configs/zoo.demo.yaml zoo_dir=/tmp/zoo seed=7   # overrides: key.sub=value
@@ -67,6 +68,15 @@ def _list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _shape(args: argparse.Namespace, console: Console) -> int:
+    from cluster.shapes import build_shape
+
+    spec = build_shape(args.name, args.out, seed=args.seed, device=args.device, model_id=args.id)
+    console.print(f"{args.id or args.name + '-shape'}: {spec.params_b} B parameters, random weights "
+                  f"(speed work only); registry: {args.out}/models.yaml")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="yard zoo", description="build or list the toy model zoo")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="zoo config (default configs/zoo.demo.yaml), then overrides")
     listing = sub.add_parser("list", help="table of the zoo's registered models")
     listing.add_argument("--zoo-dir", default=None, help="zoo directory (default: the demo config's zoo_dir)")
+    shape = sub.add_parser("shape", help="a random-weight model of a real architecture's shape (speed work)")
+    shape.add_argument("name", help="exaone-4.0-1.2b, qwen3-8b or llama-3.1-8b")
+    shape.add_argument("--out", default=".yard/shapes", help="folder; its models.yaml registers the model")
+    shape.add_argument("--id", default=None, help="model id (default NAME-shape)")
+    shape.add_argument("--seed", type=int, default=0)
+    shape.add_argument("--device", default="auto", help="where the weights are initialised (auto, cpu, cuda)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     _setup_logging()
@@ -82,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:  # piped or captured: no terminal width to fit, keep rows unwrapped
         console = Console(width=160)
     try:
-        return _build(args, console) if args.command == "build" else _list(args, console)
+        return {"build": _build, "list": _list, "shape": _shape}[args.command](args, console)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

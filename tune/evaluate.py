@@ -31,6 +31,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cluster.config import ConfigError, YardModel
+from cluster.engine import EngineConfig
 from cluster.registry import ModelSpec
 from cluster.storage import ArtifactStore
 from tune.datasets import load_mcq, load_qa
@@ -83,6 +84,7 @@ class EvalConfig(YardModel):
     max_new_tokens: int = Field(64, ge=1, le=8192)
     batch_size: int = Field(16, ge=1)
     use_chat_template: bool = True
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="hf (any node) or vllm (CUDA GPUs)")
 
     @model_validator(mode="after")
     def _names_and_speed(self) -> "EvalConfig":

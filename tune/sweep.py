@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.config import ConfigError, load_config
+from cluster.engine import check_engine
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import ArtifactStore, new_run_name, open_store
@@ -323,6 +324,10 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
 
     # A killed driver loses at most this much of Tune's trial bookkeeping (the state is tiny).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    check_engine(cfg.eval.engine, "eval.engine", source=config_path or "sweep config")
+    if cfg.eval.engine.name == "vllm":  # checked first: where vLLM cannot run, that is the line to read
+        raise ConfigError(f"{config_path or 'sweep config'}: eval.engine: vllm: the sweep evaluates with hf only "
+                          "so far (DNA hosts run vLLM; sweep and Serve follow)")
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     # absolute: Tune runs each trial in its own working directory
     registry_paths = [str(Path(p).resolve()) for p in zoo_registry_paths(cfg.registry, cfg.zoo, "sweep")]

@@ -1,0 +1,133 @@
+"""A registry model in vLLM's offline engine: load, generate from token ids, release.
+
+The load decision is the HF path's (`cluster.loading.decide_load`: dtype, GPU count, memory), so
+a model vLLM serves is the one the registry describes; the source is resolved the same way
+(local dir, HF id, s3:// downloaded once). Prompts go in as token ids made by the model's own HF
+tokenizer, so both engines see exactly the same input; decoding is greedy with the same
+`max_new_tokens` / `min_new_tokens`, and `new_tokens` counts the generated ids up to and
+including the first EOS, as `actors.generation` does.
+
+The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 unless the environment says
+otherwise): a warm host pays vLLM's import once, and `close()` returns the GPU memory to the
+process's baseline, which the host checks.
+
+    >>> model, tok, plan = load_vllm("exaone-4.0-1.2b", registry, VllmSettings())   # doctest: +SKIP
+    >>> out = model.generate([tok("Hi")["input_ids"]], max_new_tokens=32)           # doctest: +SKIP
+    >>> model.close()                                                                 # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from cluster.engine import VllmSettings, vllm_version
+from cluster.loading import LoadError, decide_load, load_tokenizer, resolve_source
+from cluster.node import NodeFacts, node_facts
+from cluster.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+# set before vLLM reads them (it reads its environment lazily, per use)
+_ENV_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine in this process: imports paid once per host
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_USE_FLASHINFER_SAMPLER": "0",  # greedy needs no FlashInfer sampler (and its JIT build)
+}
+
+
+@dataclass
+class VllmOutput:
+    texts: list[str]  # in prompt order, special tokens skipped, stripped
+    new_tokens: list[int]  # generated ids per prompt, up to and including the first EOS
+    seconds: float  # the generate call alone
+
+    @property
+    def tokens_per_s(self) -> float:
+        return round(sum(self.new_tokens) / self.seconds, 2) if self.seconds > 0 else 0.0
+
+
+class VllmModel:
+    """One model in a vLLM `LLM`. Not thread-safe; one per process at a time."""
+
+    def __init__(self, model_id: str, path: str, *, dtype: str, settings: VllmSettings, num_gpus: int = 1,
+                 revision: str | None = None, trust_remote_code: bool = False, quantization: str | None = None):
+        for name, value in _ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        from vllm import LLM
+
+        self.model_id = model_id
+        self.version = vllm_version()
+        kwargs = dict(model=path, tokenizer=path, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
+                      tensor_parallel_size=num_gpus, seed=settings.seed,
+                      gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
+                      max_num_seqs=settings.max_num_seqs, enforce_eager=settings.enforce_eager)
+        if quantization:
+            kwargs["quantization"] = quantization
+        kwargs.update(settings.engine_kwargs)
+        started = time.perf_counter()
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - vLLM raises many kinds; the user needs its line
+            line = next((ln for ln in reversed(str(exc).strip().splitlines()) if ln.strip()), type(exc).__name__)
+            raise LoadError(f"model {model_id}: vLLM {self.version} cannot load {path}: {line}") from exc
+        self.load_s = round(time.perf_counter() - started, 3)
+
+    def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, min_new_tokens: int = 0,
+                 ignore_eos: bool = False, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None) -> VllmOutput:
+        """Replies to token-id prompts, all in one call (vLLM batches them itself); greedy unless
+        `temperature` > 0 (then `seed` makes a rerun repeat)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed if temperature > 0 else None,
+                                max_tokens=max_new_tokens, min_tokens=min_new_tokens, ignore_eos=ignore_eos,
+                                skip_special_tokens=True)
+        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+        started = time.perf_counter()
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+        texts, counts = [], []
+        for out in outs:
+            best = out.outputs[0]
+            texts.append(best.text.strip())
+            counts.append(len(best.token_ids))  # vLLM stops at EOS and keeps it: up to and including
+        return VllmOutput(texts, counts, round(seconds, 4))
+
+    def close(self) -> None:
+        """Shut the engine down and give its GPU memory back."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # noqa: BLE001 - best effort; the cleanup below still runs
+            log.debug("vLLM engine shutdown: %s", exc)
+        del llm
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("vLLM cleanup: %s", exc)
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, node: NodeFacts | None = None):
+    """Decide (as the HF path does), resolve the source, load into vLLM: (model, tokenizer, plan)."""
+    spec = registry.get(model_id)
+    plan = decide_load(model_id, spec, node or node_facts())
+    if plan.device_map is None:
+        raise LoadError(f"model {model_id}: the vllm engine needs a CUDA GPU; this node has none")
+    path = resolve_source(plan)
+    tokenizer = load_tokenizer(plan, path)
+    quant = "bitsandbytes" if plan.quantization in ("8bit", "4bit") else None
+    model = VllmModel(model_id, path, dtype=plan.dtype, settings=settings, num_gpus=spec.num_gpus,
+                      revision=plan.revision, trust_remote_code=plan.trust_remote_code, quantization=quant)
+    return model, tokenizer, plan

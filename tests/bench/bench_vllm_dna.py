@@ -1,0 +1,190 @@
+"""GPU bench: DNA generation on a warm host with `engine: vllm`, at real size (random weights).
+
+Parts (run in one process, in this order; `--parts` picks them):
+- build: writes 4 random-weight EXAONE-4.0-1.2B-shaped models (seeds 0-3; `cluster.shapes`) to --out
+- bare:  vLLM's own `LLM.generate` of the prompts (one warm-up prompt first, as the host's sanity
+         gate is), the reference the host must not be slower than
+- host:  `actors.host.ModelHost` with engine vllm, one model: load, gate, generate, embed, unload
+- hf:    the same host with engine hf (transformers, batch 64)
+- warm4: one vllm host runs the 4 models one after another (per-model seconds)
+- fresh: one new process per model, as without warm hosts (whole process seconds), `--fresh N`
+
+Every generation: the same 64 generated probes in the model's chat template, greedy, exactly
+`--new-tokens` new tokens (min = max; random weights rarely emit EOS anyway). tokens/s = generated
+tokens / the generate call's seconds. The bound: batch x HBM bandwidth / weight bytes (every decode
+step reads every weight once; 4.3 TB/s as measured for the issue's table).
+
+    python tests/bench/bench_vllm_dna.py --parts build,bare,host,hf --json $OUT/a.json
+    python tests/bench/bench_vllm_dna.py --parts warm4,fresh --fresh 2 --json $OUT/b.json
+
+Needs a CUDA GPU and vLLM (../shared/device/vllm/ has the kit for the GPU machine).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+HBM_BYTES_PER_S = 4.3e12
+SHAPE = "exaone-4.0-1.2b"
+
+
+def model_ids(n: int = 4) -> list[str]:
+    return [f"{SHAPE}-s{i}" for i in range(n)]
+
+
+def build(out: Path) -> None:
+    from cluster.shapes import build_shape
+
+    for i, mid in enumerate(model_ids()):
+        if not (out / mid / "config.json").is_file():
+            t0 = time.perf_counter()
+            spec = build_shape(SHAPE, out, seed=i, model_id=mid)
+            print(f"built {mid}: {spec.params_b} B in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def dna_cfg(args, engine: str, store: str) -> dict:
+    from actors.config import DnaConfig
+
+    return DnaConfig.model_validate({
+        "storage": {"uri": store}, "registry": [str(Path(args.out) / "models.yaml")],
+        "probes": {"file": None, "generate_count": args.prompts},
+        "generation": {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "batch_size": args.prompts},
+        "engine": {"name": engine, "vllm": {"max_num_seqs": args.prompts, "max_model_len": 2048}},
+    }).model_dump()
+
+
+def probes(args):
+    from actors.config import ProbeConfig
+    from actors.fingerprint import load_probes
+
+    return load_probes(ProbeConfig(file=None, generate_count=args.prompts))
+
+
+def weight_bytes(out: Path, mid: str) -> int:
+    return sum(p.stat().st_size for p in (out / mid).glob("*.safetensors"))
+
+
+def bound(args, batch: int) -> float:
+    return batch * HBM_BYTES_PER_S / weight_bytes(Path(args.out), model_ids()[0])
+
+
+def bare(args) -> dict:
+    """vLLM alone: the same prompt ids, the same sampling."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    from actors.generation import render_prompts
+    from cluster.registry import ModelRegistry
+
+    mid = model_ids()[0]
+    registry = ModelRegistry.load([str(Path(args.out) / "models.yaml")])
+    path = registry.get(mid).source
+    tok = AutoTokenizer.from_pretrained(path)
+    ps = probes(args)
+    ids = tok(render_prompts(tok, ps.probes, registry.get(mid), mid), add_special_tokens=False)["input_ids"]
+    t0 = time.perf_counter()
+    llm = LLM(model=path, dtype="bfloat16", gpu_memory_utilization=0.85, max_model_len=2048,
+              max_num_seqs=args.prompts, seed=0)
+    load_s = time.perf_counter() - t0
+    params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens, min_tokens=args.new_tokens)
+    llm.generate([{"prompt_token_ids": ids[0]}], SamplingParams(temperature=0.0, max_tokens=50), use_tqdm=False)
+    runs = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        runs.append(sum(len(o.outputs[0].token_ids) for o in outs) / seconds)
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    cleanup_dist_env_and_memory()
+    return {"load_s": round(load_s, 1), "first_tokens_per_s": round(runs[0], 1),
+            "median_tokens_per_s": round(statistics.median(runs), 1), "runs": [round(r, 1) for r in runs]}
+
+
+def host_run(args, engine: str, mids: list[str]) -> dict:
+    from actors.host import ModelHost
+
+    ps = probes(args)
+    t0 = time.perf_counter()
+    host = ModelHost(f"bench-{engine}", dna_cfg(args, engine, args.store), [str(Path(args.out) / "models.yaml")],
+                     args.store)
+    start_s = time.perf_counter() - t0
+    outs = [host.run_model(mid, ps.probes, ps.probe_set_id, ps.sha256) for mid in mids]
+    rows = []
+    for o in outs:
+        t = o["timings"]
+        rows.append({"model": o["model_id"], "status": o["status"], "reason": o["reason"], "load_s": t["load_s"],
+                     "gate_s": t["gate_s"], "generate_s": t["generate_s"], "embed_s": t["embed_s"],
+                     "unload_s": t["unload_s"], "total_s": t["total_s"], "new_tokens": t.get("new_tokens"),
+                     "tokens_per_s": t.get("tokens_per_s"), "memory": o["memory"]})
+    return {"engine": host.engine_version, "host_start_s": round(start_s, 1), "start": host.start, "models": rows}
+
+
+def fresh(args) -> dict:
+    """One process per model: the whole process's seconds, from spawn to exit."""
+    rows = []
+    for mid in model_ids()[: args.fresh]:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--parts", "one", "--model", mid, "--out", args.out,
+                               "--store", args.store, "--prompts", str(args.prompts),
+                               "--new-tokens", str(args.new_tokens)], capture_output=True, text=True)
+        rows.append({"model": mid, "process_s": round(time.perf_counter() - t0, 1), "rc": proc.returncode,
+                     "tail": proc.stdout.strip().splitlines()[-1:] if proc.returncode == 0 else proc.stderr[-400:]})
+        print(f"fresh {mid}: {rows[-1]['process_s']}s rc {proc.returncode}", flush=True)
+    return {"models": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="build,bare,host,hf")
+    ap.add_argument("--out", default="/tmp/shapes")
+    ap.add_argument("--store", default="/tmp/bench-store")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--fresh", type=int, default=4)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    result: dict = {"prompts": args.prompts, "new_tokens": args.new_tokens}
+    if "build" in parts:
+        build(Path(args.out))
+    if "one" in parts:
+        r = host_run(args, "vllm", [args.model])
+        print(json.dumps(r["models"][0]["total_s"]))
+        return
+    result["bound_tokens_per_s_at_batch"] = round(bound(args, args.prompts), 0)
+    for part, fn in (("bare", lambda: bare(args)), ("host", lambda: host_run(args, "vllm", model_ids()[:1])),
+                     ("hf", lambda: host_run(args, "hf", model_ids()[:1])),
+                     ("warm4", lambda: host_run(args, "vllm", model_ids())), ("fresh", lambda: fresh(args))):
+        if part in parts:
+            t0 = time.perf_counter()
+            result[part] = fn()
+            print(f"== {part} ({time.perf_counter() - t0:.0f}s)\n{json.dumps(result[part], indent=1)}", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=1))
+    b = result["bound_tokens_per_s_at_batch"]
+    print(f"\nbound at batch {args.prompts}: {b:,.0f} tokens/s")
+    if "bare" in result:
+        print(f"bare vLLM: {result['bare']['median_tokens_per_s']:,.0f} tokens/s ({result['bare']['median_tokens_per_s'] / b:.1%})")
+    for part in ("host", "hf"):
+        if part in result:
+            m = result[part]["models"][0]
+            print(f"{part} ({result[part]['engine']}): {m['tokens_per_s'] or 0:,.0f} tokens/s ({(m['tokens_per_s'] or 0) / b:.1%})"
+                  + (f", {m['tokens_per_s'] / result['bare']['median_tokens_per_s']:.2f}x bare" if "bare" in result and m["tokens_per_s"] else ""))
+
+
+if __name__ == "__main__":
+    main()
