@@ -153,16 +153,26 @@ class Scheduler:
                 slot.actor = None  # a fresh host takes the rest of this queue
                 outcome = {"model_id": mid, "status": "infra", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
             self._record(slot, mid, outcome)
+            if (outcome.get("memory") or {}).get("returned") is False and slot.actor is not None:
+                # the next model would start on a GPU the last one still holds: a fresh host takes over
+                log.warning("%s: GPU memory not returned after %s; replacing the host", slot.plan.host_id, mid)
+                self._retire(slot)
             self._submit(slot, inflight)
         for slot in self.slots:
             if slot.actor is not None:
-                try:
-                    slot.reports.append(ray.get(slot.actor.host_report.remote(), timeout=60))
-                    ray.get(slot.actor.close.remote(), timeout=60)
-                except ray.exceptions.RayError as exc:
-                    log.warning("could not read %s's report: %s", slot.plan.host_id, exc)
-                ray.kill(slot.actor)
+                self._retire(slot)
         return [self.outcomes[m] for m in sorted(self.outcomes)]
+
+    def _retire(self, slot: HostSlot) -> None:
+        """Keep the host's report, finish its progress record and end the actor."""
+        ray = self.ray
+        try:
+            slot.reports.append(ray.get(slot.actor.host_report.remote(), timeout=60))
+            ray.get(slot.actor.close.remote(), timeout=60)
+        except ray.exceptions.RayError as exc:
+            log.warning("could not read %s's report: %s", slot.plan.host_id, exc)
+        ray.kill(slot.actor)
+        slot.actor = None
 
     def host_reports(self) -> list[dict]:
         return [r for s in self.slots for r in s.reports]
@@ -274,8 +284,9 @@ def print_outcomes(outcomes: list[dict], summary: dict) -> None:
         )
     console = make_console()
     console.print(table)
-    if "nearest_family_accuracy" in summary:
-        console.print(f"nearest-family accuracy: {summary['nearest_family_accuracy']:.0%}")
+    acc = summary.get("nearest_family_accuracy")
+    if acc is not None and acc == acc:  # NaN: no family has two members, nothing to score
+        console.print(f"nearest-family accuracy: {acc:.0%}")
     if summary["suspicious"]:
         console.print(f"[bold red]suspicious pairs (outlier gate):[/] {summary['suspicious']}")
     console.print(f"tree {'published' if summary['published'] else 'NOT published'}; report: {summary['report']}")

@@ -381,6 +381,10 @@ class ModelHost:
         if self.cuda:
             memory.update(device_used_before_bytes=device_before, device_used_after_bytes=self._device_used())
         memory["returned"] = collected and after - baseline <= MEMORY_TOLERANCE_BYTES
+        if self.cuda and self.engine == "vllm":
+            # vLLM's engine lives in a child process by default: the device's own count is the one to trust
+            memory["returned"] = memory["returned"] and (
+                memory["device_used_after_bytes"] - device_before <= MEMORY_TOLERANCE_BYTES)
         out["memory"] = memory
         if not memory["returned"]:
             # The DNA is still good; the host is not: the job should replace it before the next model.

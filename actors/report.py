@@ -176,9 +176,10 @@ def write_report(
         valid = _stat(o, "stats", "valid_fraction")
         rows.append([o.get("model_id"), o.get("status"), _num(100 * valid, ".0f") if valid is not None else "-",
                      _num(_stat(o, "stats", "avg_chars"), ".0f"), _num(_stat(o, "timings", "sec_per_prompt"), ".3f"),
-                     *[_num(t.get(p), ".1f") for p in TIMING_PARTS], o.get("attempts", "-"), o.get("reason") or ""])
+                     *[_num(t.get(p), ".1f") for p in TIMING_PARTS], _num(t.get("tokens_per_s"), ",.0f"),
+                     o.get("engine") or "-", o.get("attempts", "-"), o.get("reason") or ""])
     md += _table(["model", "status", "valid %", "avg chars", "s/prompt", "load s", "gate s", "generate s",
-                  "embed s", "unload s", "attempts", "reason"], rows)
+                  "embed s", "unload s", "tokens/s", "engine", "attempts", "reason"], rows)
 
     # lineage
     lineage: dict[str, Any] = {}

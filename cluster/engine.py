@@ -53,6 +53,10 @@ class VllmSettings(YardModel):
     max_num_seqs: int = Field(256, ge=1, description="sequences decoded together (the batch)")
     enforce_eager: bool = Field(False, description="skip torch.compile and CUDA graphs: starts ~20-40 s sooner, "
                                 "decodes slower; worth it when a model generates only a few seconds")
+    in_process: bool = Field(False, description="run the engine in the host's own process (~30-60 s less per model: "
+                             "no child process re-importing vLLM); vLLM 0.26 could not start a second engine in a "
+                             "process after releasing the first (CUDA caching allocator assert, H200), so the default "
+                             "runs each model's engine in a child process whose exit returns all its GPU memory")
     seed: int = Field(0, ge=0)
     engine_kwargs: dict = Field(default_factory=dict, description="extra vllm.LLM kwargs (win over derived ones)")
 

@@ -7,9 +7,10 @@ tokenizer, so both engines see exactly the same input; decoding is greedy with t
 `max_new_tokens` / `min_new_tokens`, and `new_tokens` counts the generated ids up to and
 including the first EOS, as `actors.generation` does.
 
-The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 unless the environment says
-otherwise): a warm host pays vLLM's import once, and `close()` returns the GPU memory to the
-process's baseline, which the host checks.
+The engine core runs in a child process by default (vLLM's own multiprocessing mode): `close()`
+shuts it down and its exit returns every byte of GPU memory, which the host checks. In the host's
+own process (`in_process: true`) a model starts ~30-60 s sooner, but vLLM 0.26 could not start a
+second engine in a process after releasing the first (measured on the H200; BENCHMARKS.md).
 
     >>> model, tok, plan = load_vllm("exaone-4.0-1.2b", registry, VllmSettings())   # doctest: +SKIP
     >>> out = model.generate([tok("Hi")["input_ids"]], max_new_tokens=32)           # doctest: +SKIP
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 
 # set before vLLM reads them (it reads its environment lazily, per use)
 _ENV_DEFAULTS = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine in this process: imports paid once per host
     "VLLM_NO_USAGE_STATS": "1",
     "VLLM_USE_FLASHINFER_SAMPLER": "0",  # greedy needs no FlashInfer sampler (and its JIT build)
+    "TQDM_DISABLE": "1",  # weight-loading and CUDA-graph capture bars, once per model, from every host
 }
 
 
@@ -56,6 +57,8 @@ class VllmModel:
                  revision: str | None = None, trust_remote_code: bool = False, quantization: str | None = None):
         for name, value in _ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
+        # a child process per engine unless the config says otherwise (VllmSettings.in_process)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if settings.in_process else "1"
         from vllm import LLM
 
         self.model_id = model_id
@@ -101,11 +104,17 @@ class VllmModel:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None:
             return
+        engine = getattr(llm, "llm_engine", None)
         try:
-            llm.llm_engine.engine_core.shutdown()
+            engine.engine_core.shutdown()
         except Exception as exc:  # noqa: BLE001 - best effort; the cleanup below still runs
             log.debug("vLLM engine shutdown: %s", exc)
-        del llm
+        # in-process: drop the bytecode hooks that pin the compiled model (and its CUDA graphs)
+        # now, not whenever the engine object happens to be collected
+        finalizer = getattr(engine, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+        del llm, engine
         try:
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 

@@ -81,6 +81,34 @@ def test_infrastructure_failure_is_retried_on_a_fresh_host(ray_local, zoo, tmp_p
     assert "host-0.2" in tasks  # the replacement host
 
 
+def make_leaky_host():
+    """A ModelHost that reports its first model's GPU memory as not returned: what a vLLM engine
+    that cannot be released does on a GPU (this machine has none, so the report is faked)."""
+    from actors.host import ModelHost
+
+    class _Leaky(ModelHost):
+        def _unload(self, model_id, out, *args):
+            super()._unload(model_id, out, *args)
+            if not self.models:  # the first model of this host
+                out["memory"]["returned"] = False
+
+    return _Leaky
+
+
+def test_a_host_that_keeps_gpu_memory_is_replaced_before_the_next_model(ray_local, zoo, tmp_path):
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    code, summary = run_dna(cfg_for(zoo, tmp_path / "store", ["llama-a", "qwen3-b"], "hosts.max_hosts=1"),
+                            accept_suspicious=True, host_cls=make_leaky_host())
+    assert code == 0 and summary["outcomes"] == {"llama-a": "ok", "qwen3-b": "ok"}  # the DNA itself is good
+    store = open_store(str(tmp_path / "store"))
+    done = {}
+    for key in store.list_state("progress/"):
+        rec = store.get_state(key)
+        done[rec["task"]] = rec.get("status")
+    assert set(done) == {"host-0", "host-0.2"}  # each model on its own host
+    assert all(status == "succeeded" for status in done.values())
+
+
 def test_deterministic_error_twice_is_skipped_and_others_are_kept(ray_local, zoo, tmp_path):
     import shutil
 
