@@ -128,11 +128,13 @@ class ModelHost:
         self.engine = self.cfg.engine.name
         check_engine(self.cfg.engine, "engine", gpus=torch.cuda.device_count() if self.cuda else 0)
         self.engine_version = engine_version(self.engine)
+        self._engine = None  # a vLLM engine kept after its model, for the next one to reuse
         if self.engine == "vllm":
             t0 = time.perf_counter()
             import vllm  # noqa: F401  (~20 s: paid once per host, like torch's)
 
             imports_s = round(imports_s + _since(t0), 4)
+        self._pristine = self._device_used()  # GPU bytes in use with no model loaded
         self._in_queue = False
         self.models: list[dict] = []  # per-model {model_id, status, **timings}
         self.memory_leaks: list[dict] = []
@@ -196,7 +198,7 @@ class ModelHost:
 
             self._phase("loading", model_id, out, stall_after_s=self.cfg.hosts.load_stall_after_s)
             t0 = time.perf_counter()
-            model, tokenizer, plan, generate = self._load(model_id)
+            model, tokenizer, plan, generate = self._load(model_id, out)
             ref = weakref.ref(model)
             timings["load_s"] = _since(t0)
             out["plan"] = {"dtype": plan.dtype, "device_map": plan.device_map, "quantization": plan.quantization}
@@ -265,10 +267,21 @@ class ModelHost:
             traceback.clear_frames(exc.__traceback__)
         # An exception's traceback holds the frames that hold the model: their locals are cleared
         # above, and the unload runs outside the except blocks, once the exception is gone.
-        if model is not None and self.engine == "vllm":
-            model.close()  # the engine's memory goes back before the check below
+        keep = (self.engine == "vllm" and model is not None and out["status"] != "error"
+                and self.cfg.engine.vllm.reuse_engine)
+        if self.engine == "vllm" and model is not None:
+            if keep:
+                self._engine = model  # the next model may swap its weights in
+            else:
+                model.close()  # the engine's memory goes back before the check below
         model = tokenizer = result = generate = None  # noqa: F841
-        self._unload(model_id, out, timings, baseline, ref, device_before)
+        if keep:
+            timings["unload_s"] = 0.0
+            out["memory"] = {"device": "cuda", "engine_kept": True, "returned": None,
+                             "device_used_bytes": self._device_used()}
+        else:
+            self._unload(model_id, out, timings, baseline, ref,
+                         self._pristine if self.engine == "vllm" else device_before)
         timings["total_s"] = _since(t_model)
         timings.setdefault("prompts", len(probes))
         timings.setdefault("sec_per_prompt", None)
@@ -293,19 +306,31 @@ class ModelHost:
                 "models": [dict(m) for m in self.models], "memory_leaks": list(self.memory_leaks)}
 
     def close(self, status: str = "succeeded", message: str = "") -> None:
-        """Finish the progress record (the host itself stays usable)."""
+        """Release a kept vLLM engine and finish the progress record (the host stays usable)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         if self.reporter is not None:
             ok = sum(1 for m in self.models if m["status"] == "ok")
             self.reporter.finish(status, message or f"{ok}/{len(self.models)} models ok")
 
     # --- internals ------------------------------------------------------------------------------
-    def _load(self, model_id: str):
-        """(model, tokenizer, plan, generate function) on the configured engine."""
+    def _load(self, model_id: str, out: dict):
+        """(model, tokenizer, plan, generate function) on the configured engine. vLLM: the kept
+        engine takes the model's weights when its signature matches; otherwise it is closed first."""
         if self.engine == "vllm":
             from actors.generation import generate_vllm
             from cluster.engine_vllm import load_vllm
 
-            model, tokenizer, plan = load_vllm(model_id, self.registry, self.cfg.engine.vllm, self.node)
+            reuse, self._engine = self._engine, None
+            try:
+                model, tokenizer, plan, reused = load_vllm(model_id, self.registry, self.cfg.engine.vllm, self.node,
+                                                           reuse=reuse)
+            except BaseException:
+                if reuse is not None:
+                    reuse.close()  # a failed swap leaves the engine in no known state
+                raise
+            out["engine_reused"] = reused
             return model, tokenizer, plan, generate_vllm
         from actors.generation import generate_batched
         from cluster.loading import load_model

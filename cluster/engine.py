@@ -57,6 +57,9 @@ class VllmSettings(YardModel):
                              "no child process re-importing vLLM); vLLM 0.26 could not start a second engine in a "
                              "process after releasing the first (CUDA caching allocator assert, H200), so the default "
                              "runs each model's engine in a child process whose exit returns all its GPU memory")
+    reuse_engine: bool = Field(True, description="a model with the previous one's architecture config, tokenizer and "
+                               "generation config gets its weights loaded into the running engine (seconds) instead "
+                               "of a new engine (30-90 s); every cached prefix is dropped first")
     seed: int = Field(0, ge=0)
     engine_kwargs: dict = Field(default_factory=dict, description="extra vllm.LLM kwargs (win over derived ones)")
 

@@ -19,10 +19,13 @@ second engine in a process after releasing the first (measured on the H200; BENC
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.engine import VllmSettings, vllm_version
 from cluster.loading import LoadError, decide_load, load_tokenizer, resolve_source
@@ -50,8 +53,36 @@ class VllmOutput:
         return round(sum(self.new_tokens) / self.seconds, 2) if self.seconds > 0 else 0.0
 
 
+# config.json keys that name or date a checkpoint without changing its shape
+_NAMING_KEYS = ("_name_or_path", "transformers_version", "name_or_path")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                    "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def engine_signature(path: str, **engine_args) -> str | None:
+    """What must be equal for a started engine to take another checkpoint's weights in place:
+    the architecture config (names aside), the generation config, the tokenizer files and the
+    engine's own arguments. None when swapping is not safe: not a local folder, or quantized
+    (its kernels repack weights at load)."""
+    folder = Path(path)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        return None
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("quantization_config") or cfg.get("compression_config"):
+        return None
+    for key in _NAMING_KEYS:
+        cfg.pop(key, None)
+    h = hashlib.sha256(json.dumps([cfg, engine_args], sort_keys=True, default=str).encode())
+    for name in ("generation_config.json", *_TOKENIZER_FILES):
+        f = folder / name
+        h.update(name.encode() + (f.read_bytes() if f.is_file() else b"-"))
+    return h.hexdigest()
+
+
 class VllmModel:
-    """One model in a vLLM `LLM`. Not thread-safe; one per process at a time."""
+    """One model in a vLLM `LLM`. Not thread-safe; one per process at a time. `swap` puts another
+    checkpoint of the same architecture into the running engine (no new engine)."""
 
     def __init__(self, model_id: str, path: str, *, dtype: str, settings: VllmSettings, num_gpus: int = 1,
                  revision: str | None = None, trust_remote_code: bool = False, quantization: str | None = None):
@@ -61,8 +92,11 @@ class VllmModel:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if settings.in_process else "1"
         from vllm import LLM
 
-        self.model_id = model_id
+        self.model_id, self.path = model_id, path
         self.version = vllm_version()
+        self.signature = engine_signature(path, dtype=dtype, settings=settings.model_dump(), num_gpus=num_gpus,
+                                          revision=revision, trust_remote_code=trust_remote_code,
+                                          quantization=quantization)
         kwargs = dict(model=path, tokenizer=path, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
                       tensor_parallel_size=num_gpus, seed=settings.seed,
                       gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
@@ -99,6 +133,16 @@ class VllmModel:
             counts.append(len(best.token_ids))  # vLLM stops at EOS and keeps it: up to and including
         return VllmOutput(texts, counts, round(seconds, 4))
 
+    def swap(self, model_id: str, path: str) -> float:
+        """Load `path`'s weights into the running engine in place (same shapes, so the compiled
+        graphs and CUDA graphs stay valid) and drop every cached prefix of the previous model.
+        Returns the seconds it took. The caller checks `engine_signature` first."""
+        started = time.perf_counter()
+        self.llm.reset_prefix_cache()  # KV of the previous weights must never serve a prompt again
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        self.model_id, self.path = model_id, path
+        return round(time.perf_counter() - started, 3)
+
     def close(self) -> None:
         """Shut the engine down and give its GPU memory back."""
         llm, self.llm = getattr(self, "llm", None), None
@@ -128,8 +172,11 @@ class VllmModel:
             torch.cuda.empty_cache()
 
 
-def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, node: NodeFacts | None = None):
-    """Decide (as the HF path does), resolve the source, load into vLLM: (model, tokenizer, plan)."""
+def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, node: NodeFacts | None = None,
+              reuse: VllmModel | None = None):
+    """Decide (as the HF path does), resolve the source, load into vLLM: (model, tokenizer, plan,
+    reused). With `reuse` (a running engine) and the same `engine_signature`, the weights are
+    swapped into it; otherwise `reuse` is closed first and a new engine starts."""
     spec = registry.get(model_id)
     plan = decide_load(model_id, spec, node or node_facts())
     if plan.device_map is None:
@@ -137,6 +184,14 @@ def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, no
     path = resolve_source(plan)
     tokenizer = load_tokenizer(plan, path)
     quant = "bitsandbytes" if plan.quantization in ("8bit", "4bit") else None
+    if reuse is not None:
+        signature = engine_signature(path, dtype=plan.dtype, settings=settings.model_dump(), num_gpus=spec.num_gpus,
+                                     revision=plan.revision, trust_remote_code=plan.trust_remote_code,
+                                     quantization=quant)
+        if signature is not None and signature == reuse.signature:
+            reuse.swap(model_id, path)
+            return reuse, tokenizer, plan, True
+        reuse.close()
     model = VllmModel(model_id, path, dtype=plan.dtype, settings=settings, num_gpus=spec.num_gpus,
                       revision=plan.revision, trust_remote_code=plan.trust_remote_code, quantization=quant)
-    return model, tokenizer, plan
+    return model, tokenizer, plan, False

@@ -6,8 +6,11 @@ Parts (run in one process, in this order; `--parts` picks them):
          gate is), the reference the host must not be slower than
 - host:  `actors.host.ModelHost` with engine vllm, one model: load, gate, generate, embed, unload
 - hf:    the same host with engine hf (transformers, batch 64)
-- warm4: one vllm host runs the 4 models one after another (per-model seconds)
-- fresh: one new process per model, as without warm hosts (whole process seconds), `--fresh N`
+- warm4: one vllm host runs the 4 models one after another (per-model seconds); same shape, so
+         models 2-4 get their weights swapped into the running engine (`--no-reuse`: new engines)
+- fresh: one new process per model, as without warm hosts (whole process seconds), `--fresh N`;
+         after warm4 it also counts the replies equal to the warm host's (swapped weights must
+         answer exactly as a fresh engine does)
 
 Every generation: the same 64 generated probes in the model's chat template, greedy, exactly
 `--new-tokens` new tokens (min = max; random weights rarely emit EOS anyway). tokens/s = generated
@@ -57,7 +60,8 @@ def dna_cfg(args, engine: str, store: str) -> dict:
         "storage": {"uri": store}, "registry": [str(Path(args.out) / "models.yaml")],
         "probes": {"file": None, "generate_count": args.prompts},
         "generation": {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "batch_size": args.prompts},
-        "engine": {"name": engine, "vllm": {"max_num_seqs": args.prompts, "max_model_len": 2048}},
+        "engine": {"name": engine, "vllm": {"max_num_seqs": args.prompts, "max_model_len": 2048,
+                                            "reuse_engine": not args.no_reuse, "in_process": args.in_process}},
     }).model_dump()
 
 
@@ -127,20 +131,36 @@ def host_run(args, engine: str, mids: list[str]) -> dict:
         rows.append({"model": o["model_id"], "status": o["status"], "reason": o["reason"], "load_s": t["load_s"],
                      "gate_s": t["gate_s"], "generate_s": t["generate_s"], "embed_s": t["embed_s"],
                      "unload_s": t["unload_s"], "total_s": t["total_s"], "new_tokens": t.get("new_tokens"),
-                     "tokens_per_s": t.get("tokens_per_s"), "memory": o["memory"]})
+                     "tokens_per_s": t.get("tokens_per_s"), "memory": o["memory"],
+                     "engine_reused": o.get("engine_reused"), "artifact": o["artifact"]})
     return {"engine": host.engine_version, "host_start_s": round(start_s, 1), "start": host.start, "models": rows}
 
 
-def fresh(args) -> dict:
-    """One process per model: the whole process's seconds, from spawn to exit."""
+def same_replies(store_uri: str, run_a: str, run_b: str) -> str:
+    """How many replies two runs of one model share, as "n/N"."""
+    from cluster.storage import open_store
+
+    store = open_store(store_uri)
+    a, b = (store.get_json(f"{run}/responses.json")["items"] for run in (run_a, run_b))
+    same = sum(x["response"] == y["response"] for x, y in zip(a, b))
+    return f"{same}/{len(a)}"
+
+
+def fresh(args, warm: dict | None = None) -> dict:
+    """One process per model: the whole process's seconds, from spawn to exit; with `warm` (the
+    warm4 part's result) also whether the warm host's replies equal the fresh process's."""
+    warm_runs = {m["model"]: m["artifact"] for m in (warm or {}).get("models", []) if m["status"] == "ok"}
     rows = []
-    for mid in model_ids()[: args.fresh]:
+    for mid in model_ids()[1:][: args.fresh]:  # from s1: after warm4, swapped into a running engine
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--parts", "one", "--model", mid, "--out", args.out,
                                "--store", args.store, "--prompts", str(args.prompts),
                                "--new-tokens", str(args.new_tokens)], capture_output=True, text=True)
         rows.append({"model": mid, "process_s": round(time.perf_counter() - t0, 1), "rc": proc.returncode,
                      "tail": proc.stdout.strip().splitlines()[-1:] if proc.returncode == 0 else proc.stderr[-400:]})
+        if proc.returncode == 0 and mid in warm_runs:
+            mine = json.loads(rows[-1]["tail"][0])["artifact"]
+            rows[-1]["same_replies_as_warm"] = same_replies(args.store, warm_runs[mid], mine)
         print(f"fresh {mid}: {rows[-1]['process_s']}s rc {proc.returncode}", flush=True)
     return {"models": rows}
 
@@ -155,6 +175,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fresh", type=int, default=4)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--no-reuse", action="store_true", help="a new engine per model (engine.vllm.reuse_engine false)")
+    ap.add_argument("--in-process", action="store_true", help="engine.vllm.in_process true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -163,12 +185,12 @@ def main() -> None:
         build(Path(args.out))
     if "one" in parts:
         r = host_run(args, "vllm", [args.model])
-        print(json.dumps(r["models"][0]["total_s"]))
+        print(json.dumps({"total_s": r["models"][0]["total_s"], "artifact": r["models"][0]["artifact"]}))
         return
     result["bound_tokens_per_s_at_batch"] = round(bound(args, args.prompts), 0)
     for part, fn in (("bare", lambda: bare(args)), ("host", lambda: host_run(args, "vllm", model_ids()[:1])),
                      ("hf", lambda: host_run(args, "hf", model_ids()[:1])),
-                     ("warm4", lambda: host_run(args, "vllm", model_ids())), ("fresh", lambda: fresh(args))):
+                     ("warm4", lambda: host_run(args, "vllm", model_ids())), ("fresh", lambda: fresh(args, result.get("warm4")))):
         if part in parts:
             t0 = time.perf_counter()
             result[part] = fn()
