@@ -4,6 +4,7 @@ Parts (run in one process, in this order; `--parts` picks them):
 - build: writes 4 random-weight EXAONE-4.0-1.2B-shaped models (seeds 0-3; `cluster.shapes`) to --out
 - bare:  vLLM's own `LLM.generate` of the prompts (one warm-up prompt first, as the host's sanity
          gate is), the reference the host must not be slower than
+- variants: bare in its own process under async scheduling / no detokenization / eager mode
 - host:  `actors.host.ModelHost` with engine vllm, one model: load, gate, generate, embed, unload
 - hf:    the same host with engine hf (transformers, batch 64)
 - warm4: one vllm host runs the 4 models one after another (per-model seconds); same shape, so
@@ -95,11 +96,13 @@ def bare(args) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     ps = probes(args)
     ids = tok(render_prompts(tok, ps.probes, registry.get(mid), mid), add_special_tokens=False)["input_ids"]
+    variant = json.loads(args.variant)
+    sampling = variant.pop("sampling", {})
     t0 = time.perf_counter()
     llm = LLM(model=path, dtype="bfloat16", gpu_memory_utilization=0.85, max_model_len=2048,
-              max_num_seqs=args.prompts, seed=0)
+              max_num_seqs=args.prompts, seed=0, **variant)
     load_s = time.perf_counter() - t0
-    params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens, min_tokens=args.new_tokens)
+    params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens, min_tokens=args.new_tokens, **sampling)
     llm.generate([{"prompt_token_ids": ids[0]}], SamplingParams(temperature=0.0, max_tokens=50), use_tqdm=False)
     runs = []
     for _ in range(args.repeats):
@@ -114,6 +117,23 @@ def bare(args) -> dict:
     cleanup_dist_env_and_memory()
     return {"load_s": round(load_s, 1), "first_tokens_per_s": round(runs[0], 1),
             "median_tokens_per_s": round(statistics.median(runs), 1), "runs": [round(r, 1) for r in runs]}
+
+
+VARIANTS = ('{}', '{"async_scheduling": true}', '{"sampling": {"detokenize": false}}',
+            '{"async_scheduling": true, "sampling": {"detokenize": false}}', '{"enforce_eager": true}')
+
+
+def variants(args) -> dict:
+    """Bare vLLM under engine / sampling variants, each in its own process, 5 runs each."""
+    out = {}
+    for v in VARIANTS:
+        proc = subprocess.run([sys.executable, __file__, "--parts", "barechild", "--variant", v, "--repeats", "5",
+                               "--out", args.out, "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens)],
+                              capture_output=True, text=True)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BARE ")]
+        out[v] = json.loads(line[-1][5:]) if line else {"rc": proc.returncode, "error": proc.stderr[-300:]}
+        print(f"variant {v}: {out[v]}", flush=True)
+    return out
 
 
 def host_run(args, engine: str, mids: list[str]) -> dict:
@@ -175,6 +195,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--fresh", type=int, default=4)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--variant", default="{}", help="bare: extra LLM kwargs as JSON ('sampling': SamplingParams kwargs)")
     ap.add_argument("--no-reuse", action="store_true", help="a new engine per model (engine.vllm.reuse_engine false)")
     ap.add_argument("--in-process", action="store_true", help="engine.vllm.in_process true")
     ap.add_argument("--json", default=None)
@@ -183,12 +204,15 @@ def main() -> None:
     result: dict = {"prompts": args.prompts, "new_tokens": args.new_tokens}
     if "build" in parts:
         build(Path(args.out))
+    if parts == ["barechild"]:  # one of the variants' processes
+        print("BARE " + json.dumps(bare(args)), flush=True)
+        return
     if "one" in parts:
         r = host_run(args, "vllm", [args.model])
         print(json.dumps({"total_s": r["models"][0]["total_s"], "artifact": r["models"][0]["artifact"]}))
         return
     result["bound_tokens_per_s_at_batch"] = round(bound(args, args.prompts), 0)
-    for part, fn in (("bare", lambda: bare(args)), ("host", lambda: host_run(args, "vllm", model_ids()[:1])),
+    for part, fn in (("bare", lambda: bare(args)), ("variants", lambda: variants(args)), ("host", lambda: host_run(args, "vllm", model_ids()[:1])),
                      ("hf", lambda: host_run(args, "hf", model_ids()[:1])),
                      ("warm4", lambda: host_run(args, "vllm", model_ids())), ("fresh", lambda: fresh(args, result.get("warm4")))):
         if part in parts:
