@@ -20,7 +20,7 @@ demo: env
 	$(BIN)/yard demo
 
 test: env
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=25
 
 bench: env
 	for b in tests/bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -246,14 +246,16 @@ def main(argv: list[str]) -> int:
     print(f"zoo: {len(zoo.models)} models in {zoo.zoo_dir} ({how})")
     overrides = ["zoo=null", f"registry=[{zoo.registry_path}]"] + ([f"storage.uri={args.store}"] if args.store else [])
     cfg = load_config(DEFAULT_CHAT_CONFIG, ChatJobConfig, overrides)
-    steps = [("chat", *run_chat(cfg, str(DEFAULT_CHAT_CONFIG)))]
+    started = time.time()
+    steps = [("chat", *run_chat(cfg, str(DEFAULT_CHAT_CONFIG)), time.time() - started)]
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     for name, target in DEMOS.items():
         module, _, attr = target.partition(":")
+        started = time.time()
         result = getattr(importlib.import_module(module), attr)(store, str(zoo.registry_path), quick=not args.full)
-        steps.append((name, 0 if result["status"] == "ok" else 1, result))
+        steps.append((name, 0 if result["status"] == "ok" else 1, result, time.time() - started))
     print("\nyard demo summary")
-    for name, code, summary in steps:
-        print(f"  {name:<10} {'ok' if code == 0 else 'FAILED':<7} report: {summary.get('report')}")
+    for name, code, summary, seconds in steps:
+        print(f"  {name:<10} {'ok' if code == 0 else 'FAILED':<7} {seconds:4.0f}s  report: {summary.get('report')}")
     print(f"  total {time.time() - t0:.0f}s; progress and history: yard status --store {store.uri}")
-    return 0 if all(code == 0 for _, code, _ in steps) else 1
+    return 0 if all(code == 0 for _, code, _, _ in steps) else 1
