@@ -31,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.config import ConfigError
 from serve.config import CandidateConfig, LimitsConfig, ServeConfig
-from serve.requests import BadRequest, error_body, parse_chat, parse_completion
+from serve.requests import (LOCAL_HOSTS, BadRequest, check_origin, error_body, json_depth_exceeds, parse_chat,
+                            parse_completion)
 from serve.requests import number as _number
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,11 @@ class OpenAIIngress:
 
     async def _read_json(self, request: Request) -> dict:
         self._check_auth(request)
+        check_origin(self.api_key, request.headers.get("origin"))
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise BadRequest(415, f"content-type: {ctype[:60] or 'none'!r}; send application/json", None,
+                             "unsupported_media_type")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             raise BadRequest(413, f"body: {declared} bytes; the limit is {self.limits.max_body_bytes}", None,
@@ -196,8 +202,14 @@ class OpenAIIngress:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BadRequest(400, f"body: not valid JSON ({exc})", None, "invalid_json") from None
+        except RecursionError:
+            raise BadRequest(400, f"body: nested deeper than {self.limits.max_json_depth} levels", None,
+                             "invalid_json") from None
         if not isinstance(body, dict):
             raise BadRequest(400, "body: expected a JSON object", None, "invalid_json")
+        if json_depth_exceeds(body, self.limits.max_json_depth):
+            raise BadRequest(400, f"body: nested deeper than {self.limits.max_json_depth} levels", None,
+                             "invalid_json")
         return body
 
     def _route(self, body: dict, request: Request) -> tuple[str, str | None]:
@@ -397,6 +409,9 @@ def start_app(cfg: ServeConfig) -> str:
     returns the base URL (clients use URL + "/v1"). HF candidates answer at `/`; vLLM candidates
     through Ray Serve LLM at `/` when all are vLLM, else at `/vllm` (the HF ingress lists their ids
     and redirects their requests there with 307)."""
+    if cfg.host not in LOCAL_HOSTS and not cfg.resolved_api_key() and not cfg.allow_public_without_key:
+        raise ConfigError(f"host: {cfg.host} without api_key: anyone who reaches port {cfg.port} could run the "
+                          "models; set api_key (or YARD_API_KEY), or allow_public_without_key: true on purpose")
     if any(c.engine == "vllm" for c in cfg.candidates) and cfg.resolved_api_key() \
             and not cfg.allow_unauthenticated_vllm:
         # secure by default: a configured key must not silently leave some models open

@@ -38,6 +38,11 @@ class LimitsConfig(YardModel):
     max_tokens: int = Field(default=512, ge=1, description="the largest max_tokens a request may ask for")
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_concurrent_requests: int = Field(default=64, ge=1, description="in flight at the ingress; more queue")
+    max_json_depth: int = Field(default=32, ge=4, le=512, description="nesting a request body may have")
+    chat_template_kwargs: list[str] = Field(
+        default_factory=lambda: ["enable_thinking"],
+        description="template options a request may set (chat_template_kwargs); anything else is 400: a request "
+        "must never bring its own Jinja (chat_template) or reach options the server did not offer")
 
 
 class AutoscalingConfig(YardModel):
@@ -117,6 +122,8 @@ class ServeConfig(YardModel):
     api_key: str | None = Field(default=None, description=f"bearer key; {API_KEY_ENV} wins when set")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     candidates: list[CandidateConfig] = Field(min_length=1)
+    allow_public_without_key: bool = Field(default=False, description="listen on a non-loopback host (e.g. "
+                                           "0.0.0.0) without api_key: anyone who reaches the port runs the models")
     allow_unauthenticated_vllm: bool = Field(default=False, description="serve vLLM candidates although api_key "
                                              "is set (Ray Serve LLM's ingress does not check it)")
     probe_suite: str | None = Field(default="configs/probes.persona.yaml",

@@ -1,13 +1,43 @@
 """Request checks for the OpenAI-compatible API: every refusal is an OpenAI-style error body
 `{"error": {"message", "type", "param", "code"}}` naming the field, never an exception in a replica."""
+from urllib.parse import urlsplit
+
 from fastapi.responses import JSONResponse
 
 from serve.config import LimitsConfig
 
 
+ROLES = ("system", "user", "assistant")
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1; keep to a signed 64-bit value
+
+
+def json_depth_exceeds(value, limit: int) -> bool:
+    """Whether `value` nests deeper than `limit` (iterative: a hostile body cannot exhaust the stack)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def check_origin(api_key: str | None, origin: str | None) -> None:
+    """Without an API key, only pages served from this machine may call the API: a browser sends
+    Origin on cross-site requests, so any other web page is refused with 403 (it could not read
+    the answer anyway, but it must not make the server generate). With a key, the key decides."""
+    if api_key or not origin:
+        return
+    if urlsplit(origin).hostname not in LOCAL_HOSTS:
+        raise BadRequest(403, f"origin {origin[:80]!r}: without an API key only local pages may call this server "
+                         "(set api_key to serve other origins)", None, "forbidden_origin")
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     """An OpenAI-style error response."""
-    kind = {401: "authentication_error", 404: "invalid_request_error", 413: "invalid_request_error",
+    kind = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error", 413: "invalid_request_error",
             429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
@@ -61,8 +91,8 @@ def parse_common(body: dict, limits: LimitsConfig, default_max_tokens: int) -> d
     if body.get("n", 1) != 1:
         raise BadRequest(400, f"n: {body.get('n')!r}: only n=1 is supported", "n", "invalid_value")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest(400, f"seed: {seed!r} is not an integer", "seed", "invalid_value")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise BadRequest(400, f"seed: {seed!r} is not an integer in [0, {MAX_SEED}]", "seed", "invalid_value")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(400, f"stream: {stream!r} is not a boolean", "stream", "invalid_value")
@@ -79,10 +109,21 @@ def parse_chat(body: dict, limits: LimitsConfig) -> dict:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise BadRequest(400, f"messages.{i}: expected {{role, content}}", "messages", "invalid_value")
+        if m["role"] not in ROLES:
+            raise BadRequest(400, f"messages.{i}.role: {m['role'][:40]!r} is not one of {', '.join(ROLES)}",
+                             "messages", "invalid_value")
         clean.append({"role": m["role"], "content": content_text(m.get("content"), f"messages.{i}")})
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise BadRequest(400, "chat_template_kwargs: expected an object", "chat_template_kwargs", "invalid_value")
+    for key, value in kwargs.items():
+        if key not in limits.chat_template_kwargs:
+            allowed = ", ".join(limits.chat_template_kwargs) or "none"
+            raise BadRequest(400, f"chat_template_kwargs.{str(key)[:40]}: not an option this server offers "
+                             f"(allowed: {allowed})", "chat_template_kwargs", "invalid_value")
+        if isinstance(value, (dict, list)) or (isinstance(value, str) and len(value) > 64):
+            raise BadRequest(400, f"chat_template_kwargs.{key}: expected a boolean, number or short string",
+                             "chat_template_kwargs", "invalid_value")
     payload.update(messages=clean, chat_template_kwargs=kwargs)
     return payload
 

@@ -167,6 +167,51 @@ def test_malformed_json_400(app):
     assert resp.status_code == 400
 
 
+@pytest.mark.parametrize("body, param", [
+    # a request must not bring its own Jinja: it would run in the replica, holding the tokenizer
+    ({"model": "llama-a", "messages": HI, "chat_template_kwargs": {"chat_template": "{% for i in range(9) %}x"
+                                                                                     "{% endfor %}"}},
+     "chat_template_kwargs"),
+    ({"model": "llama-a", "messages": HI, "chat_template_kwargs": {"enable_thinking": {"nested": 1}}},
+     "chat_template_kwargs"),
+    ({"model": "llama-a", "messages": HI, "seed": 18446744073709551616}, "seed"),  # 2**64: raised in generate
+    ({"model": "llama-a", "messages": HI, "seed": -1}, "seed"),
+    ({"model": "llama-a", "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+])
+def test_hostile_fields_are_refused_before_any_work(app, body, param):
+    resp = _post(app, body)
+    assert resp.status_code == 400 and _error(resp)["param"] == param, resp.text
+
+
+def test_deep_json_and_wrong_content_type_are_4xx(app):
+    deep = b'{"model": "llama-a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    resp = _post(app, None, raw=deep)
+    assert resp.status_code == 400 and "nested" in _error(resp)["message"]
+    resp = _post(app, None, raw=b'{"model": "llama-a", "x": ' + b"[" * 40 + b"]" * 40 + b"}")
+    assert resp.status_code == 400 and "nested" in _error(resp)["message"]
+    resp = httpx.post(app + "/v1/chat/completions", content=json.dumps({"model": "llama-a", "messages": HI}),
+                      headers={"authorization": f"Bearer {KEY}", "content-type": "text/plain"}, timeout=60)
+    assert resp.status_code == 415 and _error(resp)["code"] == "unsupported_media_type"
+    ok = _post(app, {"model": "llama-a", "messages": HI, "max_tokens": 2, "seed": 7})
+    assert ok.status_code == 200  # and the app answers normally afterwards
+
+
+def test_without_a_key_other_origins_are_refused_and_public_hosts_need_one(zoo):
+    from serve.app import start_app
+    from serve.requests import BadRequest, check_origin
+
+    cfg = ServeConfig.model_validate({"kind": "serve", "registry": [str(zoo.registry_path)], "host": "0.0.0.0",
+                                      "candidates": [{"id": "llama-a", "model": "llama-a"}]})
+    with pytest.raises(ConfigError, match=r"^host: 0.0.0.0 without api_key"):
+        start_app(cfg)  # refused before Ray or Serve start
+    with pytest.raises(BadRequest) as exc:
+        check_origin(None, "https://evil.example")  # a web page in the user's browser, no key set
+    assert exc.value.status == 403 and exc.value.code == "forbidden_origin"
+    for fine in (None, "http://localhost:3000", "http://127.0.0.1:8000", "http://[::1]:8000"):
+        check_origin(None, fine)
+    check_origin("a-key", "https://evil.example")  # with a key, the key decides
+
+
 def test_concurrent_requests_are_batched_and_replica_survives(app, client):
     from serve.app import candidate_info
 
