@@ -49,16 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     """The `yard serve` job; returns the exit code (bad input raises UserError: the CLI exits 2)."""
     parser = argparse.ArgumentParser(prog="yard serve", description="serve candidates behind an OpenAI-compatible API")
     parser.add_argument("config", help="a kind: serve config (configs/serve.demo.yaml)")
+    parser.add_argument("items", nargs="*", metavar="KEY=VALUE", help="overrides, as every yard job takes them")
     parser.add_argument("--from-leaderboard", metavar="SWEEP", help="add the best trials of this sweep run")
     parser.add_argument("--top", type=int, default=3, help="how many trials --from-leaderboard adds (default 3)")
     parser.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field (repeatable), e.g. --set port=8001")
+                        help="the same as a KEY=VALUE argument (kept as an alias), e.g. --set port=8001")
     args = parser.parse_args(argv)
     if args.duration_s is not None and args.duration_s <= 0:
         raise ConfigError(f"--duration-s: {args.duration_s} must be > 0")
 
-    cfg = load_config(args.config, ServeConfig, overrides=args.overrides)
+    cfg = load_config(args.config, ServeConfig, overrides=[*args.items, *args.overrides])
     if args.from_leaderboard:
         added = leaderboard_candidates(cfg, args.from_leaderboard, args.top)
         try:

@@ -50,3 +50,14 @@ def test_from_leaderboard_serves_a_sweeps_best_candidates(zoo, tmp_path):
     prompt = engine.render_chat([{"role": "user", "content": "Tell me about a trip."}])
     (out,) = engine.generate([GenRequest(prompt, max_tokens=8, temperature=0.0)])
     assert out.completion_tokens > 0 and out.text.strip()
+
+
+def test_overrides_are_key_value_arguments_as_in_every_job_and_set_is_an_alias(capsys):
+    from cluster.cli import main as yard
+
+    # a bad value stops before anything starts, naming the file and the field: the override reached the config
+    for argv in (["serve", "configs/serve.demo.yaml", "port=notaport"],
+                 ["serve", "configs/serve.demo.yaml", "--set", "port=notaport"]):
+        assert yard(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "configs/serve.demo.yaml" in err[0] and "port" in err[0], err
