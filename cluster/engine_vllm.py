@@ -48,10 +48,6 @@ class VllmOutput:
     new_tokens: list[int]  # generated ids per prompt, up to and including the first EOS
     seconds: float  # the generate call alone
 
-    @property
-    def tokens_per_s(self) -> float:
-        return round(sum(self.new_tokens) / self.seconds, 2) if self.seconds > 0 else 0.0
-
 
 # config.json keys that name or date a checkpoint without changing its shape
 _NAMING_KEYS = ("_name_or_path", "transformers_version", "name_or_path")
@@ -84,19 +80,17 @@ class VllmModel:
     """One model in a vLLM `LLM`. Not thread-safe; one per process at a time. `swap` puts another
     checkpoint of the same architecture into the running engine (no new engine)."""
 
-    def __init__(self, model_id: str, path: str, *, dtype: str, settings: VllmSettings, num_gpus: int = 1,
-                 revision: str | None = None, trust_remote_code: bool = False, quantization: str | None = None):
+    def __init__(self, model_id: str, path: str, *, settings: VllmSettings, signature: str | None, dtype: str,
+                 num_gpus: int = 1, revision: str | None = None, trust_remote_code: bool = False,
+                 quantization: str | None = None):
         for name, value in _ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
         # a child process per engine unless the config says otherwise (VllmSettings.in_process)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if settings.in_process else "1"
         from vllm import LLM
 
-        self.model_id, self.path = model_id, path
+        self.model_id, self.path, self.signature = model_id, path, signature
         self.version = vllm_version()
-        self.signature = engine_signature(path, dtype=dtype, settings=settings.model_dump(), num_gpus=num_gpus,
-                                          revision=revision, trust_remote_code=trust_remote_code,
-                                          quantization=quantization)
         kwargs = dict(model=path, tokenizer=path, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
                       tensor_parallel_size=num_gpus, seed=settings.seed,
                       gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
@@ -104,13 +98,11 @@ class VllmModel:
         if quantization:
             kwargs["quantization"] = quantization
         kwargs.update(settings.engine_kwargs)
-        started = time.perf_counter()
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM raises many kinds; the user needs its line
             line = next((ln for ln in reversed(str(exc).strip().splitlines()) if ln.strip()), type(exc).__name__)
             raise LoadError(f"model {model_id}: vLLM {self.version} cannot load {path}: {line}") from exc
-        self.load_s = round(time.perf_counter() - started, 3)
 
     def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, min_new_tokens: int = 0,
                  ignore_eos: bool = False, temperature: float = 0.0, top_p: float = 1.0,
@@ -133,15 +125,13 @@ class VllmModel:
             counts.append(len(best.token_ids))  # vLLM stops at EOS and keeps it: up to and including
         return VllmOutput(texts, counts, round(seconds, 4))
 
-    def swap(self, model_id: str, path: str) -> float:
+    def swap(self, model_id: str, path: str) -> None:
         """Load `path`'s weights into the running engine in place (same shapes, so the compiled
         graphs and CUDA graphs stay valid) and drop every cached prefix of the previous model.
-        Returns the seconds it took. The caller checks `engine_signature` first."""
-        started = time.perf_counter()
+        The caller checks `engine_signature` first."""
         self.llm.reset_prefix_cache()  # KV of the previous weights must never serve a prompt again
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
         self.model_id, self.path = model_id, path
-        return round(time.perf_counter() - started, 3)
 
     def close(self) -> None:
         """Shut the engine down and give its GPU memory back."""
@@ -183,15 +173,13 @@ def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, no
         raise LoadError(f"model {model_id}: the vllm engine needs a CUDA GPU; this node has none")
     path = resolve_source(plan)
     tokenizer = load_tokenizer(plan, path)
-    quant = "bitsandbytes" if plan.quantization in ("8bit", "4bit") else None
+    args = dict(dtype=plan.dtype, num_gpus=spec.num_gpus, revision=plan.revision,
+                trust_remote_code=plan.trust_remote_code,
+                quantization="bitsandbytes" if plan.quantization in ("8bit", "4bit") else None)
+    signature = engine_signature(path, settings=settings.model_dump(), **args)
     if reuse is not None:
-        signature = engine_signature(path, dtype=plan.dtype, settings=settings.model_dump(), num_gpus=spec.num_gpus,
-                                     revision=plan.revision, trust_remote_code=plan.trust_remote_code,
-                                     quantization=quant)
         if signature is not None and signature == reuse.signature:
             reuse.swap(model_id, path)
             return reuse, tokenizer, plan, True
         reuse.close()
-    model = VllmModel(model_id, path, dtype=plan.dtype, settings=settings, num_gpus=spec.num_gpus,
-                      revision=plan.revision, trust_remote_code=plan.trust_remote_code, quantization=quant)
-    return model, tokenizer, plan, False
+    return VllmModel(model_id, path, settings=settings, signature=signature, **args), tokenizer, plan, False

@@ -56,9 +56,9 @@ def generate_fixed(model, tokenizer, texts: list[str], new_tokens: int, batch_si
     min_new_tokens), `batch_size` texts at a time, left padded. tokens = len(texts) * new_tokens."""
     import torch
 
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    from actors.generation import _prepare
+
+    _prepare(tokenizer)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None,
                   top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
     batches = [tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
@@ -167,11 +167,9 @@ def _model_dir(store, prefix: str, tmp: Path) -> Path:
     """A candidate's `model/` as a local directory (downloaded from an S3 store)."""
     if not store.uri.startswith("s3://"):
         return Path(store.uri) / prefix / "model"
-    target = tmp / prefix.replace("/", "_")
-    for key in store.list_keys(f"{prefix}/model/"):
-        if not key.endswith("/"):
-            store.download(key, target / key[len(prefix) + len("/model/"):])
-    return target
+    from tune.persona.job import download_dir
+
+    return download_dir(store, f"{prefix}/model", tmp / prefix.replace("/", "_"))
 
 
 def run_timing(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_url: str | None,
