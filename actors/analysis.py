@@ -16,7 +16,6 @@ for a rooted dendrogram, and is what `dendrogram.png` draws for either choice.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 from dataclasses import dataclass, field

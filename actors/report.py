@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from actors.analysis import (
-    TREE_WHY, Fingerprint, Tree, build_tree, family_pair_auroc, nearest_family_accuracy, upgma_linkage,
+    TREE_WHY, Fingerprint, build_tree, family_pair_auroc, nearest_family_accuracy, upgma_linkage,
 )
 from cluster.storage import ArtifactStore
 

@@ -1,5 +1,9 @@
 """Shared fixtures. Real parts only: a local Ray, moto's S3 server over HTTP, the toy zoo."""
+import contextlib
+import fcntl
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -48,11 +52,49 @@ HEAVY_FIRST = (
 )
 
 
+# Modules of `quiet` tests (timing: they need the machine to themselves) run last, when the other
+# worker is down to short tests, so that waiting for it costs seconds.
+QUIET_LAST = ("tests/tune/test_timing_quiet.py",)
+
+
 def pytest_collection_modifyitems(session, config, items):
     rank = {path: i for i, path in enumerate(HEAVY_FIRST)}
+    rank.update({path: 10_000 + i for i, path in enumerate(QUIET_LAST)})
 
     def key(item):
         path = item.nodeid.split("::", 1)[0]
         return rank.get(path, len(HEAVY_FIRST))
 
     items.sort(key=key)  # stable: the order inside a module and among the rest is kept
+
+
+def _lock_dir(config) -> Path:
+    """One directory per test run, shared by its xdist workers (their common testrunuid)."""
+    run = getattr(config, "workerinput", {}).get("testrunuid") or f"solo-{os.getpid()}"
+    path = Path(tempfile.gettempdir()) / f"yard-tests-{run}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _machine_share(config, quiet: bool):
+    """Every test holds a shared lock while it runs (fixture setup and teardown included); a
+    `quiet` test holds it exclusively, so no other worker's test runs beside it. The turnstile
+    keeps a stream of shared holders from starving a quiet test that waits."""
+    folder = _lock_dir(config)
+    with open(folder / "turnstile", "a") as turnstile, open(folder / "machine", "a") as machine:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(machine, fcntl.LOCK_EX if quiet else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(machine, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    with _machine_share(item.config, item.get_closest_marker("quiet") is not None):
+        yield

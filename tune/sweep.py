@@ -431,8 +431,8 @@ def print_rows(rows: list[dict], summary: dict) -> None:
     timing = summary.get("timing")
     if timing:
         console.print(f"speed: every model timed alone after the trials, {timing['rounds']} interleaved rounds of "
-                      f"{timing['prompts']} prompts x {timing['new_tokens']} tokens (median; ± = half the range; "
-                      f"≈ = within noise of the row above)")
+                      f"{timing['prompts']} prompts x {timing['new_tokens']} tokens "
+                      f"(fastest runs; ± = half the range over rounds; ≈ = within noise of the row above)")
     console.print(f"teacher forward passes: {summary['teacher_forward_passes']} (once per sweep); "
                   f"{summary['trials_per_hour']} trials/hour; leaderboard: {summary['report']}")
     console.print(f"TensorBoard: tensorboard --logdir {summary['tune_dir']}")

@@ -10,15 +10,24 @@ EOS ignored, and keeps each one's fastest run. Every model thus produces the sam
 over the same batch shapes, and rows that finish early cannot make a model look faster or slower.
 
 Per model: sec_per_token per visit and its median. Per candidate: speed_norm in each round against
-the baseline timed in the same visit (paired seconds apart, so a drift in the machine's speed
-cancels), its median, and the spread, half the range over rounds. The Score's spread is half the
-speed_norm spread (Score = 0.5 PerfNorm + 0.5 SpeedNorm).
+the baseline timed in the same visit (paired seconds apart, B C then C B, so a drift in the
+machine's speed cancels), its median, and the spread, half the range over rounds. The Score's
+spread is half the speed_norm spread (Score = 0.5 PerfNorm + 0.5 SpeedNorm). Garbage collection
+is off while a run is timed, as in `timeit`.
+
+On this project's 2-core VMs the machine's own speed moves (the same model's runs went from 150
+to 290 ms within a minute, nothing else running): a plain copy timed against the base by this
+phase (5 rounds, 1 s visits) had speed_norm within about ±0.05; the fastest run of all (not
+per visit) moved twice as much, so the per-visit median stays. Beside another busy process the
+copy's Score moved to 0.47-0.55: timing needs a quiet node, and the test suite gives its timing
+test one (`quiet` marker, tests/conftest.py).
 
     timing = time_models({"base": load_base, "t1": load_t1}, texts_for, TimingConfig(rounds=5))
     timing["models"]["t1"]["speed_norm"], timing["models"]["t1"]["speed_norm_spread"]
 """
 from __future__ import annotations
 
+import gc
 import logging
 import statistics
 import tempfile
@@ -53,7 +62,8 @@ class TimingConfig(YardModel):
 def generate_fixed(model, tokenizer, texts: list[str], new_tokens: int, batch_size: int,
                    add_special_tokens: bool = False) -> tuple[float, int]:
     """(seconds, tokens): greedy generation of exactly `new_tokens` per text (EOS suppressed by
-    min_new_tokens), `batch_size` texts at a time, left padded. tokens = len(texts) * new_tokens."""
+    min_new_tokens), `batch_size` texts at a time, left padded. tokens = len(texts) * new_tokens.
+    Wall time, the GPU synchronised before the clock stops."""
     import torch
 
     from actors.generation import _prepare
@@ -65,12 +75,21 @@ def generate_fixed(model, tokenizer, texts: list[str], new_tokens: int, batch_si
                          add_special_tokens=add_special_tokens).to(model.device)
                for i in range(0, len(texts), batch_size)]
     tokens = 0
-    started = time.perf_counter()
-    for inputs in batches:
-        with torch.inference_mode():
-            out = model.generate(**inputs, **kwargs)
-        tokens += (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
-    seconds = time.perf_counter() - started
+    collecting = gc.isenabled()
+    gc.disable()  # as timeit does: a collection pass belongs to whichever model it happens to hit
+    try:
+        cuda = next(model.parameters()).device.type == "cuda"
+        started = time.perf_counter()
+        for inputs in batches:
+            with torch.inference_mode():
+                out = model.generate(**inputs, **kwargs)
+            tokens += (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    finally:
+        if collecting:
+            gc.enable()
     if tokens != len(texts) * new_tokens:  # a generate() that stopped early would skew the ratio
         raise RuntimeError(f"timing: expected {len(texts) * new_tokens} tokens, generated {tokens}")
     return seconds, tokens
@@ -88,14 +107,14 @@ def time_models(loaders: dict[str, Loader], texts_for: Callable[[object], tuple[
                 on_visit: Callable[[int, int, str], None] | None = None) -> dict:
     """Time every candidate of `loaders` against the baseline, `cfg.rounds` rounds, interleaved.
 
-    A visit times baseline and candidate alternately (B C B C ...), at least `cfg.repeats` pairs
-    and `cfg.min_visit_s` seconds, and keeps each one's fastest run: the pair is measured seconds
-    apart, so a machine whose speed drifts (a VM's neighbours, a daemon) slows both alike, and a run
-    can only be slowed by such noise, never sped up. `texts_for(tokenizer)` gives (rendered prompts,
-    add_special_tokens). Returns {"rounds", "new_tokens", "prompts", "models": {name:
-    {"sec_per_token", "sec_per_token_runs", "generated_tokens" (per run), and for candidates
-    "speed_norm", "speed_norm_runs", "speed_norm_spread"}}}. `on_visit(done, total, name)` runs
-    after each visit."""
+    A visit times baseline and candidate alternately (B C, C B, B C ...), at least `cfg.repeats`
+    pairs and `cfg.min_visit_s` seconds, and keeps each one's fastest run: the pair is measured
+    seconds apart, so a machine whose speed drifts (a VM's neighbours, a daemon) slows both alike,
+    and a run can only be slowed by such noise, never sped up. `texts_for(tokenizer)` gives
+    (rendered prompts, add_special_tokens). Returns {"rounds", "new_tokens", "prompts", "models":
+    {name: {"sec_per_token" (median over visits), "sec_per_token_runs" (fastest per visit),
+    "generated_tokens" (per run), and for candidates "speed_norm" (median over visits),
+    "speed_norm_runs" (per visit, against the baseline in the same visit), "speed_norm_spread"}}}. `on_visit(done, total, name)` runs after each visit."""
     from cluster.loading import release_memory
 
     if baseline not in loaders:
@@ -138,8 +157,14 @@ def time_models(loaders: dict[str, Loader], texts_for: Callable[[object], tuple[
             b: list[float] = []
             c: list[float] = []
             while len(c) < cfg.repeats or (sum(b) + sum(c) < cfg.min_visit_s and len(c) < 100):
-                b.append(timed(baseline, *base))
-                c.append(timed(name, model, tokenizer))
+                # B C, then C B: whichever runs second in a pair (warm caches, a neighbour's burst)
+                # is second equally often
+                if len(c) % 2 == 0:
+                    b.append(timed(baseline, *base))
+                    c.append(timed(name, model, tokenizer))
+                else:
+                    c.append(timed(name, model, tokenizer))
+                    b.append(timed(baseline, *base))
             runs[baseline].append(min(b) / tokens[baseline])
             runs[name].append(min(c) / tokens[name])
             norms[name].append(1.0 - min(c) / min(b))

@@ -1,7 +1,6 @@
 """ChatClient against a real HTTP server (the ReplayServer): retries, Retry-After, 4xx, cache,
 bounded concurrency. The server replays recorded replies because a real judge model cannot run
 on this CPU machine; the HTTP, status codes and headers are real."""
-import os
 import time
 
 import pytest

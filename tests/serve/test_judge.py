@@ -6,7 +6,6 @@ the candidates replay recorded answers (the Serve app is tested in test_app.py; 
 connects the two). Everything between them (prompts, HTTP, retries, cache, parsing, scoring,
 reports in the store) is the real code."""
 import json
-import math
 
 import pytest
 
