@@ -12,6 +12,11 @@ input (config, probe file).
 Retries: an infrastructure failure (the host actor or its node died, preemption) requeues the
 model on a fresh host, on another node when there is one; a model-level error is retried once,
 and the same error twice records the model as skipped; a gate failure is final at once.
+
+Hangs: the scheduler reads each busy host's progress record while it waits. A host whose
+heartbeat is older than its phase's limit (`hosts.stall_after_s`, `hosts.load_stall_after_s`
+while loading: what `yard status` shows as STALLED) is killed, its record ended as failed with the
+reason, and its model retried on a fresh host as after a crash. The report lists every kill.
 """
 from __future__ import annotations
 
@@ -68,6 +73,8 @@ class HostSlot:
     incarnation: int = 0
     dead_nodes: list[str] = field(default_factory=list)
     reports: list[dict] = field(default_factory=list)
+    host_id: str | None = None  # the live actor's task name in the progress records
+    started_at: float = 0.0
 
 
 class Scheduler:
@@ -84,6 +91,10 @@ class Scheduler:
         self.slots = [HostSlot(h, deque(h.models)) for h in plan.hosts]
         self.attempts: dict[str, list[dict]] = {}
         self.outcomes: dict[str, dict] = {}
+        self.incidents: list[dict] = []  # hosts the job killed: {host, model, reason}
+        self.store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
+        limits = (cfg.hosts.stall_after_s, cfg.hosts.load_stall_after_s)
+        self.poll_s = max(0.5, min(5.0, min(limits) / 4))
 
     def _start(self, slot: HostSlot) -> None:
         opts = dict(num_cpus=slot.plan.num_cpus, num_gpus=slot.plan.num_gpus, max_restarts=0, max_task_retries=0)
@@ -96,6 +107,7 @@ class Scheduler:
                 opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(alive[0], soft=True)
         slot.incarnation += 1
         host_id = slot.plan.host_id if slot.incarnation == 1 else f"{slot.plan.host_id}.{slot.incarnation}"
+        slot.host_id, slot.started_at = host_id, time.time()
         slot.actor = self.ray.remote(self.host_cls).options(**opts).remote(
             host_id, self.cfg.model_dump(mode="json"), self.registry_paths,
             self.cfg.storage.uri, self.cfg.storage.endpoint_url, self.job_id,
@@ -141,7 +153,10 @@ class Scheduler:
         for slot in self.slots:
             self._submit(slot, inflight)
         while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+            if not ready:
+                self._kill_stalled(inflight)
+                continue
             ref = ready[0]
             slot, mid = inflight.pop(ref)
             try:
@@ -152,6 +167,11 @@ class Scheduler:
                 slot.dead_nodes.append(node)
                 slot.actor = None  # a fresh host takes the rest of this queue
                 outcome = {"model_id": mid, "status": "infra", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+                if self.job_id:  # its own record still says running: it died mid-phase
+                    from cluster.progress import mark_task
+
+                    mark_task(self.store, self.job_id, slot.host_id, "failed",
+                              f"host died while on {mid}: {outcome['reason'][:200]}")
             self._record(slot, mid, outcome)
             if (outcome.get("memory") or {}).get("returned") is False and slot.actor is not None:
                 # the next model would start on a GPU the last one still holds: a fresh host takes over
@@ -162,6 +182,33 @@ class Scheduler:
             if slot.actor is not None:
                 self._retire(slot)
         return [self.outcomes[m] for m in sorted(self.outcomes)]
+
+    def _kill_stalled(self, inflight: dict) -> None:
+        """Kill every busy host whose heartbeat is past its limit; its model goes back to the
+        queue as after a crash (an infrastructure failure: a fresh host, `retries.max_attempts`)."""
+        from cluster.progress import mark_task, read_task, stalled
+
+        now = time.time()
+        for ref, (slot, mid) in list(inflight.items()):
+            record = read_task(self.store, self.job_id, slot.host_id) if self.job_id else None
+            late = stalled(record, now)
+            if record is None and now - slot.started_at > self.cfg.hosts.load_stall_after_s:
+                late = (now - slot.started_at, self.cfg.hosts.load_stall_after_s)  # never reported at all
+            if late is None:
+                continue
+            phase = (record or {}).get("phase") or "starting"
+            reason = (f"host {slot.host_id} stalled: no heartbeat for {late[0]:.0f}s while {phase} {mid} "
+                      f"(limit {late[1]:.0f}s); killed")
+            log.warning("%s; retrying on a fresh host", reason)
+            self.ray.kill(slot.actor)
+            if self.job_id:
+                mark_task(self.store, self.job_id, slot.host_id, "failed", reason)
+            self.incidents.append({"host": slot.host_id, "model_id": mid, "phase": phase,
+                                   "heartbeat_age_s": round(late[0], 1), "limit_s": late[1], "reason": reason})
+            del inflight[ref]
+            slot.actor = None
+            self._record(slot, mid, {"model_id": mid, "status": "infra", "reason": reason})
+            self._submit(slot, inflight)
 
     def _retire(self, slot: HostSlot) -> None:
         """Keep the host's report, finish its progress record and end the actor."""
@@ -178,7 +225,8 @@ class Scheduler:
         return [r for s in self.slots for r in s.reports]
 
 
-def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_reports, accept_suspicious: bool):
+def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_reports, accept_suspicious: bool,
+            incidents: list[dict] | None = None):
     """Distances, tree, gates e (latest-wins) and f (outliers), report. Returns (published, report, summary)."""
     from actors import analysis
     from actors.report import write_report
@@ -201,9 +249,10 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
         cfg_summary={"gates": cfg.gates.model_dump(), "generation": cfg.generation.model_dump(), "dna": cfg.dna.model_dump(),
                      "encoder": cfg.encoder.name, "accept_suspicious": accept_suspicious, "missing": missing,
                      "analysis": cfg.analysis.model_dump()},
-        published=published,
+        published=published, incidents=incidents,
     )
-    summary = {"published": published, "suspicious": [list(p) for p in suspicious], "missing": missing, "report": report}
+    summary = {"published": published, "suspicious": [list(p) for p in suspicious], "missing": missing, "report": report,
+               "incidents": incidents or []}
     if dist is not None and len(set(families.values())) > 1:
         acc, _ = analysis.nearest_family_accuracy(ids, lineage_D, families)
         summary["nearest_family_accuracy"] = acc
@@ -222,8 +271,9 @@ def run_dna(
     registry_paths = zoo_registry_paths(cfg.registry, cfg.zoo, "dna")
     registry = ModelRegistry.load(registry_paths)
     model_ids = cfg.models or registry.ids()
-    probes = load_probes(cfg.probes)  # an unreadable probe file stops everything, with one line
     source = config_path or "dna config"
+    registry.check_ids(model_ids, source)  # before Ray starts: exit 2, not a failed job
+    probes = load_probes(cfg.probes)  # an unreadable probe file stops everything, with one line
     if cfg.ray.address is None:  # a local cluster: this node's GPUs
         check_engine(cfg.engine, "engine", source=source)
     connect(cfg.ray)
@@ -243,16 +293,19 @@ def run_dna(
         for o in outcomes:
             if o.get("artifact"):
                 job.add_artifact(o["artifact"])
-        published, report, summary = analyse(cfg, store, registry, outcomes, scheduler.host_reports(), accept_suspicious)
+        published, report, summary = analyse(cfg, store, registry, outcomes, scheduler.host_reports(), accept_suspicious,
+                                             scheduler.incidents)
         job.add_artifact(report)
         bad = [o for o in outcomes if o["status"] != "ok"]
         summary.update(models=len(outcomes), failed=len(bad), seconds=round(time.time() - t0, 1),
                        outcomes={o["model_id"]: o["status"] for o in outcomes})
         job.summary = summary
         print_outcomes(outcomes, summary)
-        if bad:
-            job.fail(f"{len(bad)} of {len(outcomes)} model(s) not fingerprinted: "
-                     + "; ".join(f"{o['model_id']} {o['status']}" for o in bad))
+        missing = summary.get("missing") or {}
+        if bad or missing:
+            job.fail(f"{len(bad) + len(missing)} of {len(outcomes)} model(s) not fingerprinted: "
+                     + "; ".join([f"{o['model_id']} {o['status']}" for o in bad]
+                                 + [f"{m} finished but unreadable at analysis ({r})" for m, r in missing.items()]))
             code = EXIT_FAILED
         elif not published:
             job.fail(f"refused to publish: suspicious pairs {summary['suspicious']} (rerun with --accept-suspicious after checking)")
@@ -287,6 +340,10 @@ def print_outcomes(outcomes: list[dict], summary: dict) -> None:
     acc = summary.get("nearest_family_accuracy")
     if acc is not None and acc == acc:  # NaN: no family has two members, nothing to score
         console.print(f"nearest-family accuracy: {acc:.0%}")
+    for incident in summary.get("incidents") or []:
+        console.print(f"[bold red]killed:[/] {incident['reason']}")
+    for mid, why in (summary.get("missing") or {}).items():
+        console.print(f"[bold red]unreadable at analysis:[/] {mid}: {why}")
     if summary["suspicious"]:
         console.print(f"[bold red]suspicious pairs (outlier gate):[/] {summary['suspicious']}")
     console.print(f"tree {'published' if summary['published'] else 'NOT published'}; report: {summary['report']}")
@@ -305,10 +362,10 @@ def main(argv: list[str]) -> int:
 
 
 def demo(store, zoo_registry: str, quick: bool = True) -> dict:
-    """`yard demo`'s DNA step: the demo config on the zoo `yard demo` built."""
+    """`yard demo`'s DNA step: the demo config as shipped on the zoo `yard demo` built (all 40
+    probes: the lineage of the demo zoo was measured on them, BENCHMARKS.md; fewer probes let a
+    child land nearer another family). `quick` changes nothing here (about 80 s on 2 cores)."""
     overrides = ["zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={store.uri}"]
-    if quick:
-        overrides += ["probes.count=16", "generation.max_new_tokens=64"]
     cfg = load_config(DEMO_CONFIG, DnaConfig, overrides)
     _, summary = run_dna(cfg, config_path=str(DEMO_CONFIG))
     return summary

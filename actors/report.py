@@ -137,6 +137,7 @@ def write_report(
     host_reports: list[dict],
     cfg_summary: dict,
     published: bool,
+    incidents: list[dict] | None = None,
 ) -> str:
     """One `reports/dna` run: distances.csv, tree.nwk (only when published), heatmap.png,
     dendrogram.png, report.md and summary.json. Complete "ok" when published, else "failed"
@@ -180,6 +181,14 @@ def write_report(
                      o.get("engine") or "-", o.get("attempts", "-"), o.get("reason") or ""])
     md += _table(["model", "status", "valid %", "avg chars", "s/prompt", "load s", "gate s", "generate s",
                   "embed s", "unload s", "tokens/s", "engine", "attempts", "reason"], rows)
+    if incidents:
+        md += ["", "## Hosts the job killed", "",
+               "A host whose heartbeat was older than its phase's limit (STALLED in `yard status`) was killed "
+               "and its model retried on a fresh host, as after a crash.", ""]
+        md += _table(["host", "model", "phase", "silent s", "limit s", "then"],
+                     [[i["host"], i["model_id"], i["phase"], _num(i["heartbeat_age_s"], ".0f"), _num(i["limit_s"], ".0f"),
+                       next((f"{o['status']} after {o.get('attempts', '?')} attempts" for o in outcomes
+                             if o.get("model_id") == i["model_id"]), "-")] for i in incidents])
 
     # lineage
     lineage: dict[str, Any] = {}
@@ -247,6 +256,7 @@ def write_report(
         "runs": {m: fp.run for m, fp in fps.items()}, "newick": tree.newick() if (published and tree) else None,
         "lineage": lineage, "amortization": amort, "provenance": prov, "settings": cfg_summary,
         "outcomes": [{k: o.get(k) for k in ("model_id", "status", "reason", "attempts")} for o in outcomes],
+        "incidents": incidents or [],
     })
     run.complete(status="ok" if published else "failed")
     return store.locate(report_key)

@@ -10,11 +10,12 @@ raised as `ConfigError`; the CLI prints it and exits 2.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.capabilities import CONFIG_KINDS
 
@@ -36,12 +37,48 @@ class YardModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
-class StorageConfig(YardModel):
-    """Where artifacts go: a local directory or `s3://bucket/prefix`."""
+STORE_ENV = "YARD_STORE"
 
-    uri: str = ".yard"
+
+def ray_job_scratch_dir() -> Path | None:
+    """The working directory when this process is a Ray job's entrypoint running in the copy Ray
+    made of `--working-dir` (under Ray's temporary dir: it vanishes with the cluster's temp
+    files), else None."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return None
+    cwd = Path.cwd()
+    return cwd if "runtime_resources" in cwd.parts or any(p.startswith("session_") for p in cwd.parts) else None
+
+
+def check_durable_path(value: str, field: str, env: str | None = None) -> str:
+    """A relative local path inside a Ray job's scratch working dir would be lost: refuse it with
+    how to say where instead (an absolute path, s3://, or the `env` variable)."""
+    if "://" in value or Path(value).is_absolute():
+        return value
+    scratch = ray_job_scratch_dir()
+    if scratch is None:
+        return value
+    how = f"set {env} in the job's env_vars, or " if env else "set "
+    raise ValueError(f"{value!r} is relative, and this Ray job runs in Ray's temporary copy of its working dir "
+                     f"({scratch}), which is deleted with the cluster's temp files; {how}{field} to an absolute "
+                     f"path or s3:// URI")
+
+
+class StorageConfig(YardModel):
+    """Where artifacts go: a local directory or `s3://bucket/prefix`. A relative local path (the
+    laptop default `.yard`) gives way to `YARD_STORE` when it is set; inside a Ray job's temporary
+    working dir it is refused (`check_durable_path`)."""
+
+    uri: str = Field(".yard", validate_default=True)
     # Endpoint override for MinIO and other S3-compatible stores; AWS_ENDPOINT_URL works too.
     endpoint_url: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _durable(cls, v: str) -> str:
+        if "://" not in v and not Path(v).is_absolute() and os.environ.get(STORE_ENV):
+            v = os.environ[STORE_ENV]
+        return check_durable_path(v, "storage.uri", STORE_ENV)
 
 
 class RayConfig(YardModel):
@@ -128,24 +165,81 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     return f"{source}: {path}: {shown}: {msg}{_allowed(err)}{more}"
 
 
+def read_text(path: str | Path, what: str = "file", error: type[Exception] = None) -> str:
+    """A UTF-8 text file's contents. Missing, unreadable (a directory, no permission) or not UTF-8
+    (a binary, a Latin-1 export): one line naming the file, raised as `error` (ConfigError)."""
+    error = error or ConfigError
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                    f"is it a {what}?") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing or malformed file is a ConfigError."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    text = read_text(path, "config file")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(text)} characters; a config file is at most {MAX_CONFIG_BYTES} "
+                          f"(data belongs in a data file the config names)")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         raise ConfigError(f"{path}: {where}not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested more than Python can parse") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    check_expansion(data, str(path))
     return data
+
+
+# A config is read by people: a few thousand values. Aliases (`&a` ... `*a`) are shared objects
+# once parsed, but a manifest, a Ray job's runtime env or a report writes them out in full:
+# nine aliases of nine can stand for 10^9 values in a few hundred bytes ("billion laughs").
+MAX_CONFIG_BYTES = 1_000_000
+MAX_EXPANDED_NODES = 200_000
+
+
+def check_expansion(data: Any, source: str, limit: int = MAX_EXPANDED_NODES) -> int:
+    """The number of values `data` holds written out in full (aliases expanded); ConfigError when
+    it exceeds `limit` or an alias refers to a mapping or list that contains it (a cycle)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any, where: str) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"{source}: {where or '<root>'}: a YAML alias refers to a value that contains "
+                              f"it (a cycle)")
+        active.add(key)
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        total = 1
+        for k, v in items:
+            total += size(v, f"{where}.{k}" if where else str(k))
+            if total > limit:
+                raise ConfigError(f"{source}: {where or '<root>'}: YAML aliases expand to more than {limit} "
+                                  f"values (an alias bomb?); write the config out plainly")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        return size(data, "")
+    except RecursionError:
+        raise ConfigError(f"{source}: nested more than Python can walk") from None
 
 
 def validate(data: dict, schema: type[YardModel], source: str) -> YardModel:

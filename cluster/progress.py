@@ -51,8 +51,51 @@ def job_key(job_id: str) -> str:
     return f"jobs/{job_id}.json"
 
 
+def job_end_key(job_id: str) -> str:
+    """The job's final state, written once by `end_job` and never by a heartbeat: a heartbeat that
+    read the record before the job ended cannot write "running" back over it."""
+    return f"ended/{job_id}.json"
+
+
+END_FIELDS = ("status", "ended_at", "message", "manifest_key")
+
+
 def progress_key(job_id: str, task: str) -> str:
     return f"progress/{job_id}/{task}.json"
+
+
+def read_task(store: ArtifactStore, job_id: str, task: str) -> dict | None:
+    """A task's progress record, or None (not written yet, unreadable)."""
+    try:
+        record = store.get_state(progress_key(job_id, task))
+    except (StoreError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def stalled(record: dict | None, now: float | None = None) -> tuple[float, float] | None:
+    """(seconds since the heartbeat, the limit) when a running task's heartbeat is older than its
+    `stall_after_s` (what `yard status` shows as STALLED), else None."""
+    if not record or record.get("status", "running") != "running":
+        return None
+    beat, limit = record.get("heartbeat_at"), record.get("stall_after_s")
+    if beat is None or limit is None:
+        return None
+    age = (time.time() if now is None else now) - float(beat)
+    return (age, float(limit)) if age > float(limit) else None
+
+
+def mark_task(store: ArtifactStore, job_id: str, task: str, status: str, message: str) -> None:
+    """End a task's record from outside it (the job killed a stalled host): `status` and
+    `message`, its heartbeat left as it was, so `yard status` shows when it last beat."""
+    if status not in END_STATUSES:
+        raise ValueError(f"task status {status!r} (allowed: {', '.join(END_STATUSES)})")
+    record = read_task(store, job_id, task) or {"job_id": job_id, "task": task}
+    record.update(status=status, message=message, updated_at=time.time())
+    try:
+        store.put_state(progress_key(job_id, task), record)
+    except Exception as exc:  # the kill stands; the record is the report of it
+        log.warning("progress %s/%s: could not mark %s: %s", job_id, task, status, one_line(exc))
 
 
 def new_job_id(job_name: str, now: float | None = None) -> str:
@@ -102,10 +145,19 @@ def start_job(
 
 
 def _read_job(store: ArtifactStore, job_id: str) -> dict | None:
+    """The job record with its final state (`ended/`) laid over it once the job ended."""
     try:
-        return store.get_state(job_key(job_id))
+        record = store.get_state(job_key(job_id))
     except (StoreError, ValueError):  # missing, or unreadable JSON
-        return None
+        record = None
+    try:
+        ended = store.get_state(job_end_key(job_id))
+    except (StoreError, ValueError):
+        ended = None
+    if isinstance(ended, dict):
+        record = {**(record if isinstance(record, dict) else {"job_id": job_id}),
+                  **{k: ended.get(k) for k in END_FIELDS}}
+    return record
 
 
 def end_job(
@@ -125,6 +177,7 @@ def end_job(
         "config_path": None, "node": socket.gethostname(), "pid": os.getpid(),
     }
     record.update(status=status, heartbeat_at=now, ended_at=now, message=message, manifest_key=manifest_key)
+    store.put_state(job_end_key(job_id), {k: record[k] for k in END_FIELDS})  # first: it is what counts
     store.put_state(job_key(job_id), record)
 
 

@@ -118,6 +118,15 @@ class ModelRegistry:
     def ids(self) -> list[str]:
         return sorted(self.models)
 
+    def check_ids(self, model_ids: list[str], source: str, field: str = "models.{i}") -> None:
+        """Every id registered, else one line naming the config file and field (`{i}`: the id's
+        index), before any work starts."""
+        for i, mid in enumerate(model_ids):
+            if not isinstance(mid, str) or mid not in self.models:
+                known = ", ".join(sorted(self.models)[:12]) + (" ..." if len(self.models) > 12 else "")
+                raise ConfigError(f"{source}: {field.format(i=i)}: {mid!r}: unknown model id "
+                                  f"(registered: {known or 'none'})")
+
     def family_of(self, model_id: str) -> str:
         """The lineage family: declared, else the root of the parent chain."""
         seen = set()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cluster.progress import format_duration, format_rate
+from cluster.progress import END_FIELDS, format_duration, format_rate
 from cluster.storage import ArtifactStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,12 @@ def collect(store: ArtifactStore, now: float | None = None, recent_s: float = RE
         rec = _read(store, key) if key.endswith(".json") else None
         if rec is not None:
             job_recs[str(rec.get("job_id") or key[len("jobs/"):-len(".json")])] = rec
+    for key in store.list_state("ended/"):  # a job's final state wins over a late heartbeat's write
+        ended = _read(store, key) if key.endswith(".json") else None
+        job_id = key[len("ended/"):-len(".json")]
+        if ended is not None:
+            job_recs[job_id] = {**job_recs.get(job_id, {"job_id": job_id}),
+                                **{k: ended.get(k) for k in END_FIELDS}}
     task_recs: dict[str, list[dict]] = defaultdict(list)
     for key in store.list_state("progress/"):
         parts = key.split("/")

@@ -118,7 +118,7 @@ class ZooConfig(YardModel):
     """`kind: zoo`: what the toy zoo contains and how it is trained."""
 
     kind: Literal["zoo"] = "zoo"
-    zoo_dir: str = Field(".yard/zoo", description="where models, models.yaml and zoo.lock.json go")
+    zoo_dir: str = Field(".yard/zoo", validate_default=True, description="where models, models.yaml and zoo.lock.json go")
     seed: int = Field(0, ge=0, description="zoo-wide seed, mixed into every model's seed")
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     seq_len: int = Field(128, ge=16, le=512, description="training window, in tokens")
@@ -126,6 +126,13 @@ class ZooConfig(YardModel):
     num_threads: int = Field(2, ge=1, description="models trained at once while building (one torch thread each)")
     bases: list[BaseSpec] = Field(min_length=1)
     children: list[ChildSpec] = Field(default_factory=list)
+
+    @field_validator("zoo_dir")
+    @classmethod
+    def _durable(cls, v: str) -> str:
+        from cluster.config import check_durable_path
+
+        return check_durable_path(v, "zoo_dir")
 
     @model_validator(mode="after")
     def _lineage(self) -> "ZooConfig":

@@ -404,6 +404,42 @@ def build_app(cfg: ServeConfig):
     return OpenAIIngress.options(max_ongoing_requests=cfg.limits.max_concurrent_requests).bind(settings, servers)
 
 
+def _start_serve(host: str, port: int, attempts: int = 2) -> None:
+    """`serve.start`, once more after a clean `serve.shutdown` when its HTTP proxy does not come
+    up: on a loaded node the proxy's worker can miss Serve's 60 s readiness limit (seen on a 2-core
+    machine while a zoo trained), and the half-started controller it leaves behind would break
+    every later Serve app on that Ray cluster."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            serve.start(http_options={"host": host, "port": port})
+            return
+        except (TimeoutError, ray.exceptions.RayError) as exc:
+            log.warning("Serve did not start (attempt %d of %d): %s", attempt, attempts,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            try:
+                serve.shutdown()
+            except Exception as cleanup:  # nothing left to clean is fine
+                log.debug("serve.shutdown after a failed start: %s", cleanup)
+            if attempt == attempts:
+                raise
+
+
+def check_models(cfg: ServeConfig) -> None:
+    """Every candidate's `model` is a registered id, before Ray or Serve starts (an unknown one
+    used to surface as a replica's constructor traceback from Ray Serve)."""
+    ids = [(i, c.model) for i, c in enumerate(cfg.candidates) if c.model]
+    if not ids:
+        return
+    from cluster.registry import ModelRegistry
+
+    registry = ModelRegistry.load(cfg.registry_paths())
+    source = getattr(cfg, "_source", None) or "serve config"
+    for i, mid in ids:
+        registry.check_ids([mid], source, f"candidates.{i}.model")
+
+
 def start_app(cfg: ServeConfig) -> str:
     """Start Serve (HTTP on cfg.host:cfg.port) on local Ray or RAY_ADDRESS and deploy the config;
     returns the base URL (clients use URL + "/v1"). HF candidates answer at `/`; vLLM candidates
@@ -418,10 +454,11 @@ def start_app(cfg: ServeConfig) -> str:
         raise ConfigError("api_key: vLLM candidates are served by Ray Serve LLM's own ingress, which does not "
                           "check bearer keys; put them behind your gateway and set "
                           "allow_unauthenticated_vllm: true, or serve them in a config without api_key")
+    check_models(cfg)
     from cluster.runtime import connect
 
     connect(cfg.ray)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    _start_serve(cfg.host, cfg.port)
     has_hf = any(c.engine == "hf" for c in cfg.candidates)
     if any(c.engine == "vllm" for c in cfg.candidates):
         from serve.vllm_engine import build_vllm_app

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config import UserError
+from cluster.config import UserError, read_text
 
 # Categories judged against a reference answer when the question has one (as FastChat does).
 NEED_REF_CATEGORIES = frozenset({"math", "reasoning", "coding"})
@@ -84,10 +84,7 @@ class Question:
 def load_questions(path: str | Path) -> list[Question]:
     """Questions from a KoMT-Bench-schema JSONL file (question_id, category, turns, reference)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise JudgePromptError(f"{path}: cannot read questions ({exc.strerror or exc})") from None
+    lines = read_text(path, "questions file", JudgePromptError).splitlines()
     out, seen = [], set()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -220,10 +217,7 @@ def load_prompt_file(path: str | Path) -> dict[str, JudgePrompt]:
     """Judge prompts from a FastChat-format JSONL file (an official judge_prompts.jsonl works),
     merged over the English built-ins so a file with only some names still covers every case."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise JudgePromptError(f"{path}: cannot read judge prompts ({exc.strerror or exc})") from None
+    lines = read_text(path, "judge prompts file", JudgePromptError).splitlines()
     prompts = builtin_prompts("en")
     for n, line in enumerate(lines, 1):
         if not line.strip():

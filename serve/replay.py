@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cluster.config import UserError
+from cluster.config import UserError, read_text
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,7 @@ def load_recordings(recordings: list | str | Path) -> list[dict]:
     if isinstance(recordings, (str, Path)):
         path = Path(recordings)
         source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ReplayError(f"{path}: cannot read recordings ({exc.strerror or exc})") from None
+        text = read_text(path, "recordings file", ReplayError)
         try:
             if text.lstrip().startswith("["):
                 recordings = json.loads(text)

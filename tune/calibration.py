@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from cluster.config import ConfigError
+from cluster.config import ConfigError, read_text
 from tune.config import CalibrationConfig, resolve_relative
 
 
@@ -35,7 +35,7 @@ def _zoo_items(topics: str) -> list:
 def _file_items(path: Path) -> list:
     if not path.is_file():
         raise ConfigError(f"calibration.source: {path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "calibration file")
     if path.suffix == ".txt":
         return [" ".join(b.split()) for b in text.split("\n\n") if b.strip()]
     if path.suffix != ".jsonl":

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from cluster.config import UserError
+from cluster.config import UserError, read_text
 
 _HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -38,7 +38,7 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_text(path, "benchmark file", BenchmarkSchemaError).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -48,7 +48,7 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
         return rows
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path, "benchmark file", BenchmarkSchemaError))
         except json.JSONDecodeError as exc:
             raise BenchmarkSchemaError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(data, list):

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config import ConfigError, load_config
+from cluster.config import ConfigError, UserError, load_config
 from cluster.engine import check_engine
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
@@ -83,13 +83,24 @@ def _trial_capabilities(gpus_per_trial: float) -> tuple[float, ...]:
 
 
 def validate(cfg: SweepConfig, config_path: str | None, registry_paths: list[str]) -> Validated:
-    """Every check that can fail before a trial starts; ConfigError/UserError with one line."""
+    """Every check that can fail before a trial starts; ConfigError/UserError with one line that
+    starts with the config file. Ray is needed only for GPU trials (their CUDA capabilities)."""
+    source = config_path or "sweep config"
+    try:
+        return _validate(cfg, config_path, registry_paths)
+    except UserError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _validate(cfg: SweepConfig, config_path: str | None, registry_paths: list[str]) -> Validated:
     from tune.calibration import load_items
     from tune.evaluate import load_benchmarks
     from tune.quantize import scheme_problem
 
     registry = ModelRegistry.load(registry_paths)
-    registry.get(cfg.base)  # unknown base: one line naming the registered ids
+    registry.check_ids([cfg.base], config_path or "sweep config", "base")
     layers = _base_layers(registry, cfg.base)
     depth = cfg.search.space.prune_depth.upper()
     if depth >= layers:
@@ -331,8 +342,12 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     # absolute: Tune runs each trial in its own working directory
     registry_paths = [str(Path(p).resolve()) for p in zoo_registry_paths(cfg.registry, cfg.zoo, "sweep")]
-    connect(cfg.ray)
-    checked = validate(cfg, config_path, registry_paths)
+    if cfg.resources.gpus_per_trial == 0:  # every check reads files and the registry: before Ray
+        checked = validate(cfg, config_path, registry_paths)
+        connect(cfg.ray)
+    else:  # the quantization schemes are checked against the GPUs a trial would get
+        connect(cfg.ray)
+        checked = validate(cfg, config_path, registry_paths)
     state = unfinished_run(store, cfg.name) if resume else None
     run = state["run"] if state else new_run_name()
     storage_path, filesystem = tune_storage(store, cfg.storage.endpoint_url)

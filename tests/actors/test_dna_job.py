@@ -1,6 +1,8 @@
 """`yard dna` end to end on local Ray and the toy zoo: plan, gates, retries, report, exit codes."""
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import cloudpickle
@@ -31,54 +33,54 @@ def test_dry_run_prints_the_plan_and_runs_nothing(ray_local, zoo, tmp_path, caps
     assert not (tmp_path / "dna").exists() and not (tmp_path / "jobs").exists()
 
 
-def test_fingerprints_the_zoo_recovers_lineage_and_reports(ray_local, zoo, tmp_path):
-    """The demo config (all 40 probes) on every zoo model: each sits nearest its own family."""
-    models = sorted(zoo.models)
-    cfg = load_config(DEMO_CONFIG, DnaConfig, ["zoo=null", f"registry=[{zoo.registry_path}]", f"storage.uri={tmp_path}"])
-    code, summary = run_dna(cfg)
-    assert summary["outcomes"] == {m: "ok" for m in models}, summary
-    assert code == 0 and summary["published"]
-    assert summary["nearest_family_accuracy"] == 1.0
-    store = open_store(str(tmp_path))
-    for m in models:
-        art = store.latest("dna", m, prefer=(".npy",))
-        assert art.name == "dna.npy"
-        responses = store.get_json(f"{art.run.prefix}/responses.json")
-        assert responses["count"] == 40 and responses["complete"] is True and len(responses["items"]) == 40
-    report = Path(summary["report"]).read_text()
-    assert "Nearest-family accuracy: **100%**" in report and "llama-a-lora" in report
-    assert (Path(summary["report"]).parent / "tree.nwk").read_text().count("llama-a") == 3
-    # both hosts reported to the progress registry, per model and phase
-    tasks = [store.get_state(k) for k in store.list_state("progress/")]
-    assert {t["task"] for t in tasks} >= {"host-0", "host-1"}
-
-
-def make_crash_once_host(marker: Path):
-    """A ModelHost whose process dies (os._exit, like a preempted node) on its first model, once."""
+def make_crash_then_hang_host(crashed: Path, stopped: Path):
+    """A ModelHost whose process dies (os._exit, like a preempted node) on llama-a, once, and
+    stops for good (SIGSTOP, never resumed: a hung load or a wedged driver) while generating
+    qwen3-b, once."""
     from actors.host import ModelHost
 
-    class _CrashOnce(ModelHost):
+    class _CrashThenHang(ModelHost):
         def run_model(self, model_id, *args):
-            if not marker.exists():
-                marker.write_text(model_id)
+            if model_id == "llama-a" and not crashed.exists():
+                crashed.write_text(model_id)
                 os._exit(1)
             return super().run_model(model_id, *args)
 
-    return _CrashOnce
+        def _phase(self, name, model_id, *args, **kwargs):
+            super()._phase(name, model_id, *args, **kwargs)
+            if name == "generating" and model_id == "qwen3-b" and not stopped.exists():
+                stopped.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGSTOP)
+
+    return _CrashThenHang
 
 
-def test_infrastructure_failure_is_retried_on_a_fresh_host(ray_local, zoo, tmp_path):
+def test_a_crashed_or_hung_host_is_replaced_and_its_model_retried(ray_local, zoo, tmp_path):
+    from cluster.status import collect
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    marker = tmp_path / "crashed"
+    crashed, stopped = tmp_path / "crashed", tmp_path / "stopped"
+    started = time.time()
     code, summary = run_dna(
-        cfg_for(zoo, tmp_path / "store", ["llama-a", "qwen3-b"], "hosts.max_hosts=1"),
-        accept_suspicious=True, host_cls=make_crash_once_host(marker),
+        cfg_for(zoo, tmp_path / "store", ["llama-a", "qwen3-b"], "hosts.max_hosts=1", "hosts.stall_after_s=10"),
+        accept_suspicious=True, host_cls=make_crash_then_hang_host(crashed, stopped),
     )
-    assert marker.exists()  # it really crashed once
+    assert crashed.exists() and stopped.exists()  # it really crashed once and hung once
     assert code == 0 and summary["outcomes"] == {"llama-a": "ok", "qwen3-b": "ok"}
-    manifest_store = open_store(str(tmp_path / "store"))
-    tasks = {manifest_store.get_state(k)["task"] for k in manifest_store.list_state("progress/")}
-    assert "host-0.2" in tasks  # the replacement host
+    assert time.time() - started < 240  # the hang was acted on, not waited out
+    ((incident,),) = [summary["incidents"]]
+    assert incident["model_id"] == "qwen3-b" and incident["phase"] == "generating"
+    assert incident["heartbeat_age_s"] > 10
+    store = open_store(str(tmp_path / "store"))
+    (job,) = collect(store)
+    tasks = {t.task: t for t in job.tasks}
+    assert set(tasks) == {"host-0", "host-0.2", "host-0.3"}  # a fresh host after each
+    hung, crashed_host = incident["host"], ({"host-0", "host-0.2"} - {incident["host"]}).pop()
+    assert tasks[hung].status == "FAILED" and "stalled" in tasks[hung].message
+    assert tasks[crashed_host].status == "FAILED" and "host died while on llama-a" in tasks[crashed_host].message
+    assert tasks["host-0.3"].status == "SUCCEEDED" and job.status == "SUCCEEDED"
+    report = Path(summary["report"]).read_text()
+    assert "## Hosts the job killed" in report and f"| {hung} | qwen3-b | generating |" in report
 
 
 def make_leaky_host():
@@ -122,17 +124,17 @@ def test_deterministic_error_twice_is_skipped_and_others_are_kept(ray_local, zoo
     (tmp_path / "extra.yaml").write_text(yaml.safe_dump(
         {"kind": "models", "models": {"broken": {"source": str(broken), "params_b": 0.001, "family": "llama"}}}
     ))
-    cfg = cfg_for(zoo, tmp_path / "store", ["broken", "qwen3-b", "missing-id"], "hosts.max_hosts=1")
+    cfg = cfg_for(zoo, tmp_path / "store", ["broken", "qwen3-b"], "hosts.max_hosts=1")
     cfg = cfg.model_copy(update={"registry": [str(zoo.registry_path), str(tmp_path / "extra.yaml")]})
     code, summary = run_dna(cfg, accept_suspicious=True)
     assert code == 1
-    assert summary["outcomes"] == {"broken": "skipped", "qwen3-b": "ok", "missing-id": "rejected"}
+    assert summary["outcomes"] == {"broken": "skipped", "qwen3-b": "ok"}
     store = open_store(str(tmp_path / "store"))
     assert store.latest("dna", "qwen3-b", prefer=(".npy",)) is not None  # finished work kept
     assert store.latest("dna", "broken") is None
     assert len(store.runs("dna", "broken")) == 2  # tried twice, then skipped
     report = Path(summary["report"]).read_text()
-    assert "skipped after the same error twice" in report and "missing-id: unknown model id" in report
+    assert "skipped after the same error twice" in report
 
 
 def test_bad_probe_file_is_one_line_exit_2(zoo, tmp_path, capsys):

@@ -107,3 +107,23 @@ def test_cli_broken_config_exits_2_with_one_line_no_traceback(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert f"{bad}: models.tiny.load_in: '2bit'" in lines[0]
+
+
+def test_yard_store_replaces_a_relative_store_and_a_ray_job_scratch_dir_refuses_one(tmp_path, monkeypatch):
+    from cluster.config import StorageConfig
+
+    monkeypatch.delenv("YARD_STORE", raising=False)
+    assert StorageConfig().uri == ".yard"
+    monkeypatch.setenv("YARD_STORE", "s3://bucket/yard")
+    assert StorageConfig().uri == "s3://bucket/yard"  # the laptop default gives way
+    assert StorageConfig(uri="/data/yard").uri == "/data/yard"  # an absolute path is the user's word
+    monkeypatch.delenv("YARD_STORE")
+    scratch = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "pkg"
+    scratch.mkdir(parents=True)
+    monkeypatch.chdir(scratch)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what a Ray job's entrypoint sees
+    cfg = tmp_path / "chat.yaml"
+    cfg.write_text("kind: chat\nstorage: {uri: .yard}\n")
+    with pytest.raises(ConfigError, match=r"chat.yaml: storage.uri: .*'.yard' is relative.*YARD_STORE"):
+        load_config(cfg)
+    assert load_config(cfg, overrides=[f"storage.uri={tmp_path}/store"]).storage.uri == f"{tmp_path}/store"

@@ -89,6 +89,23 @@ def test_end_job_and_heartbeat(store):
         end_job(store, job_id, "done")
 
 
+def test_a_heartbeat_racing_end_job_cannot_revive_the_job(store):
+    """A heartbeat reads the running record, the job ends, the heartbeat writes its copy back:
+    the final state lives apart (`ended/`) and wins, in the record and in `yard status`."""
+    from cluster.progress import _read_job
+    from cluster.status import collect
+
+    job_id = start_job(store, "chat", now=100.0)
+    stale = store.get_state(job_key(job_id))  # what a heartbeat read just before the end
+    end_job(store, job_id, "succeeded", now=200.0)
+    store.put_state(job_key(job_id), {**stale, "heartbeat_at": 201.0})  # ... and then wrote back
+    assert _read_job(store, job_id)["status"] == "succeeded"
+    (job,) = collect(store, now=202.0)
+    assert job.status == "SUCCEEDED" and job.ended_at == 200.0
+    job_heartbeat(store, job_id, now=300.0)
+    assert _read_job(store, job_id)["status"] == "succeeded"
+
+
 def test_rate_and_eta_from_a_fake_clock(store, clock):
     job_id = start_job(store, "dna", stall_after_s=120)
     rep = ProgressReporter(store, job_id, total=10, min_interval_s=0, console=False, clock=clock)

@@ -116,3 +116,14 @@ def test_submitted_job_succeeds_and_lands_its_artifacts(ray_head, zoo, tmp_path)
     assert manifest["ray"]["gcs_address"].endswith(f":{gcs_port}")
     assert len(manifest["ray"]["nodes"]) == 1 and manifest["ray"]["resources"]["CPU"] == 2.0
     assert "report:" in logs
+
+    # The same job with the laptop default store (.yard, relative): inside Ray's temporary copy of
+    # the working dir its artifacts would vanish with the cluster's temp files. Refused, one line.
+    job_id = client.submit_job(entrypoint=entrypoint.replace(f" storage.uri={store_dir}", ""), runtime_env=runtime_env)
+    deadline = time.time() + 120
+    while time.time() < deadline and client.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        time.sleep(1)
+    logs = client.get_job_logs(job_id)
+    assert client.get_job_status(job_id) == JobStatus.FAILED, logs[-2000:]
+    (line,) = [ln for ln in logs.splitlines() if "storage.uri" in ln]
+    assert "'.yard' is relative" in line and "YARD_STORE" in line and "Traceback" not in logs

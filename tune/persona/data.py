@@ -268,10 +268,10 @@ def prepare(cfg: PrepConfig, tokenizer, *, chat_template_kwargs: dict | None = N
     Raises PrepError when the folder is missing, holds no *.jsonl, or yields zero valid SFT rows."""
     data_dir = Path(cfg.data_dir).expanduser()
     if not data_dir.is_dir():
-        raise PrepError(f"data_dir: {cfg.data_dir} is not a directory")
+        raise PrepError(f"prep.data_dir: {cfg.data_dir} is not a directory")
     files = sorted(p for p in data_dir.glob("*.jsonl") if p.is_file())
     if not files:
-        raise PrepError(f"data_dir: no *.jsonl files in {cfg.data_dir}")
+        raise PrepError(f"prep.data_dir: no *.jsonl files in {cfg.data_dir}")
     result = PrepResult(files=[p.name for p in files])
     sft, dpo = _read_rows(files, result)
     if cfg.strip_system:

@@ -1,15 +1,12 @@
-"""tune/persona/job.py: --plan without training, bad input refused before Ray, and the demo job as
-shipped (prep -> SFT -> DPO -> merge -> lineage -> probe of base and child) on the toy qwen3-b on
-local Ray: the child must beat its base on the persona probes."""
-import json
+"""tune/persona/job.py: --plan without training, bad input refused before Ray, a tiny job on S3.
+The demo job as shipped (prep -> SFT -> DPO -> merge -> lineage -> probe of base and child, the
+child beating its base) runs as `yard demo`'s persona step: tests/cluster/test_demo.py."""
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cluster.config import ConfigError, UserError, load_config
-from cluster.registry import ModelRegistry
-from cluster.storage import open_store
 from tune.persona import job
 from tune.persona.config import PersonaConfig
 
@@ -77,45 +74,6 @@ def test_dpo_null_is_allowed_and_plans_sft_only(zoo_registry, tmp_path):
 def test_gpu_request_on_a_cpu_cluster_is_refused(zoo_registry, tmp_path, ray_local):
     with pytest.raises(ConfigError, match=r"resources\.sft\.num_gpus: 1 but the Ray cluster has 0 GPU"):
         job.check_resources(_cfg(zoo_registry, tmp_path, "resources.sft.num_gpus=1"))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_demo_job_outputs_lineage_and_a_child_that_beats_its_base(zoo_registry, tmp_path, ray_local):
-    """The demo config as shipped (~3 min on 2 cores): outputs, lineage, and probes of base and child."""
-    code, summary = job.run_persona(_cfg(zoo_registry, tmp_path, "name=tiny"), config_path=DEMO)
-    assert code == 0, summary.get("probe")
-    store = open_store(str(tmp_path / "store"))
-    prefix = summary["prefix"]
-    files = set(store.list_keys(prefix + "/"))
-    for name in ("prep_report.md", "lengths.png", "sft/adapter/adapter_config.json", "dpo/adapter/adapter_config.json",
-                 "model/config.json", "losses.png", "report.md", "summary.json", "_COMPLETE.json"):
-        assert f"{prefix}/{name}" in files, name
-    assert [s["stage"] for s in summary["stages"]] == ["sft", "dpo"]
-    assert [s["steps"] for s in summary["stages"]] == [120, 4]
-    sft_losses = [r["loss"] for r in summary["stages"][0]["log"] if "loss" in r]
-    assert sft_losses[-1] < sft_losses[0] / 4                  # measured 10.7 -> 0.8 (held-out 0.55)
-    # the merged model is a persona child of its zoo base, pointing at the stored model
-    child = ModelRegistry.load([zoo_registry]).get("qwen3-b.tiny")
-    assert (child.parent, child.derivation) == ("qwen3-b", "persona")
-    assert Path(child.source) == (tmp_path / "store" / prefix / "model").resolve()
-    # base and child both probed under both conditions, side by side in the report
-    cands = {c["variant"]: c["conditions"] for c in summary["probe"]["candidates"]}
-    assert set(cands) == {"merged", "base"}
-    for conds in cands.values():
-        assert set(conds) == {"with_system", "without_system"} and conds["without_system"]["probes"] > 0
-    # the fine-tune teaches the persona: without the system prompt the child beats its base on facts
-    # and identity (measured: facts 0% -> 75%, identity 50% -> 100%, all probes 35% -> 83%)
-    base, tuned = cands["base"]["without_system"], cands["merged"]["without_system"]
-    assert tuned["groups"]["fact"]["pass_rate"] >= base["groups"]["fact"]["pass_rate"] + 0.25
-    assert tuned["groups"]["identity"]["pass_rate"] > base["groups"]["identity"]["pass_rate"]
-    assert tuned["pass_rate"] >= base["pass_rate"] + 0.15
-    report = store.get_bytes(f"{prefix}/report.md").decode()
-    assert "| | base, with system | child, with system | base, without system | child, without system |" in report
-    assert "\n| fact | " in report and "\n| fact cat | " in report and "Judge: replayed" in report
-    assert "| sft | 120 | 120 |" in report                    # projected and actual steps side by side
-    stored = json.loads(store.get_bytes(f"{prefix}/summary.json"))
-    assert stored["child"]["registered"] is True and stored["prep"]["bad_lines"] == 7
 
 
 @pytest.mark.timeout(400)
