@@ -162,16 +162,24 @@ class Scheduler:
             try:
                 outcome = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                    ray.exceptions.ObjectLostError) as exc:
-                node = getattr(exc, "node_id", None) or ""
-                slot.dead_nodes.append(node)
+                    ray.exceptions.ObjectLostError, ray.exceptions.RayTaskError) as exc:
+                if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(exc, ray.exceptions.RayActorError):
+                    # an error outside the host's per-model handling (a store write, a sticky CUDA
+                    # error on release): the host's state is suspect, not the node; replace the host
+                    cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                    line = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
+                    self.ray.kill(slot.actor)
+                    note = f"host replaced after an error outside the model's step on {mid}"
+                else:
+                    slot.dead_nodes.append(getattr(exc, "node_id", None) or "")
+                    line = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                    note = f"host died while on {mid}"
                 slot.actor = None  # a fresh host takes the rest of this queue
-                outcome = {"model_id": mid, "status": "infra", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+                outcome = {"model_id": mid, "status": "infra", "reason": line}
                 if self.job_id:  # its own record still says running: it died mid-phase
                     from cluster.progress import mark_task
 
-                    mark_task(self.store, self.job_id, slot.host_id, "failed",
-                              f"host died while on {mid}: {outcome['reason'][:200]}")
+                    mark_task(self.store, self.job_id, slot.host_id, "failed", f"{note}: {outcome['reason'][:200]}")
             self._record(slot, mid, outcome)
             if (outcome.get("memory") or {}).get("returned") is False and slot.actor is not None:
                 # the next model would start on a GPU the last one still holds: a fresh host takes over

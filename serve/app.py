@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +31,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.config import ConfigError
+from serve.client import ChatClient, ChatError, ChatReply
 from serve.config import CandidateConfig, LimitsConfig, ServeConfig
 from serve.requests import (LOCAL_HOSTS, BadRequest, check_origin, error_body, json_depth_exceeds, parse_chat,
                             parse_completion)
@@ -39,6 +41,20 @@ log = logging.getLogger(__name__)
 APP_NAME = "yard"
 VLLM_APP_NAME = "yard-vllm"
 VLLM_ROUTE = "/vllm"  # where vLLM candidates live when the config mixes both engines
+
+
+def isolate_failures(run, requests: list[dict], name: str = "") -> list[dict]:
+    """`run(requests)` as one batch; when the batch fails, each request alone, so that one bad
+    request answers 500 by itself and the ones batched with it are answered normally."""
+    try:
+        return run(requests)
+    except Exception as exc:
+        if len(requests) == 1:
+            log.exception("candidate %s: request failed", name)
+            return [{"error": [500, f"generation failed: {type(exc).__name__}: {exc}", None, None]}]
+        log.warning("candidate %s: batch of %d failed (%s); answering each request alone", name, len(requests),
+                    type(exc).__name__)
+    return [isolate_failures(run, [r], name)[0] for r in requests]
 
 
 # --- the candidate deployment --------------------------------------------------------------
@@ -65,11 +81,13 @@ class CandidateServer:
         self.generate_batch.set_batch_wait_timeout_s(self.candidate.batch_wait_timeout_s)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.started_at = time.time()
+        self.streams_cancelled = 0  # streams whose client went away before the end
 
     def info(self) -> dict:
         """Who this replica is and the sizes of the batches it generated (tests and benchmarks)."""
         return {"model_ids": self.engine.model_ids(), "replica_id": self.replica_id, "started_at": self.started_at,
-                "batch_sizes": list(self.engine.batch_sizes), "context_tokens": self.engine.context_tokens}
+                "batch_sizes": list(self.engine.batch_sizes), "context_tokens": self.engine.context_tokens,
+                "streams_cancelled": self.streams_cancelled, "stream_tokens": list(self.engine.stream_tokens)}
 
     def prepare(self, payload: dict) -> dict:
         """Render the prompt and check the token limits: {"request": GenRequest fields,
@@ -102,27 +120,70 @@ class CandidateServer:
     async def generate_batch(self, requests: list[dict]) -> list[dict]:
         from serve.engine_hf import GenRequest
 
-        try:
-            results = await asyncio.to_thread(self.engine.generate, [GenRequest(**r) for r in requests])
-        except Exception as exc:  # one bad batch answers 500 to its requests; the replica lives on
-            log.exception("candidate %s: batch of %d failed", self.candidate.id, len(requests))
-            return [{"error": [500, f"generation failed: {type(exc).__name__}: {exc}", None, None]}] * len(requests)
-        return [r.to_dict() for r in results]
+        def run(batch: list[dict]) -> list[dict]:
+            return [r.to_dict() for r in self.engine.generate([GenRequest(**r) for r in batch])]
+
+        return await asyncio.to_thread(isolate_failures, run, requests, self.candidate.id)
 
     async def generate(self, request: dict) -> dict:
         return await self.generate_batch(request)
 
     async def stream(self, request: dict):
-        """Chunks of one request ({"text"} ..., then {"finish_reason", ...}); generated off the event loop."""
+        """Chunks of one request ({"text"} ..., then {"finish_reason", ...}); generated off the
+        event loop. A client that goes away (Serve cancels the call) stops the generation at its
+        next token instead of letting it run to max_tokens."""
         from serve.engine_hf import GenRequest
 
-        it = self.engine.stream(GenRequest(**request))
+        cancel = threading.Event()
+        it = self.engine.stream(GenRequest(**request), cancel=cancel)
         done = object()
-        while True:
-            item = await asyncio.to_thread(next, it, done)
-            if item is done:
-                return
-            yield item
+        finished = False
+        try:
+            while True:
+                item = await asyncio.to_thread(next, it, done)
+                if item is done:
+                    finished = True
+                    return
+                yield item
+        finally:
+            if not finished:
+                cancel.set()
+                self.streams_cancelled += 1
+
+
+class HandleChatClient(ChatClient):
+    """`ChatClient` over a candidate's deployment handle instead of HTTP, for the probe route:
+    its calls go straight to the candidate (the same checks: `parse_chat`, `prepare`), so they
+    take no request slot of the ingress serving the probe call (through HTTP they did, and with
+    `max_concurrent_requests: 1` the probe call waited on itself forever). Blocking: call it from
+    a worker thread, never from the replica's event loop."""
+
+    def __init__(self, server, model: str, adapter: str | None, limits: LimitsConfig, max_concurrency: int = 4):
+        self.base_url, self.model, self.cache = f"serve-handle:{model}", model, None
+        self.max_concurrency, self.max_retries = max_concurrency, 0
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._server, self._adapter, self._limits = server, adapter, limits
+        self.requests_sent = 0
+
+    def close(self) -> None:
+        pass
+
+    def _post(self, messages: list[dict], params: dict) -> ChatReply:
+        try:
+            payload = parse_chat({**params, "model": self.model, "messages": messages}, self._limits)
+        except BadRequest as exc:
+            raise ChatError(f"model {self.model}: {exc.message}") from None
+        payload["adapter"] = self._adapter
+        with self._slots:
+            self.requests_sent += 1
+            prepared = self._server.prepare.remote(payload).result()
+            if "error" in prepared:
+                raise ChatError(f"model {self.model}: {prepared['error'][1]}")
+            result = self._server.generate.remote(prepared["request"]).result()
+        if "error" in result:
+            raise ChatError(f"model {self.model}: {result['error'][1]}")
+        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]}
+        return ChatReply(result["text"], cached=False, attempts=1, usage=usage, finish_reason=result["finish_reason"])
 
 
 # --- the ingress -----------------------------------------------------------------------------
@@ -173,6 +234,10 @@ class OpenAIIngress:
         self.self_url = settings.get("self_url")
         self.storage_uri, self.endpoint_url = settings.get("storage_uri"), settings.get("endpoint_url")
         self.probe_suite = settings.get("probe_suite")
+        # (model, max_tokens) -> the probe summary: a served model does not change while the app
+        # runs, so a repeated probe call answers from here instead of generating and publishing again
+        self._probe_results: dict[tuple[str, int], dict] = {}
+        self._probe_locks: dict[tuple[str, int], threading.Lock] = {}
 
     def _check_auth(self, request: Request) -> None:
         if not self.api_key:
@@ -194,10 +259,15 @@ class OpenAIIngress:
         if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             raise BadRequest(413, f"body: {declared} bytes; the limit is {self.limits.max_body_bytes}", None,
                              "request_too_large")
-        raw = await request.body()
-        if len(raw) > self.limits.max_body_bytes:
-            raise BadRequest(413, f"body: {len(raw)} bytes; the limit is {self.limits.max_body_bytes}", None,
-                             "request_too_large")
+        # read as it arrives: a chunked body (no Content-Length) is cut off at the limit, not
+        # read whole into memory first
+        raw = bytearray()
+        async for part in request.stream():
+            raw += part
+            if len(raw) > self.limits.max_body_bytes:
+                raise BadRequest(413, f"body: more than {self.limits.max_body_bytes} bytes (the limit)", None,
+                                 "request_too_large")
+        raw = bytes(raw)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -246,7 +316,9 @@ class OpenAIIngress:
         """Run the configured persona probe suite against one served model, with and without the
         system prompt, through this app's own API (rule checks only: the rubric judge belongs to
         `yard probe`). Body: {"model": id, "max_tokens": n}. Answers the probe summary; the report is
-        published in the store (kind "probe")."""
+        published in the store (kind "probe") once per model and max_tokens while the app runs: a
+        repeated call answers the same summary with "cached": true. The calls go to the candidate's
+        deployment directly (`HandleChatClient`), not through this ingress again."""
         try:
             body = await self._read_json(request)
             model = body.get("model")
@@ -261,19 +333,22 @@ class OpenAIIngress:
 
     def _run_probes(self, model: str, max_tokens: int) -> dict:
         from cluster.storage import open_store
-        from serve.client import ChatClient
         from serve.probe_suite import load_suite
         from serve.probes import ProbeCandidate, run_probes
 
-        # A blocking client in a worker thread: the event loop keeps serving the calls it makes.
-        client = ChatClient(self.self_url, model, api_key=self.api_key, max_concurrency=4)
-        try:
+        key = (model, max_tokens)
+        with self._probe_locks.setdefault(key, threading.Lock()):  # concurrent calls: one run
+            if key in self._probe_results:
+                return {**self._probe_results[key], "cached": True}
+            cand_id, adapter = self.model_ids[model]
+            # a blocking client in a worker thread, straight to the candidate's deployment
+            client = HandleChatClient(self.servers[cand_id], model, adapter, self.limits)
             cand = ProbeCandidate(id=re.sub(r"[^A-Za-z0-9._-]", "-", model), base_url=self.self_url, model=model,
                                   params={"max_tokens": max_tokens})
-            return run_probes(load_suite(self.probe_suite), [cand], None,
-                              open_store(self.storage_uri, self.endpoint_url), clients={cand.id: client})
-        finally:
-            client.close()
+            summary = run_probes(load_suite(self.probe_suite), [cand], None,
+                                 open_store(self.storage_uri, self.endpoint_url), clients={cand.id: client})
+            self._probe_results[key] = summary
+            return {**summary, "cached": False}
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):

@@ -95,15 +95,18 @@ def _path_spec(model_dir: str) -> ModelSpec:
 
 
 class _StopFlag:
-    """A stopping criterion another thread can raise (a streaming client hit a stop string)."""
+    """A stopping criterion another thread can raise (a streaming client hit a stop string, or
+    went away: `cancel` set)."""
 
-    def __init__(self):
+    def __init__(self, cancel: threading.Event | None = None):
         self.stop = False
+        self.cancel = cancel
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        return torch.full((input_ids.shape[0],), self.stop, dtype=torch.bool, device=input_ids.device)
+        stop = self.stop or (self.cancel is not None and self.cancel.is_set())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class HFEngine:
@@ -131,6 +134,7 @@ class HFEngine:
         self.tokenizer.padding_side = "left"  # every row continues from the right edge
         self.context_tokens = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self.batch_sizes: list[int] = []
+        self.stream_tokens: list[int] = []  # tokens each stream generated (a cancelled one stops early)
         self._lock = threading.Lock()
         # Fast tokenizers are not safe to call from two threads at once ("Already borrowed"):
         # requests are prepared on the replica's event loop while a batch generates in a thread.
@@ -238,9 +242,11 @@ class HFEngine:
                 results[i] = self._finish(requests[i], new[row], int(prompt_lens[row]), len(reqs))
         return results  # type: ignore[return-value]
 
-    def stream(self, req: GenRequest) -> Iterator[dict]:
+    def stream(self, req: GenRequest, cancel: threading.Event | None = None) -> Iterator[dict]:
         """Yield {"text": piece} as tokens arrive, then one {"finish_reason", "prompt_tokens",
-        "completion_tokens"}. A stop string ends the stream before it (the model is told to stop)."""
+        "completion_tokens"}. A stop string ends the stream before it (the model is told to stop);
+        so does `cancel` (the client went away), at the next token. `stream_tokens` records how
+        many tokens each stream generated."""
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -261,7 +267,7 @@ class HFEngine:
                     super().end()
 
         streamer = LockedStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        flag = _StopFlag()
+        flag = _StopFlag(cancel)
         produced: dict = {}
 
         def run():
@@ -274,6 +280,7 @@ class HFEngine:
                                               stopping_criteria=StoppingCriteriaList([flag]))
                     self.batch_sizes.append(1)
                 produced["ids"] = out[0, inputs["input_ids"].shape[1]:].tolist()
+                self.stream_tokens.append(len(produced["ids"]))
             except Exception as exc:  # surfaced to the consumer below, not lost in the thread
                 produced["error"] = exc
                 streamer.end()

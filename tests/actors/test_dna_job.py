@@ -33,10 +33,11 @@ def test_dry_run_prints_the_plan_and_runs_nothing(ray_local, zoo, tmp_path, caps
     assert not (tmp_path / "dna").exists() and not (tmp_path / "jobs").exists()
 
 
-def make_crash_then_hang_host(crashed: Path, stopped: Path):
-    """A ModelHost whose process dies (os._exit, like a preempted node) on llama-a, once, and
-    stops for good (SIGSTOP, never resumed: a hung load or a wedged driver) while generating
-    qwen3-b, once."""
+def make_crash_then_hang_host(crashed: Path, stopped: Path, raised: Path):
+    """A ModelHost whose process dies (os._exit, like a preempted node) on llama-a, once; stops
+    for good (SIGSTOP, never resumed: a hung load or a wedged driver) while generating qwen3-b,
+    once; and raises outside its per-model handling after exaone4-c (a store write that failed),
+    once."""
     from actors.host import ModelHost
 
     class _CrashThenHang(ModelHost):
@@ -44,7 +45,11 @@ def make_crash_then_hang_host(crashed: Path, stopped: Path):
             if model_id == "llama-a" and not crashed.exists():
                 crashed.write_text(model_id)
                 os._exit(1)
-            return super().run_model(model_id, *args)
+            out = super().run_model(model_id, *args)
+            if model_id == "exaone4-c" and not raised.exists():
+                raised.write_text(model_id)
+                raise OSError("store write failed: disk full")
+            return out
 
         def _phase(self, name, model_id, *args, **kwargs):
             super()._phase(name, model_id, *args, **kwargs)
@@ -59,14 +64,15 @@ def test_a_crashed_or_hung_host_is_replaced_and_its_model_retried(ray_local, zoo
     from cluster.status import collect
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    crashed, stopped = tmp_path / "crashed", tmp_path / "stopped"
+    crashed, stopped, raised = tmp_path / "crashed", tmp_path / "stopped", tmp_path / "raised"
     started = time.time()
     code, summary = run_dna(
-        cfg_for(zoo, tmp_path / "store", ["llama-a", "qwen3-b"], "hosts.max_hosts=1", "hosts.stall_after_s=10"),
-        accept_suspicious=True, host_cls=make_crash_then_hang_host(crashed, stopped),
+        cfg_for(zoo, tmp_path / "store", ["llama-a", "qwen3-b", "exaone4-c"], "hosts.max_hosts=1",
+                "hosts.stall_after_s=10"),
+        accept_suspicious=True, host_cls=make_crash_then_hang_host(crashed, stopped, raised),
     )
-    assert crashed.exists() and stopped.exists()  # it really crashed once and hung once
-    assert code == 0 and summary["outcomes"] == {"llama-a": "ok", "qwen3-b": "ok"}
+    assert crashed.exists() and stopped.exists() and raised.exists()  # each happened once
+    assert code == 0 and summary["outcomes"] == {"llama-a": "ok", "qwen3-b": "ok", "exaone4-c": "ok"}
     assert time.time() - started < 240  # the hang was acted on, not waited out
     ((incident,),) = [summary["incidents"]]
     assert incident["model_id"] == "qwen3-b" and incident["phase"] == "generating"
@@ -74,13 +80,15 @@ def test_a_crashed_or_hung_host_is_replaced_and_its_model_retried(ray_local, zoo
     store = open_store(str(tmp_path / "store"))
     (job,) = collect(store)
     tasks = {t.task: t for t in job.tasks}
-    assert set(tasks) == {"host-0", "host-0.2", "host-0.3"}  # a fresh host after each
-    hung, crashed_host = incident["host"], ({"host-0", "host-0.2"} - {incident["host"]}).pop()
-    assert tasks[hung].status == "FAILED" and "stalled" in tasks[hung].message
-    assert tasks[crashed_host].status == "FAILED" and "host died while on llama-a" in tasks[crashed_host].message
-    assert tasks["host-0.3"].status == "SUCCEEDED" and job.status == "SUCCEEDED"
+    assert set(tasks) == {"host-0", "host-0.2", "host-0.3", "host-0.4"}  # a fresh host after each
+    assert tasks[incident["host"]].status == "FAILED" and "stalled" in tasks[incident["host"]].message
+    messages = sorted(t.message for t in tasks.values() if t.status == "FAILED" and "stalled" not in t.message)
+    assert messages[0].startswith("host died while on llama-a")
+    assert messages[1].startswith("host replaced after an error outside the model's step on exaone4-c: OSError: "
+                                  "store write failed")
+    assert tasks["host-0.4"].status == "SUCCEEDED" and job.status == "SUCCEEDED"
     report = Path(summary["report"]).read_text()
-    assert "## Hosts the job killed" in report and f"| {hung} | qwen3-b | generating |" in report
+    assert "## Hosts the job killed" in report and f"| {incident['host']} | qwen3-b | generating |" in report
 
 
 def make_leaky_host():

@@ -7,10 +7,14 @@
 Throughput mode: the same app started twice on local Ray (one candidate; `max_batch_size` = the
 client count, then 1), 16 concurrent clients over real HTTP send `--requests` greedy chat
 requests; prints completion tokens/s, p50/p95 latency and the batched/single ratio (goal on GPU:
->= 4x). Load mode: `--load-requests` at once, some malformed JSON, some over max_tokens or the
-prompt limit, some for an unknown model; prints the count per status class and the replicas
-restarted (compares replica ids before and after). Every answer must be 200 or 4xx: exit 1 on a
-5xx, a transport error or a restart. Needs Ray Serve, torch, transformers and httpx.
+>= 4x). Load mode, a storm: `--load-requests` (250) at once, a third of them hostile or malformed
+(`HOSTILE`: malformed and 5,000-deep JSON, a 2^64 seed, a Jinja template smuggled in
+chat_template_kwargs, an unknown role, text/plain, oversized and chunked-oversized bodies, a
+foreign Origin, ...) and among the good ones streams read to the end and streams the client leaves
+after the first chunk; prints the count per status class, status codes per kind, latency, and the
+replicas restarted (replica ids before and after). Every answer must be 200 or 4xx, every stream
+read to the end must end with [DONE], and a plain request afterwards must answer 200: exit 1
+otherwise. Needs Ray Serve, torch, transformers and httpx.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--batch-wait-s", type=float, default=0.05, help="batch_wait_timeout_s of the batched run")
     p.add_argument("--load", action="store_true", help="the load test instead of the throughput comparison")
-    p.add_argument("--load-requests", type=int, default=200)
+    p.add_argument("--load-requests", type=int, default=250)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the candidate takes 1 GPU")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the replica on CPU")
     p.add_argument("--registry", default=None, help="a zoo registry to use as is (a carried zoo on a GPU machine)")
@@ -123,46 +127,114 @@ def throughput(args, registry: str) -> None:
           f"p50 latency {b['p50_s'] / s['p50_s']:.2f}x, p95 latency {b['p95_s'] / s['p95_s']:.2f}x")
 
 
-def _load_request(i: int, model: str, limits_max_tokens: int) -> tuple[str, dict | bytes]:
-    kind = ["ok"] * 7 + ["malformed", "over_max_tokens", "long_prompt", "unknown_model"]
-    k = kind[i % len(kind)]
+# A storm: of every 15 requests, 10 are good (6 plain, 2 streamed to [DONE], 2 streams the client
+# leaves after the first chunk) and 5 hostile or malformed, cycling through HOSTILE.
+HOSTILE = ["malformed", "over_max_tokens", "long_prompt", "unknown_model", "deep_json", "huge_seed",
+           "template_in_kwargs", "unknown_role", "text_plain", "oversized", "chunked_oversized", "foreign_origin",
+           "bad_temperature", "messages_not_list", "empty_body"]
+GOOD = ["ok"] * 6 + ["stream"] * 2 + ["stream_leave"] * 2
+
+
+def _load_request(i: int, model: str, limits_max_tokens: int) -> tuple[str, dict | bytes, dict]:
+    """(kind, body, extra headers) of request i."""
+    block, pos = divmod(i, 15)
+    k = GOOD[pos] if pos < len(GOOD) else HOSTILE[(block * 5 + pos - len(GOOD)) % len(HOSTILE)]
+    headers: dict = {}
+    body: dict | bytes = {"model": model, "messages": _prompt(i), "max_tokens": 8}
     if k == "malformed":
-        return k, b'{"model": "' + model.encode() + b'", "messages": [{"role": '
-    body = {"model": model, "messages": _prompt(i), "max_tokens": 8}
-    if k == "over_max_tokens":
+        body = b'{"model": "' + model.encode() + b'", "messages": [{"role": '
+    elif k == "over_max_tokens":
         body["max_tokens"] = limits_max_tokens + 1
     elif k == "long_prompt":
         body["messages"] = [{"role": "user", "content": "rain " * 400}]
     elif k == "unknown_model":
         body["model"] = "no-such-model"
-    return k, body
+    elif k == "deep_json":
+        body = b'{"model": "x", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    elif k == "huge_seed":
+        body["seed"] = 18446744073709551616
+    elif k == "template_in_kwargs":
+        body["chat_template_kwargs"] = {"chat_template": "{% for a in range(10**9) %}{% endfor %}"}
+    elif k == "unknown_role":
+        body["messages"] = [{"role": "wizard", "content": "hi"}]
+    elif k == "text_plain":
+        headers["content-type"] = "text/plain"
+    elif k == "oversized":
+        body["messages"] = [{"role": "user", "content": "x" * 40000}]
+    elif k == "chunked_oversized":
+        body = b"chunked"
+    elif k == "foreign_origin":
+        headers["origin"] = "https://evil.example"
+    elif k == "bad_temperature":
+        body["temperature"] = "hot"
+    elif k == "messages_not_list":
+        body["messages"] = "hi"
+    elif k == "empty_body":
+        body = b""
+    elif k.startswith("stream"):
+        body["stream"] = True
+        body["max_tokens"] = 32
+    return k, body, headers
 
 
 async def _load(url: str, model: str, n: int) -> dict:
+    import json
+
     import httpx
 
     counts: dict[str, int] = {}
     by_kind: dict[str, set] = {}
+    unfinished_streams = []
+    latencies: list[float] = []
+
+    async def chunked():
+        yield b'{"model": "' + model.encode() + b'", "messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"y" * 1024
+        yield b'"}]}'
 
     async def one(http, i):
-        kind, body = _load_request(i, model, 64)
+        kind, body, headers = _load_request(i, model, 64)
+        target = url + "/v1/chat/completions"
+        t0 = time.perf_counter()
         try:
-            if isinstance(body, bytes):
-                r = await http.post(url + "/v1/chat/completions", content=body,
-                                    headers={"content-type": "application/json"})
+            if kind.startswith("stream"):
+                async with http.stream("POST", target, json=body) as r:
+                    lines = []
+                    async for line in r.aiter_lines():
+                        if line:
+                            lines.append(line)
+                        if kind == "stream_leave" and len(lines) >= 1:
+                            break  # the client goes away mid-stream
+                    if kind == "stream" and (not lines or lines[-1] != "data: [DONE]"):
+                        unfinished_streams.append(i)
+            elif body == b"chunked":
+                r = await http.post(target, content=chunked(), headers={"content-type": "application/json"})
+            elif isinstance(body, bytes):
+                r = await http.post(target, content=body, headers={"content-type": "application/json", **headers})
+            elif headers.get("content-type") == "text/plain":
+                r = await http.post(target, content=json.dumps(body).encode(), headers=headers)
             else:
-                r = await http.post(url + "/v1/chat/completions", json=body)
+                r = await http.post(target, json=body, headers=headers)
             cls = f"{r.status_code // 100}xx"
             by_kind.setdefault(kind, set()).add(r.status_code)
         except httpx.HTTPError as exc:
             cls = f"transport:{type(exc).__name__}"
+        latencies.append(time.perf_counter() - t0)
         counts[cls] = counts.get(cls, 0) + 1
 
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=n)) as http:
         t0 = time.perf_counter()
         await asyncio.gather(*(one(http, i) for i in range(n)))
         wall = time.perf_counter() - t0
-    return {"counts": counts, "statuses": {k: sorted(v) for k, v in by_kind.items()}, "wall_s": wall}
+        # afterwards the app answers normally
+        after = await http.post(url + "/v1/chat/completions", json={"model": model, "messages": _prompt(0),
+                                                                    "max_tokens": 8})
+        health = await http.get(url + "/health")
+    lat = sorted(latencies)
+    return {"counts": counts, "statuses": {k: sorted(v) for k, v in by_kind.items()}, "wall_s": wall,
+            "unfinished_streams": unfinished_streams, "after": after.status_code, "health": health.status_code,
+            "p50_s": statistics.median(lat), "p95_s": lat[int(0.95 * (len(lat) - 1))]}
 
 
 def load(args, registry: str) -> int:
@@ -171,15 +243,20 @@ def load(args, registry: str) -> int:
     url = start_app(_config(args, registry, 16, args.batch_wait_s))
     before = candidate_info(args.model)["replica_id"]
     result = asyncio.run(_load(url, args.model, args.load_requests))
-    after = candidate_info(args.model)["replica_id"]
+    info = candidate_info(args.model)
+    after = info["replica_id"]
+    left = sum(1 for i in range(args.load_requests) if _load_request(i, args.model, 64)[0] == "stream_leave")
+    print(f"streams the client left: {left}; cancelled on the replica before their end: {info['streams_cancelled']}")
     shutdown()
     restarts = int(before != after)
     print(f"load: {args.load_requests} concurrent requests in {result['wall_s']:.1f} s")
     print("answers:", ", ".join(f"{k}={v}" for k, v in sorted(result["counts"].items())))
     print("status codes per kind:", result["statuses"])
-    print(f"replica restarts: {restarts}")
+    print(f"replica restarts: {restarts}; streams without [DONE]: {len(result['unfinished_streams'])}; "
+          f"latency p50 {result['p50_s']:.2f} s, p95 {result['p95_s']:.2f} s; "
+          f"afterwards: chat {result['after']}, health {result['health']}")
     bad = sum(v for k, v in result["counts"].items() if not k.startswith(("2", "4")))
-    return 1 if bad or restarts else 0
+    return 1 if bad or restarts or result["unfinished_streams"] or result["after"] != 200 else 0
 
 
 def main(argv=None) -> int:

@@ -44,10 +44,10 @@ def model_ids(n: int = 4) -> list[str]:
     return [f"{SHAPE}-s{i}" for i in range(n)]
 
 
-def build(out: Path) -> None:
+def build(out: Path, n: int = 4) -> None:
     from cluster.shapes import build_shape
 
-    for i, mid in enumerate(model_ids()):
+    for i, mid in enumerate(model_ids(n)):
         if not (out / mid / "config.json").is_file():
             t0 = time.perf_counter()
             spec = build_shape(SHAPE, out, seed=i, model_id=mid)
@@ -127,7 +127,7 @@ def variants(args) -> dict:
     """Bare vLLM under engine / sampling variants, each in its own process, 5 runs each."""
     out = {}
     for v in VARIANTS:
-        proc = subprocess.run([sys.executable, __file__, "--parts", "barechild", "--variant", v, "--repeats", "5",
+        proc = subprocess.run([sys.executable, __file__, "--parts", "barechild", "--shape", SHAPE, "--variant", v, "--repeats", "5",
                                "--out", args.out, "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens)],
                               capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BARE ")]
@@ -173,7 +173,7 @@ def fresh(args, warm: dict | None = None) -> dict:
     rows = []
     for mid in model_ids()[1:][: args.fresh]:  # from s1: after warm4, swapped into a running engine
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--parts", "one", "--model", mid, "--out", args.out,
+        proc = subprocess.run([sys.executable, __file__, "--parts", "one", "--shape", SHAPE, "--model", mid, "--out", args.out,
                                "--store", args.store, "--prompts", str(args.prompts),
                                "--new-tokens", str(args.new_tokens)], capture_output=True, text=True)
         rows.append({"model": mid, "process_s": round(time.perf_counter() - t0, 1), "rc": proc.returncode,
@@ -199,11 +199,15 @@ def main() -> None:
     ap.add_argument("--no-reuse", action="store_true", help="a new engine per model (engine.vllm.reuse_engine false)")
     ap.add_argument("--in-process", action="store_true", help="engine.vllm.in_process true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--shape", default=SHAPE, help="a cluster.shapes name, e.g. qwen3-8b (16 GB of weights each)")
+    ap.add_argument("--models", type=int, default=4, help="how many models build writes (seeds 0..N-1)")
     args = ap.parse_args()
+    global SHAPE
+    SHAPE = args.shape
     parts = args.parts.split(",")
-    result: dict = {"prompts": args.prompts, "new_tokens": args.new_tokens}
+    result: dict = {"prompts": args.prompts, "new_tokens": args.new_tokens, "shape": SHAPE}
     if "build" in parts:
-        build(Path(args.out))
+        build(Path(args.out), args.models)
     if parts == ["barechild"]:  # one of the variants' processes
         print("BARE " + json.dumps(bare(args)), flush=True)
         return

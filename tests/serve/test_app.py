@@ -257,6 +257,42 @@ def test_probe_route_runs_the_suite_through_the_app(app):
     assert cand["error"] is None and set(cand["conditions"]) == {"with_system", "without_system"}
     for cond in cand["conditions"].values():
         assert cond["probes"] > 10 and 0.0 <= cond["pass_rate"] <= 1.0 and "claims_ai" in cond["rules"]
-    assert summary["report"] and summary["report"].endswith(".md")
+    assert summary["report"] and summary["report"].endswith(".md") and summary["cached"] is False
+    # the same call again: answered from the first run, nothing generated or published twice
+    again = _post(app, {"model": "exaone4-c", "max_tokens": 16}, path="/v1/yard/probe").json()
+    assert again["cached"] is True and again["report"] == summary["report"]
     assert _post(app, {"model": "nope"}, path="/v1/yard/probe").status_code == 404
     assert _post(app, {"model": "exaone4-c"}, key="wrong", path="/v1/yard/probe").status_code == 401
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(app):
+    """No Content-Length (chunked transfer): the ingress stops reading at the limit and answers 413."""
+    def chunks():
+        yield b'{"model": "llama-a", "messages": [{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"x" * 1024
+        yield b'"}]}'
+
+    resp = httpx.post(app + "/v1/chat/completions", content=chunks(), timeout=60,
+                      headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    assert resp.status_code == 413 and _error(resp)["code"] == "request_too_large"
+
+
+def test_one_failing_request_fails_alone_not_its_batch():
+    """The batch fallback on its own (a request that passes validation yet breaks generate cannot be
+    made on demand with a real model): the batch fails, each request is retried alone, and only the
+    bad one answers 500."""
+    from serve.app import isolate_failures
+
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        if any(r["bad"] for r in batch):
+            raise RuntimeError("overflow in sampling")
+        return [{"text": str(r["i"])} for r in batch]
+
+    out = isolate_failures(run, [{"i": i, "bad": i == 2} for i in range(4)], "t")
+    assert [o.get("text") for o in out] == ["0", "1", None, "3"]
+    assert out[2]["error"][0] == 500 and "overflow in sampling" in out[2]["error"][1]
+    assert calls == [4, 1, 1, 1, 1]
