@@ -9,6 +9,7 @@ raised as `ConfigError`; the CLI prints it and exits 2.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from pathlib import Path
@@ -163,6 +164,18 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         msg = "not allowed"  # the allowed values follow; pydantic's message would repeat them
     more = f" [+{len(errors) - 1} more]" if len(errors) > 1 else ""
     return f"{source}: {path}: {shown}: {msg}{_allowed(err)}{more}"
+
+
+@contextlib.contextmanager
+def naming_source(source: str):
+    """Inside: a UserError that does not yet start with `source` (the config file) is raised
+    again as a ConfigError that does, so a check deep in a job still names the file."""
+    try:
+        yield
+    except UserError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def read_text(path: str | Path, what: str = "file", error: type[Exception] = None) -> str:

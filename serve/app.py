@@ -87,7 +87,7 @@ class CandidateServer:
         """Who this replica is and the sizes of the batches it generated (tests and benchmarks)."""
         return {"model_ids": self.engine.model_ids(), "replica_id": self.replica_id, "started_at": self.started_at,
                 "batch_sizes": list(self.engine.batch_sizes), "context_tokens": self.engine.context_tokens,
-                "streams_cancelled": self.streams_cancelled, "stream_tokens": list(self.engine.stream_tokens)}
+                "streams_cancelled": self.streams_cancelled}
 
     def prepare(self, payload: dict) -> dict:
         """Render the prompt and check the token limits: {"request": GenRequest fields,

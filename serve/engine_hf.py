@@ -134,7 +134,6 @@ class HFEngine:
         self.tokenizer.padding_side = "left"  # every row continues from the right edge
         self.context_tokens = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self.batch_sizes: list[int] = []
-        self.stream_tokens: list[int] = []  # tokens each stream generated (a cancelled one stops early)
         self._lock = threading.Lock()
         # Fast tokenizers are not safe to call from two threads at once ("Already borrowed"):
         # requests are prepared on the replica's event loop while a batch generates in a thread.
@@ -245,8 +244,7 @@ class HFEngine:
     def stream(self, req: GenRequest, cancel: threading.Event | None = None) -> Iterator[dict]:
         """Yield {"text": piece} as tokens arrive, then one {"finish_reason", "prompt_tokens",
         "completion_tokens"}. A stop string ends the stream before it (the model is told to stop);
-        so does `cancel` (the client went away), at the next token. `stream_tokens` records how
-        many tokens each stream generated."""
+        so does `cancel` (the client went away), at the next token."""
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -280,7 +278,6 @@ class HFEngine:
                                               stopping_criteria=StoppingCriteriaList([flag]))
                     self.batch_sizes.append(1)
                 produced["ids"] = out[0, inputs["input_ids"].shape[1]:].tolist()
-                self.stream_tokens.append(len(produced["ids"]))
             except Exception as exc:  # surfaced to the consumer below, not lost in the thread
                 produced["error"] = exc
                 streamer.end()

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config import ConfigError, UserError, load_config
+from cluster.config import ConfigError, load_config, naming_source
 from cluster.engine import check_engine
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
@@ -85,13 +85,8 @@ def _trial_capabilities(gpus_per_trial: float) -> tuple[float, ...]:
 def validate(cfg: SweepConfig, config_path: str | None, registry_paths: list[str]) -> Validated:
     """Every check that can fail before a trial starts; ConfigError/UserError with one line that
     starts with the config file. Ray is needed only for GPU trials (their CUDA capabilities)."""
-    source = config_path or "sweep config"
-    try:
+    with naming_source(config_path or "sweep config"):
         return _validate(cfg, config_path, registry_paths)
-    except UserError as exc:
-        if str(exc).startswith(source):
-            raise
-        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _validate(cfg: SweepConfig, config_path: str | None, registry_paths: list[str]) -> Validated:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.config import ConfigError, UserError, load_config
+from cluster.config import ConfigError, UserError, load_config, naming_source
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.runtime import free_port
@@ -254,8 +254,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None) -> tuple[
     from tune.persona.data import write_prep_report
     from tune.persona.report import write_report
 
-    source = config_path or "persona config"
-    try:  # every input, before Ray: one line starting with the config file
+    with naming_source(config_path or "persona config"):  # every input, before Ray
         from serve.probe_suite import load_suite
 
         registry_paths = resolve_registry(cfg)
@@ -265,10 +264,6 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None) -> tuple[
         prep, _ = prepare_data(cfg, registry_paths)
         prep_s = time.time() - t0
         plan = make_plan(cfg, len(prep.sft), len(prep.dpo))
-    except UserError as exc:
-        if str(exc).startswith(source):
-            raise
-        raise ConfigError(f"{source}: {exc}") from None
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     connect(cfg.ray)
     check_resources(cfg)
