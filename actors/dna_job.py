@@ -186,6 +186,10 @@ class Scheduler:
                 log.warning("%s: GPU memory not returned after %s; replacing the host", slot.plan.host_id, mid)
                 self._retire(slot)
             self._submit(slot, inflight)
+            if slot.actor is not None and not slot.queue and all(s is not slot for s, _ in inflight.values()):
+                # its queue is done: its CPUs/GPUs go back now, for a fresh host that replaces
+                # one whose node died (an idle host kept to the end would keep it pending forever)
+                self._retire(slot)
         for slot in self.slots:
             if slot.actor is not None:
                 self._retire(slot)

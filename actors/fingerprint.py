@@ -31,7 +31,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from actors.config import OFFLINE_ENCODER, DnaConfig, DnaMathConfig, EncoderConfig, ProbeConfig
-from cluster.config import UserError, YardModel, format_validation_error
+from cluster.config import UserError, YardModel, format_validation_error, jsonl_rows
 from cluster.engine import engine_version
 
 if TYPE_CHECKING:
@@ -126,16 +126,8 @@ def _read_probe_file(path: Path) -> tuple[list[str], str]:
             raise ProbeError(f"{path}: expected a JSON list of probes, got {type(data).__name__}")
         return [_prompt_of(item, f"{path}: item {i}") for i, item in enumerate(data)], path.stem
     if suffix == ".jsonl":
-        probes = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProbeError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
-            probes.append(_prompt_of(item, f"{path}: line {lineno}"))
-        return probes, path.stem
+        rows = jsonl_rows(text, path, ProbeError)
+        return [_prompt_of(item, f"{path}:{lineno}") for lineno, item in rows], path.stem
     if suffix == ".txt":
         return [line.strip() for line in text.splitlines() if line.strip()], path.stem
     raise ProbeError(f"{path}: unsupported probe file format {suffix or '(none)'!r} (allowed: .yaml, .yml, .json, .jsonl, .txt)")

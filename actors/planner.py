@@ -11,8 +11,9 @@ come from `ACCELERATORS` (extend it, or pass `node_overrides`, for other types).
 """
 from __future__ import annotations
 
+
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cluster.loading import expected_memory_gib
 from cluster.registry import ModelRegistry, ModelSpec
@@ -65,22 +66,26 @@ class Plan:
 
 
 def node_kinds_from_ray(ray_nodes: list[dict], node_overrides: dict[str, tuple[float, float]] | None = None) -> list[NodeKind]:
-    """Group Ray's alive nodes into kinds: (CPUs, GPUs, accelerator type)."""
+    """Group Ray's alive nodes into kinds: (CPUs, GPUs, accelerator type). A kind's memory is its
+    smallest node's: nodes of one type report slightly different memory (two started seconds apart
+    on one machine differed), and keying kinds on it split one kind in two of the same name."""
     table = {**ACCELERATORS, **(node_overrides or {})}
-    groups: dict[tuple, int] = {}
+    groups: dict[tuple, list[float]] = {}
     for n in ray_nodes:
         if not n.get("Alive", True):
             continue
         res = n.get("Resources", {})
         accel = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
-        key = (float(res.get("CPU", 0)), int(res.get("GPU", 0)), accel, round(res.get("memory", 0) / 2**30, 1))
-        groups[key] = groups.get(key, 0) + 1
+        key = (float(res.get("CPU", 0)), int(res.get("GPU", 0)), accel)
+        groups.setdefault(key, []).append(round(res.get("memory", 0) / 2**30, 1))
     kinds = []
-    for (cpus, gpus, accel, mem), count in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][2] or "")):
+    for (cpus, gpus, accel), mems in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][2] or "", kv[0][0])):
+        count, mem = len(mems), min(mems)
         cc, gmem = table.get(accel, (None, None)) if accel else (None, None)
         name = f"{gpus}x{accel}" if gpus else "cpu"
         kinds.append(NodeKind(name, count, cpus, gpus, cc, gmem, mem))
-    return kinds
+    names = [k.name for k in kinds]  # the plan places models by kind name: two kinds never share one
+    return [replace(k, name=f"{k.name}-{k.cpus:g}cpu") if names.count(k.name) > 1 else k for k in kinds]
 
 
 def _fits(mid: str, spec: ModelSpec, kind: NodeKind, headroom: float, engine: str = "hf") -> str | None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from cluster.capabilities import JOB_HELP, JOBS
+
 
 def _resolve(target: str):
     module, _, attr = target.partition(":")
@@ -74,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if job not in JOBS:
         print(f"yard: unknown job {job!r} (jobs: {', '.join(JOBS)})", file=sys.stderr)
         return 2
-    setup_logging(verbose)
+    if verbose:  # the job log, Ray's workers and the frameworks stream to the console too
+        os.environ["YARD_LOG"] = "debug"
+    setup_logging(verbose or os.environ.get("YARD_LOG", "").lower() == "debug")
+    from cluster.joblog import quiet_progress_bars
+
+    quiet_progress_bars()  # no loading / download bars on the console (unless verbose)
     from cluster.config import UserError
 
     try:

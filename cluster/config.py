@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,21 @@ def read_text(path: str | Path, what: str = "file", error: type[Exception] = Non
                     f"is it a {what}?") from None
     except OSError as exc:
         raise error(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+def jsonl_rows(text: str, path: str | Path, error: type[Exception] = None) -> list[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line of a JSONL file's `text`; a line that
+    is not JSON raises `error` (ConfigError) naming `path:line` and what is wrong."""
+    error = error or ConfigError
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    return rows
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -138,9 +138,16 @@ def run_job(
     stall_after_s: float = 600.0,
 ):
     """Run a job: job record first, manifest and final status last, whatever happens between."""
+    from cluster.joblog import open_job_log, quiet_progress_bars
+    from cluster.live import LiveView
+
     job_id = start_job(store, name, config_path=config_path, stall_after_s=stall_after_s)
     ctx = JobContext(name, job_id, store, config, config_path)
-    log.info("job %s started (status: yard status --store %s)", job_id, store.uri)
+    joblog = open_job_log(store, job_id).open()
+    quiet_progress_bars()
+    log.info("job %s started; its log: %s; progress: yard status --store %s", job_id, joblog.where, store.uri,
+             extra={"console": True})
+    view = LiveView(store, job_id).start()
     status, message = "failed", ""
     try:
         yield ctx
@@ -152,10 +159,13 @@ def run_job(
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise
     finally:
+        view.stop()
         key = None
         try:
             key = write_manifest(ctx, status, message)
         except Exception as exc:
             log.error("could not write the manifest of %s: %s", job_id, exc)
         end_job(store, job_id, status, message, manifest_key=key)
-        log.info("job %s %s%s", job_id, status, f": {message}" if message else "")
+        log.info("job %s %s%s", job_id, status, f": {message}" if message else "",
+                 extra={"console": status != "succeeded"})
+        joblog.close()

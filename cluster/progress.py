@@ -32,6 +32,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from cluster.gpus import gpu_facts
 from cluster.storage import ArtifactStore, StoreError, check_part, open_store
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,17 @@ def stalled(record: dict | None, now: float | None = None) -> tuple[float, float
     return (age, float(limit)) if age > float(limit) else None
 
 
-def mark_task(store: ArtifactStore, job_id: str, task: str, status: str, message: str) -> None:
+def mark_task(store: ArtifactStore, job_id: str, task: str, status: str, message: str,
+              as_task: str | None = None) -> None:
     """End a task's record from outside it (the job killed a stalled host): `status` and
-    `message`, its heartbeat left as it was, so `yard status` shows when it last beat."""
+    `message`, its heartbeat left as it was, so `yard status` shows when it last beat. `as_task`:
+    write the ended record under that name instead (a rerun will reuse `task`'s own record)."""
     if status not in END_STATUSES:
         raise ValueError(f"task status {status!r} (allowed: {', '.join(END_STATUSES)})")
     record = read_task(store, job_id, task) or {"job_id": job_id, "task": task}
     record.update(status=status, message=message, updated_at=time.time())
+    if as_task is not None:
+        record["task"] = task = as_task
     try:
         store.put_state(progress_key(job_id, task), record)
     except Exception as exc:  # the kill stands; the record is the report of it
@@ -190,49 +195,6 @@ def job_heartbeat(store: ArtifactStore, job_id: str, now: float | None = None) -
     store.put_state(job_key(job_id), record)
 
 
-# --- GPU facts -----------------------------------------------------------------------------------
-def physical_gpu_ids(visible_indices, cuda_visible_devices: str | None = None) -> list[int | str]:
-    """Map torch's visible device indices to the node's GPU ids through CUDA_VISIBLE_DEVICES
-    ("3,5" and index 1 -> 5). Unset: indices are the ids. Non-numeric entries (GPU UUIDs, MIG
-    ids) are returned as strings."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES") if cuda_visible_devices is None else cuda_visible_devices
-    if env is None or not env.strip():
-        return [int(i) for i in visible_indices]
-    entries = [e.strip() for e in env.split(",") if e.strip()]
-    out: list[int | str] = []
-    for i in visible_indices:
-        if not 0 <= i < len(entries):
-            raise ValueError(f"visible GPU index {i} out of range for CUDA_VISIBLE_DEVICES={env!r}")
-        out.append(int(entries[i]) if entries[i].isdigit() else entries[i])
-    return out
-
-
-def gpu_facts() -> tuple[list[int | str], list[float]]:
-    """(GPU ids, reserved GiB per GPU) for this process, cheaply: torch is consulted only when
-    already imported, Ray only when initialized. Without torch, the ids Ray assigned or the ids
-    CUDA_VISIBLE_DEVICES names are reported, with no memory figures."""
-    ids: list[int | str] = []
-    ray = sys.modules.get("ray")
-    try:
-        if ray is not None and ray.is_initialized():
-            ids = [int(g) if str(g).isdigit() else str(g) for g in ray.get_gpu_ids()]
-    except Exception:  # not in a worker, or Ray shutting down: fall back to CUDA_VISIBLE_DEVICES
-        ids = []
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        reserved = [torch.cuda.memory_reserved(i) for i in range(count)]
-        # the devices this process holds memory on; else the current one
-        used = [i for i in range(count) if reserved[i] > 0] or [torch.cuda.current_device()]
-        mapped = [ids[i] for i in used] if len(ids) == count else physical_gpu_ids(used)
-        return mapped, [round(reserved[i] / 2**30, 2) for i in used]
-    if not ids:
-        env = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-        if env and env != "-1":
-            ids = [int(e) if e.strip().isdigit() else e.strip() for e in env.split(",") if e.strip()]
-    return ids, []
-
-
 # --- logging -------------------------------------------------------------------------------------
 def make_logging_unbuffered(level: int = logging.INFO) -> None:
     """Line-buffered stdout/stderr, PYTHONUNBUFFERED=1 for subprocesses and Ray workers started
@@ -273,6 +235,22 @@ def format_rate(rate_per_s: float | None) -> str:
 
 
 # --- the reporter --------------------------------------------------------------------------------
+class NullReporter:
+    """What work reports to when it runs outside a job (a test, a bench): nothing is written."""
+
+    def phase(self, name: str, item: str | None = None, stall_after_s: float | None = None) -> None:
+        pass
+
+    def advance(self, n: int = 1, item: str | None = None) -> None:
+        pass
+
+    def heartbeat(self, **extra: Any) -> None:
+        pass
+
+    def finish(self, status: str = "succeeded", message: str = "") -> None:
+        pass
+
+
 class ProgressReporter:
     """Reports one task's progress to `progress/<job_id>/<task>.json` and, throttled, the job's
     heartbeat. Safe to create inside a Ray actor or task, and to pickle: only the store's URI

@@ -12,8 +12,8 @@ log = logging.getLogger(__name__)
 
 def dashboard_available() -> bool:
     try:
-        import ray.dashboard  # noqa: F401  (ray[default] installs it)
         import aiohttp  # noqa: F401
+        import ray.dashboard  # noqa: F401  (ray[default] installs it)
     except ImportError:
         return False
     return True
@@ -29,9 +29,13 @@ def connect(cfg: RayConfig | None = None):
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     # Ray workers inherit this: their logs stream without buffering.
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    from cluster.joblog import route_ray_output
+
     if address:
         log.info("connecting to Ray at %s", address)
-        return ray.init(address=address, log_to_driver=True)
+        ctx = ray.init(address=address, log_to_driver=True)
+        route_ray_output()  # workers' own output: to the job's log file, not the console
+        return ctx
     dashboard = cfg.dashboard and dashboard_available() and os.environ.get("YARD_DASHBOARD", "1") != "0"
     ctx = ray.init(
         num_cpus=cfg.num_cpus,
@@ -41,8 +45,9 @@ def connect(cfg: RayConfig | None = None):
         log_to_driver=True,
         runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
     )
+    route_ray_output()
     if dashboard and ctx.dashboard_url:
-        log.info("local Ray started; dashboard at http://%s", ctx.dashboard_url)
+        log.info("local Ray started; dashboard at http://%s", ctx.dashboard_url, extra={"console": True})
     else:
         log.info("local Ray started (no dashboard)")
     return ctx

@@ -9,10 +9,7 @@ autoscaling) whose `@serve.batch` method hands requests that arrive together to 
 `HFEngine.generate`. The ingress checks the bearer key, body size, JSON and fields; the candidate
 renders the prompt and checks the token limits; every refusal is an OpenAI-style error body
 `{"error": {"message", "type", "param", "code"}}` with 400/401/404/413, never a crashed replica.
-
-    >>> url = start_app(load_config("configs/serve.demo.yaml"))        # doctest: +SKIP
-    >>> OpenAI(base_url=url + "/v1", api_key="-").models.list()       # doctest: +SKIP
-    >>> shutdown()                                                     # doctest: +SKIP
+Building, starting and stopping the app: serve/deploy.py.
 """
 
 import asyncio
@@ -23,17 +20,15 @@ import re
 import threading
 import time
 import uuid
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.config import ConfigError
 from serve.client import ChatClient, ChatError, ChatReply
-from serve.config import CandidateConfig, LimitsConfig, ServeConfig
-from serve.requests import (LOCAL_HOSTS, BadRequest, check_origin, error_body, json_depth_exceeds, parse_chat,
+from serve.config import CandidateConfig, LimitsConfig
+from serve.requests import (BadRequest, check_origin, error_body, json_depth_exceeds, parse_chat,
                             parse_completion)
 from serve.requests import number as _number
 
@@ -426,131 +421,3 @@ class OpenAIIngress:
             yield "data: " + json.dumps({"error": {"message": f"generation failed: {type(exc).__name__}",
                                                    "type": "server_error", "param": None, "code": None}}) + "\n\n"
         yield "data: [DONE]\n\n"
-
-
-# --- building and starting -----------------------------------------------------------------
-def deployment_name(candidate_id: str) -> str:
-    return "candidate-" + re.sub(r"[^A-Za-z0-9_-]", "-", candidate_id)
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
-
-
-def _probe_suite(path: str | None) -> str | None:
-    """The probe route's suite as an absolute path, checked now (a bad suite fails the start, not
-    the first probe request); relative paths are tried in the working directory, then the repo."""
-    if not path:
-        return None
-    from cluster.jobs import REPO_ROOT
-    from serve.probe_suite import load_suite
-
-    p = Path(path).expanduser()
-    if not p.is_absolute() and not p.exists():
-        p = REPO_ROOT / p
-    load_suite(p)
-    return str(p.resolve())
-
-
-def build_app(cfg: ServeConfig):
-    """The Serve application for the config's HF candidates (vLLM ids are listed and redirected)."""
-    hf = [c for c in cfg.candidates if c.engine == "hf"]
-    registry_paths = [_absolute(p) for p in cfg.registry_paths()]
-    storage_uri = cfg.storage.uri if cfg.storage.uri.startswith("s3://") else _absolute(cfg.storage.uri)
-    servers = {}
-    for cand in hf:
-        options = dict(name=deployment_name(cand.id), ray_actor_options={"num_cpus": cand.num_cpus,
-                                                                          "num_gpus": cand.num_gpus},
-                       # room for a full batch to queue at the replica (Serve's default is 5)
-                       max_ongoing_requests=max(2 * cand.max_batch_size, 8))
-        if cand.autoscaling is not None:
-            options["autoscaling_config"] = cand.autoscaling.model_dump()
-        else:
-            options["num_replicas"] = cand.num_replicas
-        servers[cand.id] = CandidateServer.options(**options).bind(
-            cand.model_dump(), registry_paths, storage_uri, cfg.storage.endpoint_url, cfg.limits.model_dump())
-    vllm_ids = [sid for c in cfg.candidates if c.engine == "vllm" for sid in c.served_ids()]
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    settings = {"limits": cfg.limits.model_dump(), "api_key": cfg.resolved_api_key(),
-                "candidates": [c.model_dump() for c in hf], "vllm_ids": vllm_ids,
-                "self_url": f"http://{host}:{cfg.port}/v1", "storage_uri": storage_uri,
-                "endpoint_url": cfg.storage.endpoint_url,
-                "probe_suite": _probe_suite(cfg.probe_suite)}
-    return OpenAIIngress.options(max_ongoing_requests=cfg.limits.max_concurrent_requests).bind(settings, servers)
-
-
-def _start_serve(host: str, port: int, attempts: int = 2) -> None:
-    """`serve.start`, once more after a clean `serve.shutdown` when its HTTP proxy does not come
-    up: on a loaded node the proxy's worker can miss Serve's 60 s readiness limit (seen on a 2-core
-    machine while a zoo trained), and the half-started controller it leaves behind would break
-    every later Serve app on that Ray cluster."""
-    import ray
-
-    for attempt in range(1, attempts + 1):
-        try:
-            serve.start(http_options={"host": host, "port": port})
-            return
-        except (TimeoutError, ray.exceptions.RayError) as exc:
-            log.warning("Serve did not start (attempt %d of %d): %s", attempt, attempts,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-            try:
-                serve.shutdown()
-            except Exception as cleanup:  # nothing left to clean is fine
-                log.debug("serve.shutdown after a failed start: %s", cleanup)
-            if attempt == attempts:
-                raise
-
-
-def check_models(cfg: ServeConfig) -> None:
-    """Every candidate's `model` is a registered id, before Ray or Serve starts (an unknown one
-    used to surface as a replica's constructor traceback from Ray Serve)."""
-    ids = [(i, c.model) for i, c in enumerate(cfg.candidates) if c.model]
-    if not ids:
-        return
-    from cluster.registry import ModelRegistry
-
-    registry = ModelRegistry.load(cfg.registry_paths())
-    source = getattr(cfg, "_source", None) or "serve config"
-    for i, mid in ids:
-        registry.check_ids([mid], source, f"candidates.{i}.model")
-
-
-def start_app(cfg: ServeConfig) -> str:
-    """Start Serve (HTTP on cfg.host:cfg.port) on local Ray or RAY_ADDRESS and deploy the config;
-    returns the base URL (clients use URL + "/v1"). HF candidates answer at `/`; vLLM candidates
-    through Ray Serve LLM at `/` when all are vLLM, else at `/vllm` (the HF ingress lists their ids
-    and redirects their requests there with 307)."""
-    if cfg.host not in LOCAL_HOSTS and not cfg.resolved_api_key() and not cfg.allow_public_without_key:
-        raise ConfigError(f"host: {cfg.host} without api_key: anyone who reaches port {cfg.port} could run the "
-                          "models; set api_key (or YARD_API_KEY), or allow_public_without_key: true on purpose")
-    if any(c.engine == "vllm" for c in cfg.candidates) and cfg.resolved_api_key() \
-            and not cfg.allow_unauthenticated_vllm:
-        # secure by default: a configured key must not silently leave some models open
-        raise ConfigError("api_key: vLLM candidates are served by Ray Serve LLM's own ingress, which does not "
-                          "check bearer keys; put them behind your gateway and set "
-                          "allow_unauthenticated_vllm: true, or serve them in a config without api_key")
-    check_models(cfg)
-    from cluster.runtime import connect
-
-    connect(cfg.ray)
-    _start_serve(cfg.host, cfg.port)
-    has_hf = any(c.engine == "hf" for c in cfg.candidates)
-    if any(c.engine == "vllm" for c in cfg.candidates):
-        from serve.vllm_engine import build_vllm_app
-
-        serve.run(build_vllm_app(cfg), name=VLLM_APP_NAME, route_prefix=VLLM_ROUTE if has_hf else "/")
-    if has_hf:
-        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    return f"http://{host}:{cfg.port}"
-
-
-def candidate_info(candidate_id: str) -> dict:
-    """`CandidateServer.info()` of one replica of a running candidate (batch sizes, replica id)."""
-    handle = serve.get_deployment_handle(deployment_name(candidate_id), APP_NAME)
-    return handle.info.remote().result()
-
-
-def shutdown() -> None:
-    """Stop every Serve app and Serve itself (Ray stays up)."""
-    serve.shutdown()

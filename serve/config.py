@@ -13,7 +13,7 @@
 
 One config, both engines: HF candidates are served by this package's own ingress at `/`; vLLM
 candidates by Ray Serve LLM's `build_openai_app`, at `/` when every candidate is vLLM and at
-`/vllm` next to the HF ingress otherwise (see serve.app.start_app).
+`/vllm` next to the HF ingress otherwise (see serve.deploy.start_app).
 """
 from __future__ import annotations
 

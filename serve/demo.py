@@ -32,8 +32,8 @@ def _judge():
 def demo(store, zoo_registry: str, quick: bool = True) -> dict:
     """Serve -> judge -> probes on the zoo `yard demo` built; Serve is shut down afterwards. `quick` is
     ignored: the toy models have 512 positions, so the judge and probes always run their short form."""
-    from serve.app import shutdown, start_app
     from serve.config import ServeConfig
+    from serve.deploy import shutdown, start_app
     from serve.judge import demo_judge
     from serve.probes import demo_probes
 

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cluster.config import UserError, read_text
+from cluster.config import UserError, jsonl_rows, read_text
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,13 @@ def load_recordings(recordings: list | str | Path) -> list[dict]:
         path = Path(recordings)
         source = str(path)
         text = read_text(path, "recordings file", ReplayError)
-        try:
-            if text.lstrip().startswith("["):
+        if text.lstrip().startswith("["):
+            try:
                 recordings = json.loads(text)
-            else:
-                recordings = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise ReplayError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+            except json.JSONDecodeError as exc:
+                raise ReplayError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        else:
+            recordings = [row for _, row in jsonl_rows(text, path, ReplayError)]
     if not isinstance(recordings, list):
         raise ReplayError(f"{source}: expected a list of recordings, got {type(recordings).__name__}")
     out = []

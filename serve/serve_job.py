@@ -20,28 +20,36 @@ from serve.config import CandidateConfig, ServeConfig
 
 log = logging.getLogger(__name__)
 
+SWEEP_KIND = "sweep"  # the store kind and ranking file the sweep publishes (tune/sweep.py)
+RANKED_FILE = "ranked.json"
+
 
 def leaderboard_candidates(cfg: ServeConfig, ref: str, top: int) -> list[CandidateConfig]:
-    """HF candidates for the `top` best ranked trials of the sweep run `ref` (tune.package's
-    find_sweep_run: NAME, NAME/RUN or sweep/NAME/RUN); PackageError naming what exists when the
-    run or enough ranked trials are missing."""
+    """HF candidates for the `top` best ranked trials of the sweep run `ref` ("NAME", "NAME/RUN"
+    or "sweep/NAME/RUN", `cluster.runs.find_run`), read from the ranking the sweep published
+    (`ranked.json`: data, so Serve never imports the sweep); RunRefError naming what exists when
+    the run or enough ranked trials are missing."""
+    from cluster.runs import RunRefError, find_run
     from cluster.storage import open_store
-    from tune.leaderboard import rank_rows
-    from tune.package import PackageError, find_sweep_run, load_rows
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
-    run = find_sweep_run(store, ref)
-    ranked = [r for r in rank_rows(load_rows(store, run)) if r["rank"] is not None]
+    run = find_run(store, SWEEP_KIND, ref)
+    key = f"{run.prefix}/{RANKED_FILE}"
+    if not store.exists(key):
+        raise RunRefError(f"--from-leaderboard: {key} is missing (a sweep published before the ranking was "
+                          f"stored as data); run that sweep again, or name a newer run")
+    ranked = [r for r in store.get_json(key) if isinstance(r, dict) and r.get("rank") is not None]
     if not 1 <= top <= len(ranked):
-        raise PackageError(f"--top: {top} is not in 1..{len(ranked)} ({run.prefix} has {len(ranked)} ranked trials)")
+        raise RunRefError(f"--top: {top} is not in 1..{len(ranked)} ({run.prefix} has {len(ranked)} ranked trials)")
     base = re.sub(r"[^A-Za-z0-9._-]", "-", run.model_id)
     out = []
     for row in ranked[:top]:
         candidate = row.get("candidate")
         if not isinstance(candidate, str) or not candidate.strip("/"):
-            raise PackageError(f"trial {row['trial_id']!r}: its row names no candidate run")
+            raise RunRefError(f"trial {row.get('trial_id')!r}: its row names no candidate run")
         out.append(CandidateConfig(id=f"{base}-rank{row['rank']}", path=candidate.strip("/")))
-        log.info("rank %d: trial %s (Score %s) from %s", row["rank"], row["trial_id"], row.get("score"), candidate)
+        log.info("rank %d: trial %s (Score %s) from %s", row["rank"], row.get("trial_id"), row.get("score"),
+                 candidate)
     return out
 
 
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise ConfigError(f"--from-leaderboard: {str(exc).splitlines()[-1].strip()}") from None
 
-    from serve.app import shutdown, start_app
+    from serve.deploy import shutdown, start_app
 
     url = start_app(cfg)
     print(f"serving at {url}/v1  (OpenAI-compatible; Ctrl-C stops)")

@@ -9,11 +9,10 @@ the next `holdout` texts give the validation loss.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from cluster.config import ConfigError, read_text
+from cluster.config import ConfigError, jsonl_rows, read_text
 from tune.config import CalibrationConfig, resolve_relative
 
 
@@ -41,13 +40,7 @@ def _file_items(path: Path) -> list:
     if path.suffix != ".jsonl":
         raise ConfigError(f"calibration.source: {path}: unsupported file type (allowed: .txt, .jsonl, zoo:<topics>)")
     items = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise ConfigError(f"{path}:{n}: not valid JSON") from None
+    for n, row in jsonl_rows(text, path, ConfigError):
         if isinstance(row, dict) and isinstance(row.get("text"), str):
             items.append(row["text"])
         elif isinstance(row, dict) and isinstance(row.get("messages"), list):

@@ -141,6 +141,10 @@ class SearchConfig(YardModel):
     seed: int = 0
     asha: AshaConfig = Field(default_factory=AshaConfig)
     max_concurrent_trials: int = Field(2, ge=1)
+    trial_time_limit_s: float | None = Field(None, gt=0, description="a trial running longer than this is killed "
+                                             "and counted an error (not retried); none: no limit")
+    stall_retries: int = Field(1, ge=0, le=5, description="a trial killed at its stall limit (no heartbeat for "
+                               "stall_after_s) reruns in a fresh process up to this many times")
 
     @model_validator(mode="after")
     def _algorithm(self) -> "SearchConfig":

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from cluster.config import UserError, read_text
+from cluster.config import UserError, jsonl_rows, read_text
 
 _HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -37,15 +37,8 @@ def _rows(path: Path) -> list[tuple[str, dict]]:
     """(location, row) pairs; the location is what an error message names."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(read_text(path, "benchmark file", BenchmarkSchemaError).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise BenchmarkSchemaError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        return rows
+        text = read_text(path, "benchmark file", BenchmarkSchemaError)
+        return [(f"{path}:{number}", row) for number, row in jsonl_rows(text, path, BenchmarkSchemaError)]
     if suffix == ".json":
         try:
             data = json.loads(read_text(path, "benchmark file", BenchmarkSchemaError))

@@ -189,11 +189,11 @@ def kd_loss(student_logits, mask, topk_values, topk_indices, temperature: float)
 
 
 def distill(student, cache: TeacherCache, *, kd_samples: int, temperature: float = 2.0, steps: int = 100,
-            lr: float = 1e-4, batch_size: int = 4, seed: int = 0) -> dict:
+            lr: float = 1e-4, batch_size: int = 4, seed: int = 0, on_step=None) -> dict:
     """Train `student` in place on the first `kd_samples` cached texts with the top-k KD loss
     (AdamW, `steps` steps of `batch_size` texts, reshuffled each epoch). kd_loss_first and
     kd_loss_last are the loss over all `kd_samples` texts before and after training (None when
-    kd_samples is 0, which trains nothing)."""
+    kd_samples is 0, which trains nothing). `on_step(step)` runs after each step."""
     import torch
 
     available = len(cache)
@@ -233,7 +233,7 @@ def distill(student, cache: TeacherCache, *, kd_samples: int, temperature: float
         first = evaluate()
         student.train()
         order: list[int] = []
-        for _ in range(steps):
+        for step in range(steps):
             if len(order) < min(batch_size, kd_samples):
                 perm = rows[:]
                 rng.shuffle(perm)
@@ -245,6 +245,8 @@ def distill(student, cache: TeacherCache, *, kd_samples: int, temperature: float
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if on_step is not None:
+                on_step(step + 1)
         student.eval()
         last = evaluate()
     finally:

@@ -63,7 +63,7 @@ def _tokenize(tokenizer, texts: list[str], max_length: int) -> list:
 
 def lora_heal(model, tokenizer, texts: list[str], *, rank: int, alpha: int | None = None, dropout: float = 0.0,
               steps: int = 50, lr: float = 2e-4, batch_size: int = 4, max_length: int = 128, seed: int = 0,
-              target_modules="all-linear"):
+              target_modules="all-linear", on_step=None):
     """Fine-tune a LoRA adapter of `rank` (scale alpha / rank, alpha defaulting to 2 * rank) on the
     causal-LM loss of `texts` for `steps` AdamW steps of `batch_size` texts (reshuffled each epoch),
     then merge it into the weights. Returns (model, stats).
@@ -75,7 +75,7 @@ def lora_heal(model, tokenizer, texts: list[str], *, rank: int, alpha: int | Non
 
     stats: heal_loss_first / heal_loss_last (mean per-token loss over all `texts` before training
     and of the merged model), steps, trainable_params (LoRA parameters), seconds. rank 0 returns
-    the model untouched with None losses and steps 0.
+    the model untouched with None losses and steps 0. `on_step(step)` runs after each step.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -107,7 +107,7 @@ def lora_heal(model, tokenizer, texts: list[str], *, rank: int, alpha: int | Non
             rng = random.Random(seed)
             order: list[int] = []
             peft_model.train()
-            for _ in range(steps):
+            for step in range(steps):
                 if len(order) < min(batch_size, len(rows)):
                     perm = list(range(len(rows)))
                     rng.shuffle(perm)
@@ -117,6 +117,8 @@ def lora_heal(model, tokenizer, texts: list[str], *, rank: int, alpha: int | Non
                 opt.zero_grad(set_to_none=True)
                 (loss / max(n, 1)).backward()
                 opt.step()
+                if on_step is not None:
+                    on_step(step + 1)
             del opt, params
             model = peft_model.merge_and_unload()
             merged = True

@@ -18,18 +18,18 @@ import json
 import logging
 import numbers
 import os
-import re
 import tempfile
 import zipfile
 from pathlib import Path
 
 from cluster.config import UserError
-from cluster.storage import ArtifactStore, RunInfo, open_store, safe_model_id
+from cluster.runs import RunRefError, find_run
+from cluster.storage import ArtifactStore, RunInfo, open_store
 from tune.leaderboard import rank_rows
+from tune.publish import SWEEP_KIND
 
 log = logging.getLogger(__name__)
 
-SWEEP_KIND = "sweep"
 ROWS_FILE = "rows.json"
 BASELINE_FILE = "baseline.json"
 MODEL_DIR = "model"
@@ -38,7 +38,6 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "added_tokens.json")
-_RUN_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-z]+$")
 
 
 class PackageError(UserError, ValueError):
@@ -51,43 +50,13 @@ def is_submission_file(name: str) -> bool:
     return name in CONFIG_FILES or name in TOKENIZER_FILES or any(fnmatch.fnmatch(name, p) for p in WEIGHT_PATTERNS)
 
 
-def _parse_ref(ref: str) -> tuple[str, str | None]:
-    """(sweep name, run name or None) from "name", "name/RUN" or "sweep/name/RUN"."""
-    if not isinstance(ref, str) or not ref.strip("/ "):
-        raise PackageError(f"sweep ref: expected 'NAME', 'NAME/RUN' or '{SWEEP_KIND}/NAME/RUN', got {ref!r}")
-    parts = ref.strip().strip("/").split("/")
-    run = parts.pop() if len(parts) > 1 and _RUN_NAME.match(parts[-1]) else None
-    if len(parts) > 1 and parts[0] == SWEEP_KIND:
-        parts = parts[1:]
-    # what is left is the whole name: an "org/name" sweep is stored as "org--name"
-    return "/".join(parts), run
-
-
 def find_sweep_run(store: ArtifactStore, ref: str) -> RunInfo:
-    """The sweep run `ref` names: "NAME" (its newest complete ok run), "NAME/RUN_NAME" or the full
-    prefix "sweep/NAME/RUN_NAME" (that run, which must be complete).
-
-    Raises PackageError naming the stored sweeps (or the sweep's runs) when `ref` matches none."""
-    name, run_name = _parse_ref(ref)
-    runs = store.runs(SWEEP_KIND, name)
-    if not runs:
-        names = store.model_ids(SWEEP_KIND)
-        known = f"stored sweeps: {', '.join(names)}" if names else "no sweeps stored yet"
-        raise PackageError(f"sweep {name!r}: not found in {store.uri} ({known})")
-    prefix = f"{SWEEP_KIND}/{safe_model_id(name)}"
-    if run_name is None:
-        for run in reversed(runs):
-            if run.ok:
-                return run
-        raise PackageError(f"sweep {name!r}: none of its {len(runs)} runs is complete and ok "
-                           f"(newest: {prefix}/{runs[-1].name}); name one as {prefix}/RUN_NAME to use it anyway")
-    for run in runs:
-        if run.name == run_name:
-            if not run.complete:
-                raise PackageError(f"sweep run {run.prefix}: not complete (still running, or interrupted)")
-            return run
-    newest = ", ".join(r.name for r in runs[-3:])
-    raise PackageError(f"sweep {name!r}: no run {run_name!r} in {store.uri} ({len(runs)} runs, newest: {newest})")
+    """The sweep run `ref` names (`cluster.runs.find_run`: "NAME", "NAME/RUN" or "sweep/NAME/RUN");
+    PackageError naming the stored sweeps (or the sweep's runs) when `ref` matches none."""
+    try:
+        return find_run(store, SWEEP_KIND, ref)
+    except RunRefError as exc:
+        raise PackageError(str(exc)) from None
 
 
 def load_rows(store: ArtifactStore, run: RunInfo) -> list[dict]:

@@ -21,24 +21,24 @@ import argparse
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.config import ConfigError, load_config, naming_source
 from cluster.engine import check_engine
+from cluster.joblog import verbose as joblog_verbose
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import ArtifactStore, new_run_name, open_store
-from cluster.zoo import register_child, zoo_dir_of
 from cluster.zoo import registry_paths as zoo_registry_paths
 from tune.config import SweepConfig
+from tune.publish import print_rows, publish, register_candidates
 from tune.timing import apply_timing, time_candidates, timing_summary
+from tune.watchdog import killed_reasons, trial_watchdog
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "sweep.demo.yaml"
-SWEEP_KIND = "sweep"
 
 
 @dataclass
@@ -209,63 +209,6 @@ def rows_from_results(grid) -> list[dict]:
 
 
 
-def _lineage_kind(config: dict) -> str:
-    """The registry's derivation word for a recipe: the step that changed the most."""
-    if int(config["prune_depth"]) or float(config.get("ffn_keep_ratio", 1.0)) < 1.0:
-        return "pruned"
-    if int(config["kd_samples"]):
-        return "distilled"
-    if int(config["lora_rank"]):
-        return "lora_merged"
-    return "quantized" if config["quant"] != "none" else "other"
-
-
-def register_candidates(store: ArtifactStore, rows: list[dict], cfg: SweepConfig, registry_paths: list[str]) -> list[str]:
-    """The best `cfg.register_top` candidates join the zoo's lineage as children of the base, under
-    stable ids `<sweep>.<recipe>` (rerunning a sweep replaces its entries instead of piling up).
-    Local stores only: the zoo registry points at local model dirs."""
-    from tune.leaderboard import rank_rows
-    from tune.trial import CANDIDATE_FILE
-
-    zoo_dir = zoo_dir_of(cfg.base, registry_paths)
-    if not cfg.register_top or zoo_dir is None or store.uri.startswith("s3://"):
-        why = "register_top is 0" if not cfg.register_top else "the base is not a zoo model" if zoo_dir is None else "S3 store"
-        log.info("candidates not registered in a zoo: %s", why)
-        return []
-    added: list[str] = []
-    for row in [r for r in rank_rows(rows) if r.get("rank") and r.get("candidate")][:cfg.register_top]:
-        info = store.get_json(f"{row['candidate']}/{CANDIDATE_FILE}")
-        model_id = f"{cfg.name}.{info['derivation']}"
-        if model_id in added:  # two trials of one recipe (sampled dimensions): keep both
-            model_id = f"{model_id}.{row['trial_id']}"
-        register_child(zoo_dir, model_id, Path(store.uri) / row["candidate"] / "model", parent=cfg.base,
-                       derivation=_lineage_kind(info["config"]), replace=True,
-                       notes=f"sweep {info['sweep']} run {info['sweep_run']} trial {info['trial_id']}: "
-                             f"{info['derivation']}, Score {row['score']}")
-        added.append(model_id)
-    return added
-
-
-def publish(store: ArtifactStore, cfg: SweepConfig, run: str, rows: list[dict], baseline: dict, summary: dict,
-            timing: dict | None = None) -> str:
-    """Leaderboard (md, csv, html), plots, rows, summary and the timing phase's raw figures as the
-    store run sweep/<name>/<run>."""
-    from tune.leaderboard import write_leaderboard
-
-    writer = store.new_run(SWEEP_KIND, cfg.name, name=run)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_leaderboard(rows, baseline, Path(tmp), title=f"sweep {cfg.name} ({run}) on {cfg.base}")
-        for path in paths.values():
-            writer.put_file(Path(path).name, path)
-    writer.put_json("rows.json", rows)
-    writer.put_json("baseline.json", baseline)
-    writer.put_json("summary.json", summary)
-    if timing is not None:
-        writer.put_json("timing.json", timing)
-    writer.complete(trials=len(rows), ok=sum(r["status"] == "ok" for r in rows))
-    return writer.prefix
-
-
 class _Progress:
     """A Tune callback feeding `yard status` (rate and ETA over finished trials)."""
 
@@ -285,7 +228,8 @@ class _Progress:
         return Callback()
 
 
-def _tuner(cfg: SweepConfig, trainable, storage_path: str, filesystem, experiment: str, reporter):
+def _tuner(cfg: SweepConfig, trainable, storage_path: str, filesystem, experiment: str, reporter,
+           callbacks: list | None = None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -312,15 +256,17 @@ def _tuner(cfg: SweepConfig, trainable, storage_path: str, filesystem, experimen
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=cfg.search.num_samples,
                                     max_concurrent_trials=cfg.search.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=filesystem,
-                                  callbacks=[_Progress(reporter)], failure_config=tune.FailureConfig(max_failures=0),
-                                  verbose=1),
+                                  callbacks=[_Progress(reporter), *(callbacks or [])], failure_config=tune.FailureConfig(max_failures=0),
+                                  # Tune's per-trial tables: the job log's (our live view shows trials)
+                                  verbose=1 if joblog_verbose() else 0),
     )
 
 
 def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool = False,
-              restart_errored: bool = False) -> tuple[int, dict]:
+              restart_errored: bool = False, trial_fn=None) -> tuple[int, dict]:
     """The whole job. Exit code 0 when at least one trial produced a scored candidate and nothing
-    errored, 1 otherwise (every finished trial is still published)."""
+    errored, 1 otherwise (every finished trial is still published). `trial_fn`: the trainable
+    (default `tune.trial.run_trial`; tests pass one that hangs)."""
     import ray
     from ray import tune
 
@@ -363,20 +309,24 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
                            calibration=prep["calibration"], holdout=prep["holdout"], bi_scores=prep["bi_scores"],
                            teacher_key=prep["teacher_key"], baseline=prep["baseline"], benchmarks=checked.benchmarks,
                            cuda_capabilities=checked.cuda_capabilities)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+        trainable = tune.with_resources(tune.with_parameters(trial_fn or run_trial, setup=setup),
                                         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
         reporter.phase("trials")
         path = f"{storage_path}/{experiment}"
+        incidents: list[dict] = []
+        watchdog = trial_watchdog(store, job.job_id, cfg, incidents)
         if state and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
             log.info("resuming %s with Tuner.restore: finished trials are kept, unfinished ones rerun", path)
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=restart_errored, storage_filesystem=filesystem)
+            # the pickled callbacks report to the interrupted job: this job's replace them
+            tuner._local_tuner.get_run_config().callbacks = [_Progress(reporter), watchdog]
         else:
-            tuner = _tuner(cfg, trainable, storage_path, filesystem, experiment, reporter)
+            tuner = _tuner(cfg, trainable, storage_path, filesystem, experiment, reporter, [watchdog])
         t_trials = time.time()
         grid = tuner.fit()
         trial_seconds = time.time() - t_trials
-        rows = rows_from_results(grid)
+        rows = killed_reasons(rows_from_results(grid), incidents)
         baseline = _baseline_row(cfg, prep)
         timing = None
         candidates = {r["trial_id"]: r["candidate"] for r in rows if r["status"] == "ok" and r.get("candidate")}
@@ -394,7 +344,7 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
                    "trial_seconds": round(trial_seconds, 1),
                    # over the trial phase: the prepare step (teacher, baseline) is paid once per sweep
                    "trials_per_hour": round(len(rows) / trial_seconds * 3600, 1) if trial_seconds > 0 else None,
-                   "tune_dir": path, "best": max(ok, key=lambda r: r["score"])["trial_id"] if ok else None,
+                   "incidents": incidents, "tune_dir": path, "best": max(ok, key=lambda r: r["score"])["trial_id"] if ok else None,
                    "timing": timing_summary(timing)}
         reporter.phase("publish")
         prefix = publish(store, cfg, run, rows, baseline, summary, timing)
@@ -417,35 +367,6 @@ def _baseline_row(cfg: SweepConfig, prep: dict) -> dict:
     base = prep["baseline"]
     return {"model_id": cfg.base, "perf": base["perf_mean"], **{f"perf.{k}": v for k, v in base["perf"].items()},
             "sec_per_token": base["sec_per_token"], "size_mb": prep["base_size_mb"], "layers": prep["layers"]}
-
-
-def print_rows(rows: list[dict], summary: dict) -> None:
-    from rich.table import Table
-
-    from cluster.console import console as make_console
-    from tune.leaderboard import rank_rows
-
-    table = Table(title=f"yard sweep {summary['sweep']}: {summary['ok']}/{summary['trials']} scored")
-    for col in ("rank", "trial", "depth", "kd", "rank r", "quant", "perf", "s/token", "Score", "±", "MB", "status"):
-        table.add_column(col, overflow="fold")
-    fmt = lambda v, s: "-" if v is None else s.format(v)  # noqa: E731
-    for r in rank_rows(rows):
-        table.add_row(str(r.get("rank") or "-"), r["trial_id"], str(r["prune_depth"]), str(r["kd_samples"]),
-                      str(r["lora_rank"]), str(r["quant"]), fmt(r.get("perf"), "{:.4f}"),
-                      fmt(r.get("sec_per_token"), "{:.6f}"),
-                      fmt(r.get("score"), "{:.4f}") + (" ≈" if r.get("within_noise") else ""),
-                      fmt(r.get("score_spread"), "{:.4f}"), fmt(r.get("size_mb"), "{:.2f}"),
-                      r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}")
-    console = make_console()
-    console.print(table)
-    timing = summary.get("timing")
-    if timing:
-        console.print(f"speed: every model timed alone after the trials, {timing['rounds']} interleaved rounds of "
-                      f"{timing['prompts']} prompts x {timing['new_tokens']} tokens "
-                      f"(fastest runs; ± = half the range over rounds; ≈ = within noise of the row above)")
-    console.print(f"teacher forward passes: {summary['teacher_forward_passes']} (once per sweep); "
-                  f"{summary['trials_per_hour']} trials/hour; leaderboard: {summary['report']}")
-    console.print(f"TensorBoard: tensorboard --logdir {summary['tune_dir']}")
 
 
 def main(argv: list[str]) -> int:

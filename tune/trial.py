@@ -96,21 +96,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report) -> dict:
     """The trial's work, with `report(metrics, checkpoint_payload=None)` called after each stage
     (separate from Tune so it can be tested and benchmarked without a cluster)."""
-    import torch
-
-    from cluster.loading import load_model, release_memory
-    from cluster.registry import ModelRegistry
     from cluster.storage import open_store
     from tune.config import SweepConfig
-    from tune.distill import distill, stored_teacher_logits
-    from tune.evaluate import EvalResult, evaluate
-    from tune.ffn import ffn_importance, prune_ffn
-    from tune.heal import lora_heal
-    from tune.judge_bench import aligned_perf
-    from tune.lm import lm_loss
-    from tune.prune import choose_layers, remove_layers
-    from tune.quantize import load_quantized, quantize, weights_size_bytes
-    from tune.score import score_breakdown
 
     # llmcompressor logs every layer it touches; a sweep's log is for trials, not layers.
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
@@ -128,6 +115,48 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
         return stored
 
     started = time.perf_counter()
+    reporter = trial_reporter(store, setup.job_id, trial_id, cfg.stall_after_s)
+    try:
+        metrics = _pipeline(config, setup, trial_id, cfg, store, cid, started, reporter, report)
+    except BaseException as exc:
+        reporter.finish("failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
+        raise
+    reporter.finish("succeeded")
+    return metrics
+
+
+def trial_task(trial_id: str) -> str:
+    """A trial's progress record (`yard status`; the sweep's watchdog reads its heartbeat)."""
+    return f"trial-{trial_id}"
+
+
+def trial_reporter(store, job_id: str | None, trial_id: str, stall_after_s: float):
+    from cluster.progress import NullReporter, ProgressReporter
+
+    if not job_id:
+        return NullReporter()
+    return ProgressReporter(store, job_id, task=trial_task(trial_id), stall_after_s=stall_after_s)
+
+
+def _pipeline(config: dict, setup: TrialSetup, trial_id: str, cfg, store, cid: str, started: float, reporter,
+              report) -> dict:
+    import torch
+
+    from cluster.loading import load_model, release_memory
+    from cluster.registry import ModelRegistry
+    from tune.distill import distill, stored_teacher_logits
+    from tune.evaluate import EvalResult, evaluate
+    from tune.ffn import ffn_importance, prune_ffn
+    from tune.heal import lora_heal
+    from tune.judge_bench import aligned_perf
+    from tune.lm import lm_loss
+    from tune.prune import choose_layers, remove_layers
+    from tune.quantize import load_quantized, quantize, weights_size_bytes
+    from tune.score import score_breakdown
+
+    def beat(step: int) -> None:
+        reporter.heartbeat(step=step)
+
     threads = max(1, int(cfg.resources.cpus_per_trial))
     torch.set_num_threads(threads)  # a trial owns the CPUs Ray gave it, and no more
     store.put_state(f"sweeps/{setup.sweep_name}/{setup.sweep_run}/starts/{trial_id}-{time.time_ns()}",
@@ -138,10 +167,12 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
 
     registry = ModelRegistry.load(setup.registry_paths)
     spec = registry.get(cfg.base)
+    reporter.phase("loading", item=cfg.base)
     model, tokenizer, _ = load_model(cfg.base, registry)
     max_length = cfg.calibration.max_length
 
     # 1. prune: BI scores come from the prepare step, computed once per base.
+    reporter.phase("prune", item=cfg.base)
     drop = choose_layers(setup.bi_scores, depth, consecutive=cfg.prune.consecutive) if depth else []
     if drop:
         remove_layers(model, drop)
@@ -154,6 +185,7 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
 
     # 2. distil from the unpruned base's cached top-k logits (never recomputed here).
     kd_loss = None
+    reporter.phase("distil", item=cfg.base)
     if kd_samples:
         cache = stored_teacher_logits(store, cfg.base, setup.calibration[:kd_samples_max(setup)],
                                       top_k=setup.teacher_key["top_k"], max_length=setup.teacher_key["max_length"],
@@ -163,23 +195,25 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
                                f"step writes them before any trial starts")
         model.train()
         stats = distill(model, cache, kd_samples=kd_samples, temperature=cfg.kd.temperature, steps=cfg.kd.steps,
-                        lr=cfg.kd.lr, batch_size=cfg.kd.batch_size)
+                        lr=cfg.kd.lr, batch_size=cfg.kd.batch_size, on_step=beat)
         model.eval()
         kd_loss = stats["kd_loss_last"]
     val = lm_loss(model, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
     report({"stage": "distil", "val_loss": val, "kd_loss": kd_loss})
 
     # 3. heal with LoRA, merged (rank 0: untouched).
+    reporter.phase("heal", item=cfg.base)
     model, heal = lora_heal(model, tokenizer, setup.calibration, rank=lora_rank,
                             alpha=int(round(cfg.heal.alpha_per_rank * lora_rank)) if lora_rank else None,
                             steps=cfg.heal.steps, lr=cfg.heal.lr, batch_size=cfg.heal.batch_size,
-                            max_length=max_length)
+                            max_length=max_length, on_step=beat)
     val = lm_loss(model, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
     report({"stage": "heal", "val_loss": val, "heal_loss": heal.get("heal_loss_last")})
 
     # 4. quantize, reload the saved candidate, evaluate it as the base was evaluated.
     work = Path(tempfile.mkdtemp(prefix=f"yard-trial-{trial_id}-"))
     try:
+        reporter.phase("quantize", item=cfg.base)
         q = quantize(model, tokenizer, scheme, setup.calibration, work / "model",
                      num_calibration_samples=cfg.quant.num_calibration_samples,
                      max_seq_length=cfg.quant.max_seq_length, cuda_capabilities=setup.cuda_capabilities)
@@ -187,8 +221,10 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
         release_memory()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         candidate = load_quantized(q.path, device=device)
+        reporter.phase("evaluate", item=cid)
         final_val = lm_loss(candidate, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
-        result = evaluate(candidate, tokenizer, setup.benchmarks, cfg.eval, spec=spec, model_id=cid)
+        result = evaluate(candidate, tokenizer, setup.benchmarks, cfg.eval, spec=spec, model_id=cid,
+                          on_progress=lambda name, done, total: reporter.heartbeat(benchmark=name, batch=done))
         base = EvalResult.from_dict(setup.baseline)
         # judge benchmarks: both perfs over the turns rated for both (an unparsed judgment of either
         # model drops that turn from both), so the ratio compares like with like

@@ -83,7 +83,7 @@ def test_probe_sha_matches_llm_dna(encoder):
     ("empty.yaml", "", "probe set is empty"),
     ("shape.json", '{"probes": ["a"]}', "expected a JSON list"),
     ("items.json", '[1, 2]', "item 0: expected a string"),
-    ("bad.jsonl", '{"prompt": "a"}\nnot json\n', "line 2: not valid JSON"),
+    ("bad.jsonl", '{"prompt": "a"}\nnot json\n', "bad.jsonl:2: not valid JSON"),
     ("kind.yaml", "kind: probes\nname: x\nprobes: []\n", "probes"),
     ("list.yaml", "- a\n- b\n", "expected a mapping"),
     ("p.csv", "a,b\n", "unsupported probe file format"),

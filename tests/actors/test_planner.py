@@ -57,3 +57,12 @@ def test_capability_and_memory_rejections_name_the_reason():
     assert "needs ~931.3 GiB" in plan.rejected["huge"]
     assert plan.rejected["nope"] == "model nope: unknown model id"
     assert [h.models for h in plan.hosts] == [["unknown_ok"]]
+
+
+def test_nodes_of_one_type_are_one_kind_and_kinds_never_share_a_name():
+    """Two nodes started seconds apart reported 10.01 and 10.02 GiB: one kind of 2 nodes (its
+    smallest memory), not two kinds both named cpu of which the plan kept one."""
+    kinds = node_kinds_from_ray([ray_node(1, mem_gib=10.01), ray_node(1, mem_gib=10.02)])
+    assert [(k.name, k.count, k.cpu_mem_gib) for k in kinds] == [("cpu", 2, 10.0)]
+    mixed = node_kinds_from_ray([ray_node(2), ray_node(8), ray_node(8)])
+    assert sorted((k.name, k.count) for k in mixed) == [("cpu-2cpu", 1), ("cpu-8cpu", 2)]

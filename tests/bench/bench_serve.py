@@ -105,7 +105,7 @@ async def _run_clients(url: str, model: str, n: int, clients: int, max_tokens: i
 
 
 def throughput(args, registry: str) -> None:
-    from serve.app import candidate_info, shutdown, start_app
+    from serve.deploy import candidate_info, shutdown, start_app
 
     results = {}
     for label, mbs, wait in (("batched", args.clients, args.batch_wait_s), ("single", 1, 0.0)):
@@ -238,7 +238,7 @@ async def _load(url: str, model: str, n: int) -> dict:
 
 
 def load(args, registry: str) -> int:
-    from serve.app import candidate_info, shutdown, start_app
+    from serve.deploy import candidate_info, shutdown, start_app
 
     url = start_app(_config(args, registry, 16, args.batch_wait_s))
     before = candidate_info(args.model)["replica_id"]

@@ -83,6 +83,13 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
     assert 1 <= len(children) <= 3 and all(s["parent"] == "exaone4-c" for s in children.values())
     _check_dna_step(LocalStore(str(store)), sorted(zoo.models))
     _check_persona_step(LocalStore(str(store)), registered)
+    # every job ended, and so did every task's record (a trial ASHA stopped included): nothing
+    # in `yard status` runs on or looks stalled after the demo
+    from cluster.status import collect
+
+    statuses = collect(LocalStore(str(store)))
+    assert statuses and {j.status for j in statuses} == {"SUCCEEDED"}
+    assert not [(j.job_name, t.task, t.status) for j in statuses for t in j.tasks if t.status in ("RUNNING", "STALLED")]
 
 
 def _check_dna_step(store, models):

@@ -11,11 +11,9 @@ from cluster.progress import (
     ProgressReporter,
     end_job,
     format_duration,
-    gpu_facts,
     job_heartbeat,
     job_key,
     make_logging_unbuffered,
-    physical_gpu_ids,
     progress_key,
     start_job,
 )
@@ -259,38 +257,6 @@ def test_console_lines_on_phase_and_every_ten_seconds(store, clock, caplog):
     assert lines[0] == f"{host} generating llama-a"
     assert len(lines) == 2  # 12 s of progress: one progress line
     assert re.fullmatch(rf"{re.escape(host)} generating llama-a 10/50 \(1\.0 items/s, ETA 40s\)", lines[1])
-
-
-@pytest.mark.parametrize(
-    "env, visible, expected",
-    [
-        ("3,5", [1], [5]),
-        ("3,5", [0, 1], [3, 5]),
-        (None, [0, 2], [0, 2]),
-        ("", [1], [1]),
-        ("GPU-8a1b,GPU-77ff", [1], ["GPU-77ff"]),
-    ],
-)
-def test_physical_gpu_ids_follow_cuda_visible_devices(monkeypatch, env, visible, expected):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    if env is not None:
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
-    assert physical_gpu_ids(visible) == expected
-
-
-def test_physical_gpu_ids_rejects_an_index_past_the_list():
-    with pytest.raises(ValueError, match="out of range"):
-        physical_gpu_ids([2], "3,5")
-
-
-def test_gpu_facts_without_cuda_reports_the_visible_ids(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    torch = __import__("sys").modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        pytest.skip("CUDA present: ids come from torch")
-    assert gpu_facts() == ([2, 5], [])
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
-    assert gpu_facts() == ([], [])
 
 
 def test_make_logging_unbuffered_sets_the_env_for_children(monkeypatch):

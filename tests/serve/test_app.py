@@ -35,7 +35,7 @@ def _make_adapter(base_dir, out_dir) -> str:
 def app(ray_local, zoo, tmp_path_factory):
     import torch
 
-    from serve.app import shutdown, start_app
+    from serve.deploy import shutdown, start_app
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -197,7 +197,7 @@ def test_deep_json_and_wrong_content_type_are_4xx(app):
 
 
 def test_without_a_key_other_origins_are_refused_and_public_hosts_need_one(zoo):
-    from serve.app import start_app
+    from serve.deploy import start_app
     from serve.requests import BadRequest, check_origin
 
     cfg = ServeConfig.model_validate({"kind": "serve", "registry": [str(zoo.registry_path)], "host": "0.0.0.0",
@@ -213,7 +213,7 @@ def test_without_a_key_other_origins_are_refused_and_public_hosts_need_one(zoo):
 
 
 def test_concurrent_requests_are_batched_and_replica_survives(app, client):
-    from serve.app import candidate_info
+    from serve.deploy import candidate_info
 
     before = candidate_info("llama-a")
 

@@ -38,7 +38,9 @@ def test_from_leaderboard_serves_a_sweeps_best_candidates(zoo, tmp_path):
         rows.append({"trial_id": trial, "status": "ok" if score else "stopped", "score": score, "size_mb": 3.6,
                      "perf": 0.3, "sec_per_token": 0.001, "candidate": run.prefix if score else None})
     sweep = store.new_run("sweep", "demo")
-    sweep.put_json("rows.json", rows)
+    # what the sweep publishes (tune/sweep.py: publish ranks the rows with tune.leaderboard.rank_rows)
+    ranked = [{**rows[1], "rank": 1}, {**rows[0], "rank": 2}, {**rows[2], "rank": None}]
+    sweep.put_json("ranked.json", ranked)
     sweep.complete()
     cfg = ServeConfig(storage={"uri": store.uri}, candidates=[{"id": "a", "path": str(zoo.zoo_dir / "llama-a")}])
     best = leaderboard_candidates(cfg, "demo", 2)
@@ -46,6 +48,11 @@ def test_from_leaderboard_serves_a_sweeps_best_candidates(zoo, tmp_path):
     assert best[0].path.startswith("candidate/demo.t2/")  # Score 0.57 ranks first
     with pytest.raises(UserError, match=r"--top: 3 is not in 1..2"):
         leaderboard_candidates(cfg, "demo", 3)
+    older = store.new_run("sweep", "old")  # published before ranked.json existed
+    older.put_json("rows.json", rows)
+    older.complete()
+    with pytest.raises(UserError, match=r"--from-leaderboard: sweep/old/.*/ranked.json is missing"):
+        leaderboard_candidates(cfg, "old", 1)
     engine = HFEngine(best[0], storage_uri=store.uri)
     prompt = engine.render_chat([{"role": "user", "content": "Tell me about a trip."}])
     (out,) = engine.generate([GenRequest(prompt, max_tokens=8, temperature=0.0)])

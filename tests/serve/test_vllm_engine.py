@@ -86,7 +86,7 @@ def test_app_without_vllm_is_a_user_error(zoo):
 def test_api_key_with_vllm_candidates_is_refused_before_starting(zoo, monkeypatch):
     """Ray Serve LLM's ingress does not check bearer keys: a configured key must not silently
     leave the vLLM models open. Refused before Ray or Serve starts."""
-    from serve.app import start_app
+    from serve.deploy import start_app
 
     monkeypatch.delenv("YARD_API_KEY", raising=False)
     cfg = ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand()], api_key="k")

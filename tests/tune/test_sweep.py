@@ -165,6 +165,10 @@ def test_sweep_killed_and_resumed_runs_no_finished_trial_twice(zoo, tmp_path):
     assert (run_dir / "pareto.png").stat().st_size > 1000
     md = (run_dir / "leaderboard.md").read_text()
     assert all(r["trial_id"] in md for r in rows)
+    # the ranking as data, for `yard serve --from-leaderboard`: best Score first
+    ranked = json.loads((run_dir / "ranked.json").read_text())
+    assert [r["rank"] for r in ranked] == [1, 2, 3]
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in rows), reverse=True)
 
     registry = yaml.safe_load((zoo_dir / "models.yaml").read_text())["models"]
     children = [m for m, s in registry.items() if s.get("parent") == "exaone4-c" and m.startswith("t.")]

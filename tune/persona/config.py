@@ -142,7 +142,10 @@ class PersonaConfig(YardModel):
     plan: PlanConfig = Field(default_factory=PlanConfig)
     register_child: bool = Field(True, description="a zoo base gets the merged model as a child (local store)")
     child_id: str | None = Field(None, pattern=_NAME, description="the child's registry id (default <base>.<name>)")
-    stall_after_s: float = Field(1800.0, gt=0)
+    stall_after_s: float = Field(1800.0, gt=0, description="a training stage with no heartbeat (a step) for "
+                                 "this long is killed")
+    stall_retries: int = Field(1, ge=0, le=5, description="a stage killed at its stall limit reruns in a fresh "
+                               "process up to this many times")
 
     @property
     def resolved_child_id(self) -> str:

@@ -86,24 +86,32 @@ def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, h
               sft_adapter_key: str | None = None, job_id: str | None = None, stall_after_s: float = 1800.0) -> dict:
     """One training stage ("sft" or "dpo") where Ray placed it: train, upload `<stage>/adapter/` under
     the run `prefix`. Returns {"result": StageResult dict, "files": [uploaded names], "load_s"}."""
-    from tune.persona.train import DpoSettings, LoraSettings, SftSettings, train_dpo, train_sft
+    from tune.persona.train import (
+        DpoSettings,
+        LoraSettings,
+        SftSettings,
+        train_dpo,
+        train_sft,
+    )
 
     t0 = time.time()
     store = open_store(store_uri, endpoint_url)
     reporter = _reporter(store_uri, endpoint_url, job_id, stage, stall_after_s)
+    on_step = None
     if reporter is not None:
-        # no per-step callback from the trainer: the stage's own limit covers the whole training
+        # a heartbeat per optimizer step: the job kills a stage silent for stall_after_s
         reporter.phase(stage, item=base, stall_after_s=stall_after_s)
+        on_step = lambda step: reporter.heartbeat(step=step)  # noqa: E731
     try:
         path = base_path(registry_paths, base)
         with tempfile.TemporaryDirectory(prefix=f"yard-persona-{stage}-") as tmp:
             if stage == "sft":
                 result = train_sft(path, rows, held_out, LoraSettings(**lora), SftSettings(**settings), Path(tmp) / "out",
-                                   chat_template_kwargs=chat_template_kwargs)
+                                   chat_template_kwargs=chat_template_kwargs, on_step=on_step)
             else:
                 adapter = download_dir(store, sft_adapter_key, Path(tmp) / "sft-adapter")
                 result = train_dpo(path, str(adapter), rows, held_out, LoraSettings(**lora), DpoSettings(**settings),
-                                   Path(tmp) / "out", chat_template_kwargs=chat_template_kwargs)
+                                   Path(tmp) / "out", chat_template_kwargs=chat_template_kwargs, on_step=on_step)
             kind, model_id, name = prefix.split("/")
             writer = store.new_run(kind, model_id, name=name)
             writer.put_dir(f"{stage}/adapter", result.adapter_dir)
@@ -203,8 +211,8 @@ def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, regis
 
     import ray
 
-    from serve.app import shutdown, start_app
     from serve.config import CandidateConfig, ServeConfig
+    from serve.deploy import shutdown, start_app
     from serve.judge import JudgeEndpoint
     from serve.probe_suite import load_suite
     from serve.probes import CONDITIONS, ProbeCandidate, make_judge, run_probes
@@ -245,9 +253,25 @@ def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, regis
     return summary
 
 
-def run_persona(cfg: PersonaConfig, *, config_path: str | None = None) -> tuple[int, dict]:
+def run_watched(submit, store: ArtifactStore, job_id: str, task: str, cfg: PersonaConfig, incidents: list[dict]):
+    """`submit()` (a Ray task reporting as `task`) to its result; an attempt that stalls is killed
+    and submitted again, `cfg.stall_retries` times at most (then TaskStalled ends the job)."""
+    from cluster.watch import TaskStalled, wait_watched
+
+    for attempt in range(1, cfg.stall_retries + 2):
+        try:
+            return wait_watched(submit(), store, job_id, task, cfg.stall_after_s, attempt=attempt)
+        except TaskStalled as exc:
+            retry = attempt <= cfg.stall_retries
+            incidents.append(exc.incident(retried=retry))
+            if not retry:
+                raise
+    raise AssertionError("unreachable")
+
+
+def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=None) -> tuple[int, dict]:
     """The whole job: (exit code, summary). UserError (ConfigError, PrepError) before any Ray task
-    for bad input."""
+    for bad input. `stage_fn`: the training stage task (default `run_stage`; tests pass one that hangs)."""
     import ray
 
     from cluster.runtime import connect
@@ -283,10 +307,14 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None) -> tuple[
         reporter.advance(item="prep")
         actual_s = {}
         stages: list[dict] = []
+        incidents: list[dict] = []
+        summary["incidents"] = incidents
+        stage_task = ray.remote(stage_fn or run_stage)
         reporter.phase("sft", item=cfg.base, stall_after_s=cfg.stall_after_s)
-        sft = ray.get(ray.remote(run_stage).options(**_options(cfg.resources.sft)).remote(
+        sft = run_watched(lambda: stage_task.options(**_options(cfg.resources.sft)).remote(
             "sft", rows=prep.sft, held_out=prep.sft_held_out, lora=cfg.lora.model_dump(), settings=cfg.sft.model_dump(),
-            chat_template_kwargs=cfg.chat_template_kwargs, job_id=job.job_id, stall_after_s=cfg.stall_after_s, **common))
+            chat_template_kwargs=cfg.chat_template_kwargs, job_id=job.job_id, stall_after_s=cfg.stall_after_s, **common),
+            store, job.job_id, "sft", cfg, incidents)
         writer.files += sft["files"]
         stages.append(sft["result"])
         actual_s["sft"] = sft["wall_s"]
@@ -294,10 +322,11 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None) -> tuple[
         adapter_key = sft["result"]["adapter_dir"]
         if cfg.dpo is not None and prep.dpo:
             reporter.phase("dpo", item=cfg.base, stall_after_s=cfg.stall_after_s)
-            dpo = ray.get(ray.remote(run_stage).options(**_options(cfg.resources.dpo)).remote(
+            dpo = run_watched(lambda: stage_task.options(**_options(cfg.resources.dpo)).remote(
                 "dpo", rows=prep.dpo, held_out=prep.dpo_held_out, lora=cfg.lora.model_dump(),
                 settings=cfg.dpo.model_dump(), chat_template_kwargs=cfg.chat_template_kwargs,
-                sft_adapter_key=adapter_key, job_id=job.job_id, stall_after_s=cfg.stall_after_s, **common))
+                sft_adapter_key=adapter_key, job_id=job.job_id, stall_after_s=cfg.stall_after_s, **common),
+                store, job.job_id, "dpo", cfg, incidents)
             writer.files += dpo["files"]
             stages.append(dpo["result"])
             actual_s["dpo"] = dpo["wall_s"]

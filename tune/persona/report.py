@@ -88,6 +88,11 @@ def write_report(cfg: PersonaConfig, summary: dict, plan: Plan, stages: list[dic
                      f"| {_num(s['eval_loss'])} | {s['seconds']:.1f} | {s['tokens_per_s']:.0f} |")
     if summary.get("dpo_skipped"):
         lines += ["", f"DPO skipped: {summary['dpo_skipped']}."]
+    if summary.get("incidents"):
+        lines += ["", "## Stages the job killed", "",
+                  "| stage | phase | heartbeat age (s) | limit (s) | rerun |", "|---|---|---|---|---|"]
+        lines += [f"| {i['task']} | {i['phase']} | {i['heartbeat_age_s']} | {i['limit_s']:g} | "
+                  f"{'yes' if i['retried'] else 'no'} |" for i in summary["incidents"]]
     lines += ["", "![losses](losses.png)", "", "## Plan and actual", "",
               actual_markdown(plan, summary["actual_s"], {s["stage"]: s["steps"] for s in stages}), "",
               "Actual seconds are each Ray task's wall time (model load included) on this run's hardware, priced "

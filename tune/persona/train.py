@@ -259,8 +259,23 @@ def _common_args(out_dir: Path, device: str, bf16: bool, held_out: bool, max_ste
                 eval_strategy="steps" if held_out else "no", eval_steps=0.1 if held_out else None)
 
 
-def _run(trainer, stage: str, out_dir: Path, backend: str, held_out: bool, adapters: list[str] | None) -> StageResult:
-    """Train, save the adapter (`adapters`: which of the model's adapters), and measure."""
+def _step_callback(on_step):
+    """A transformers TrainerCallback calling `on_step(global_step)` after every optimizer step."""
+    from transformers import TrainerCallback
+
+    class _OnStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            on_step(state.global_step)
+
+    return _OnStep()
+
+
+def _run(trainer, stage: str, out_dir: Path, backend: str, held_out: bool, adapters: list[str] | None,
+         on_step=None) -> StageResult:
+    """Train, save the adapter (`adapters`: which of the model's adapters), and measure.
+    `on_step(step)` runs after every optimizer step (the stage's heartbeat)."""
+    if on_step is not None:
+        trainer.add_callback(_step_callback(on_step))
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
@@ -338,14 +353,15 @@ def build_sft_trainer(base_path: str, rows, held_out, lora: LoraSettings, cfg: S
 
 
 def train_sft(base_path: str, rows, held_out, lora: LoraSettings, cfg: SftSettings, out_dir, *,
-              chat_template_kwargs: dict | None = None, device: str = "auto", backend: str = "auto") -> StageResult:
+              chat_template_kwargs: dict | None = None, device: str = "auto", backend: str = "auto",
+              on_step=None) -> StageResult:
     """Train a LoRA adapter on `rows` ({"messages": [...]}, system turns already stripped) and save it
     with the tokenizer in `out_dir/adapter`. The loss covers each conversation's final assistant
     turn; `held_out` rows give eval_loss. Raises TrainError on zero rows or a row without one."""
     trainer, backend, held = build_sft_trainer(base_path, rows, held_out, lora, cfg, out_dir,
                                                chat_template_kwargs=chat_template_kwargs, device=device,
                                                backend=backend)
-    return _run(trainer, "sft", Path(out_dir), backend, held, None)
+    return _run(trainer, "sft", Path(out_dir), backend, held, None, on_step)
 
 
 def build_dpo_trainer(base_path: str, sft_adapter_dir: str, rows, held_out, lora: LoraSettings, cfg: DpoSettings,
@@ -376,13 +392,13 @@ def build_dpo_trainer(base_path: str, sft_adapter_dir: str, rows, held_out, lora
 
 
 def train_dpo(base_path: str, sft_adapter_dir: str, rows, held_out, lora: LoraSettings, cfg: DpoSettings, out_dir,
-              *, chat_template_kwargs: dict | None = None, device: str = "auto") -> StageResult:
+              *, chat_template_kwargs: dict | None = None, device: str = "auto", on_step=None) -> StageResult:
     """Continue the SFT adapter with DPO on conversational prompt/chosen/rejected `rows`; the
     reference is the SFT policy (see `build_dpo_trainer`). Saves `out_dir/adapter` (the trained
     adapter only). `lora` is the SFT stage's settings; the adapter's own config is what trains."""
     trainer, backend, held = build_dpo_trainer(base_path, sft_adapter_dir, rows, held_out, lora, cfg, out_dir,
                                                chat_template_kwargs=chat_template_kwargs, device=device)
-    return _run(trainer, "dpo", Path(out_dir), backend, held, ["default"])
+    return _run(trainer, "dpo", Path(out_dir), backend, held, ["default"], on_step)
 
 
 # --- after training -----------------------------------------------------------------------------

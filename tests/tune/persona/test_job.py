@@ -1,8 +1,13 @@
 """tune/persona/job.py: --plan without training, bad input refused before Ray, a tiny job on S3.
 The demo job as shipped (prep -> SFT -> DPO -> merge -> lineage -> probe of base and child, the
 child beating its base) runs as `yard demo`'s persona step: tests/cluster/test_demo.py."""
+import os
+import signal
+import sys
+import time
 from pathlib import Path
 
+import cloudpickle
 import pytest
 import yaml
 
@@ -104,3 +109,45 @@ def test_tiny_job_on_an_s3_store(zoo_registry, tmp_path, s3_uri):
                  "report.md", "losses.png", "_COMPLETE.json"):
         assert any(k.endswith(f"/{name}") for k in run), name
     assert any("/probe/" in k and k.endswith("report.md") for k in keys)  # the probe step ran on the S3 model
+
+
+def make_stopping_stage(stopped: Path):
+    """The real stage task, except that the first SFT attempt reports its phase and then stops for
+    good (SIGSTOP, never resumed: a wedged data loader or NCCL call)."""
+    from tune.persona.job import run_stage
+
+    def stage(name, **kw):
+        if name == "sft" and not stopped.exists():
+            from tune.persona.job import _reporter
+
+            _reporter(kw["store_uri"], kw["endpoint_url"], kw["job_id"], name, kw["stall_after_s"]).phase(name)
+            stopped.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return run_stage(name, **kw)
+
+    return stage
+
+
+@pytest.mark.timeout(400)
+def test_a_stalled_stage_is_killed_and_rerun(zoo_registry, tmp_path, ray_local):
+    from cluster.status import collect
+    from cluster.storage import open_store
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stopped = tmp_path / "stopped"
+    cfg = _cfg(zoo_registry, tmp_path, "name=stall", "sft.max_steps=2", "dpo=null", "lora.r=4", "lora.alpha=8",
+               "probe.enabled=false", "register_child=false", "stall_after_s=20")
+    started = time.time()
+    code, summary = job.run_persona(cfg, stage_fn=make_stopping_stage(stopped))
+    assert stopped.exists()  # the first attempt really stopped
+    assert time.time() - started < 300  # acted on, not waited out
+    assert code == 0, summary
+    (incident,) = summary["incidents"]
+    assert incident["task"] == "sft" and incident["phase"] == "sft" and incident["retried"]
+    assert incident["heartbeat_age_s"] > 20
+    report = Path(summary["report"]).read_text()
+    assert "## Stages the job killed" in report and "| sft | sft |" in report
+    (status,) = [j for j in collect(open_store(str(tmp_path / "store"))) if j.job_name == "persona"]
+    tasks = {t.task: t for t in status.tasks}
+    assert tasks["sft.killed1"].status == "FAILED" and "stalled" in tasks["sft.killed1"].message
+    assert tasks["sft"].status == "SUCCEEDED" and status.status == "SUCCEEDED"

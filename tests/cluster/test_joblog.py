@@ -1,0 +1,113 @@
+"""cluster/joblog.py and cluster/live.py: framework logs to the job's log file, progress on the
+console (a plain line per running task without a terminal), and a real `yard dna` run whose
+console holds its tables and paths, not its workers' chatter."""
+import io
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cluster import joblog
+from cluster.jobs import REPO_ROOT
+from cluster.live import LiveView, plain_lines
+from cluster.progress import ProgressReporter
+from cluster.status import collect
+from cluster.storage_local import LocalStore
+
+
+@pytest.fixture
+def quiet_env(monkeypatch):
+    monkeypatch.delenv("YARD_LOG", raising=False)
+
+
+def test_info_goes_to_the_file_warnings_and_marked_lines_to_the_console_too(tmp_path, quiet_env):
+    store = LocalStore(str(tmp_path / "store"))
+    stream = io.StringIO()
+    console = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(console)
+    sys_stderr, sys.stderr = sys.stderr, stream  # the handler writes to "the console"
+    try:
+        joblog._pending.extend(["early worker line\n"])  # arrived between ray.init and the job
+        with joblog.open_job_log(store, "job-1") as jl:
+            logging.getLogger("ray.serve").info("CALL generate OK 101.7ms")
+            logging.getLogger("cluster.jobs").info("job started", extra={"console": True})
+            logging.getLogger("tune.sweep").warning("a trial was killed")
+            joblog._to_job_log({"pid": 42, "actor_name": "ModelHost", "ip": "10.0.0.1", "lines": ["Loading weights"]})
+        assert jl.path == tmp_path / "store" / "logs" / "job-1.log" and jl.where == str(jl.path)
+    finally:
+        sys.stderr = sys_stderr
+        root.removeHandler(console)
+    text = jl.path.read_text()
+    for line in ("CALL generate OK", "job started", "a trial was killed", "(ModelHost pid=42, ip=10.0.0.1) Loading weights",
+                 "early worker line"):
+        assert line in text, line
+    shown = stream.getvalue()
+    assert "job started" in shown and "a trial was killed" in shown
+    assert "CALL generate" not in shown and "Loading weights" not in shown
+    assert console.filters == []  # the console is as it was once the job ended
+    joblog._to_job_log({"pid": 1, "lines": ["after the job"]})  # no job open: kept for the next one
+    assert "(pid=1) after the job\n" in joblog._pending
+    joblog._pending.clear()
+
+
+def test_verbose_keeps_everything_on_the_console(tmp_path, monkeypatch):
+    monkeypatch.setenv("YARD_LOG", "debug")
+    stream = io.StringIO()
+    console = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(console)
+    monkeypatch.setattr(sys, "stderr", stream)
+    try:
+        with joblog.open_job_log(LocalStore(str(tmp_path)), "job-2"):
+            logging.getLogger("ray.serve").info("CALL generate OK")
+    finally:
+        logging.getLogger().removeHandler(console)
+    assert "CALL generate OK" in stream.getvalue()
+    assert not joblog.route_ray_output()  # Ray prints its workers' lines itself
+
+
+def test_plain_progress_lines_show_rate_eta_and_only_news(tmp_path):
+    store = LocalStore(str(tmp_path))
+    clock = [1000.0]
+    rep = ProgressReporter(store, "dna-20261130-000000-abcdef", task="host-0", total=10, stall_after_s=60,
+                           min_interval_s=0, console=False, clock=lambda: clock[0])
+    rep.phase("generating", item="llama-a")
+    for _ in range(4):
+        clock[0] += 2.0
+        rep.advance()
+    (job,) = collect(store, now=clock[0])
+    (line,) = plain_lines(job, now=clock[0])
+    assert " host-0 RUNNING generating llama-a 4/10 (40.0%) " in line and "ETA" in line
+
+    out = io.StringIO()
+    view = LiveView(store, job.job_id, tty=False, stream=out, clock=lambda: clock[0])
+    view._tick_plain()
+    view._tick_plain()  # nothing moved: nothing printed
+    assert out.getvalue().count("host-0") == 1
+    rep.finish()
+    view._tick_plain()  # nothing running: nothing to print
+    assert out.getvalue().count("host-0") == 1
+
+
+@pytest.mark.slow
+def test_a_dna_run_prints_tables_and_paths_not_its_workers(zoo, tmp_path):
+    """`yard dna` as a user runs it, without a terminal: the workers' output (progress log lines,
+    model loading) is in the job's log file, not on the console."""
+    env = {k: v for k, v in os.environ.items() if k not in ("YARD_LOG", "RAY_ADDRESS")}
+    env.update(YARD_DASHBOARD="0", YARD_PROGRESS_EVERY_S="2")
+    args = [sys.executable, "-m", "cluster", "dna", "configs/dna.demo.yaml", "zoo=null",
+            f"registry=[{zoo.registry_path}]", f"storage.uri={tmp_path / 'store'}", "models=[llama-a,qwen3-b]",
+            "probes.count=8", "generation.max_new_tokens=60", "generation.batch_size=8", "hosts.max_hosts=1", "--accept-suspicious"]
+    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400,
+                          stdin=subprocess.DEVNULL)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-4000:]
+    logs = list((tmp_path / "store" / "logs").glob("dna-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in console  # the path, printed once
+    text = logs[0].read_text()
+    assert "pid=" in text  # the hosts' own lines, prefixed as Ray prefixes them
+    assert "pid=" not in console and "Loading weights" not in console
+    assert "report:" in console
+    assert len(console.splitlines()) < 80, console

@@ -1,0 +1,84 @@
+"""Hung and overlong sweep trials are acted on: killed, rerun once when they stalled, kept as errors
+when they ran past the time limit; the leaderboard and `yard status` say so."""
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from cluster.storage_local import LocalStore
+from tests.tune.test_sweep import DEMO, _cfg
+
+pytestmark = pytest.mark.slow
+
+
+def make_trial(stopped: Path):
+    """The real trial, except: prune_depth 1 stops for good (SIGSTOP, never resumed: a wedged load)
+    before it reports anything, on its first attempt; prune_depth 2 stays alive and heartbeats but
+    never finishes (a trial far slower than its recipe should be)."""
+    from tune.trial import run_trial
+
+    def trial(config, setup):
+        from ray import tune
+
+        from cluster.storage import open_store
+        from tune.trial import trial_reporter
+
+        if config["prune_depth"] == 1 and not stopped.exists():
+            stopped.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if config["prune_depth"] == 2:
+            reporter = trial_reporter(open_store(setup.store_uri, setup.endpoint_url), setup.job_id,
+                                      tune.get_context().get_trial_id(), 30.0)
+            reporter.phase("evaluate")
+            step = 0
+            while True:
+                step += 1
+                reporter.heartbeat(step=step)
+                time.sleep(1.0)
+        return run_trial(config, setup)
+
+    return trial
+
+
+@pytest.mark.timeout(420)
+def test_a_stalled_trial_is_rerun_and_an_overlong_one_killed(ray_local, zoo, tmp_path):
+    from cluster.status import collect
+    from tune.sweep import run_sweep
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stopped = tmp_path / "stopped"
+    cfg = _cfg(zoo, tmp_path, "name=watch", "register_top=0", "calibration.count=8", "calibration.holdout=2",
+               "search.space.prune_depth={grid: [1, 2]}", "search.space.kd_samples={value: 0}",
+               "search.space.lora_rank={value: 0}", "search.space.quant={value: none}",
+               "search.max_concurrent_trials=2", "search.asha.enabled=false", "eval.max_new_tokens=8",
+               "eval.benchmarks.0.limit=4", "eval.benchmarks.1.limit=4", "timing.enabled=false",
+               "stall_after_s=20", "search.trial_time_limit_s=75", "search.stall_retries=1")
+    started = time.time()
+    code, summary = run_sweep(cfg, config_path=str(DEMO), trial_fn=make_trial(stopped))
+    assert stopped.exists()  # the first attempt really stopped
+    assert time.time() - started < 300  # acted on, not waited out
+    assert code == 1 and summary["ok"] == 1 and summary["errors"] == 1
+    by_kind = {i["kind"]: i for i in summary["incidents"]}
+    assert sorted(by_kind) == ["stalled", "time limit"], summary["incidents"]
+    stall, over = by_kind["stalled"], by_kind["time limit"]
+    assert stall["retried"] and stall["phase"] == "starting" and stall["heartbeat_age_s"] > 20
+    assert not over["retried"] and over["phase"] == "evaluate"
+    store = LocalStore(str(tmp_path / "store"))
+    run = store.runs("sweep", "watch")[-1]
+    rows = {r["prune_depth"]: r for r in store.get_json(f"{run.prefix}/rows.json")}
+    assert rows[1]["status"] == "ok" and rows[1]["trial_id"] == stall["trial_id"]  # the rerun finished
+    assert rows[2]["status"] == "error" and "trial_time_limit_s=75" in rows[2]["error"]
+    md = (tmp_path / "store" / run.prefix / "leaderboard.md").read_text()
+    assert "## Trials the sweep killed" in md
+    assert f"| {stall['trial_id']} | stalled | starting |" in md and f"| {over['trial_id']} | time limit |" in md
+    (job,) = [j for j in collect(store) if j.job_name == "sweep"]
+    tasks = {t.task: t for t in job.tasks}
+    killed = tasks[f"trial-{stall['trial_id']}.killed1"]
+    assert killed.status == "FAILED" and "stalled" in killed.message
+    assert tasks[f"trial-{stall['trial_id']}"].status == "SUCCEEDED"  # the rerun's own record
+    assert tasks[f"trial-{over['trial_id']}"].status == "FAILED"
+    assert "trial_time_limit_s" in tasks[f"trial-{over['trial_id']}"].message
