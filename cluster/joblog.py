@@ -79,10 +79,12 @@ class JobLog:
         self._handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
         self._handler.setLevel(logging.DEBUG if verbose() else logging.INFO)
         self._filtered: list[logging.Handler] = []
+        self._root_level = logging.NOTSET
 
     def open(self) -> JobLog:
         root = logging.getLogger()
         root.addHandler(self._handler)
+        self._root_level = root.level
         if root.level > self._handler.level or root.level == logging.NOTSET:
             root.setLevel(self._handler.level)
         if not verbose():
@@ -106,7 +108,10 @@ class JobLog:
         with _lock:
             if self in _open:
                 _open.remove(self)
-        logging.getLogger().removeHandler(self._handler)
+        root = logging.getLogger()
+        root.removeHandler(self._handler)
+        if root.level == self._handler.level and self._root_level != self._handler.level:
+            root.setLevel(self._root_level)  # as it was, unless someone changed it meanwhile
         self._handler.close()
         for h in self._filtered:
             h.removeFilter(_CONSOLE_FILTER)

@@ -316,7 +316,8 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
         incidents: list[dict] = []
         watchdog = trial_watchdog(store, job.job_id, cfg, incidents)
         if state and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-            log.info("resuming %s with Tuner.restore: finished trials are kept, unfinished ones rerun", path)
+            log.info("resuming %s with Tuner.restore: finished trials are kept, unfinished ones rerun", path,
+                     extra={"console": True})
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=restart_errored, storage_filesystem=filesystem)
             # the pickled callbacks report to the interrupted job: this job's replace them

@@ -32,7 +32,7 @@ def test_info_goes_to_the_file_warnings_and_marked_lines_to_the_console_too(tmp_
     try:
         joblog._pending.extend(["early worker line\n"])  # arrived between ray.init and the job
         with joblog.open_job_log(store, "job-1") as jl:
-            logging.getLogger("ray.serve").info("CALL generate OK 101.7ms")
+            logging.getLogger("yard.test.framework").info("CALL generate OK 101.7ms")
             logging.getLogger("cluster.jobs").info("job started", extra={"console": True})
             logging.getLogger("tune.sweep").warning("a trial was killed")
             joblog._to_job_log({"pid": 42, "actor_name": "ModelHost", "ip": "10.0.0.1", "lines": ["Loading weights"]})
@@ -61,7 +61,7 @@ def test_verbose_keeps_everything_on_the_console(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", stream)
     try:
         with joblog.open_job_log(LocalStore(str(tmp_path)), "job-2"):
-            logging.getLogger("ray.serve").info("CALL generate OK")
+            logging.getLogger("yard.test.framework").info("CALL generate OK")
     finally:
         logging.getLogger().removeHandler(console)
     assert "CALL generate OK" in stream.getvalue()
