@@ -22,29 +22,40 @@ def quiet_env(monkeypatch):
     monkeypatch.delenv("YARD_LOG", raising=False)
 
 
-def test_info_goes_to_the_file_warnings_and_marked_lines_to_the_console_too(tmp_path, quiet_env):
-    store = LocalStore(str(tmp_path / "store"))
-    stream = io.StringIO()
-    console = logging.StreamHandler(stream)
+@pytest.fixture
+def console(monkeypatch):
+    """The root logger with one console handler on a StringIO standing for stderr; handlers other
+    tests of this worker left on the root logger (one on a closed capture file wrote a logging
+    error, message included, to stderr) are set aside meanwhile."""
     root = logging.getLogger()
-    root.addHandler(console)
-    sys_stderr, sys.stderr = sys.stderr, stream  # the handler writes to "the console"
-    try:
-        joblog._pending.extend(["early worker line\n"])  # arrived between ray.init and the job
-        with joblog.open_job_log(store, "job-1") as jl:
-            logging.getLogger("yard.test.framework").info("CALL generate OK 101.7ms")
-            logging.getLogger("cluster.jobs").info("job started", extra={"console": True})
-            logging.getLogger("tune.sweep").warning("a trial was killed")
-            joblog._to_job_log({"pid": 42, "actor_name": "ModelHost", "ip": "10.0.0.1", "lines": ["Loading weights"]})
-        assert jl.path == tmp_path / "store" / "logs" / "job-1.log" and jl.where == str(jl.path)
-    finally:
-        sys.stderr = sys_stderr
-        root.removeHandler(console)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    monkeypatch.setattr(root, "handlers", [handler])
+    return handler
+
+
+def _as_stderr(monkeypatch, handler) -> None:
+    """The handler's stream is the console (set in the test itself: pytest's capture puts its own
+    sys.stderr back between a fixture's setup and the test)."""
+    monkeypatch.setattr(sys, "stderr", handler.stream)
+
+
+def test_info_goes_to_the_file_warnings_and_marked_lines_to_the_console_too(tmp_path, quiet_env, console,
+                                                                          monkeypatch):
+    _as_stderr(monkeypatch, console)
+    store = LocalStore(str(tmp_path / "store"))
+    joblog._pending.extend(["early worker line\n"])  # arrived between ray.init and the job
+    with joblog.open_job_log(store, "job-1") as jl:
+        logging.getLogger("yard.test.framework").info("CALL generate OK 101.7ms")
+        logging.getLogger("cluster.jobs").info("job started", extra={"console": True})
+        logging.getLogger("tune.sweep").warning("a trial was killed")
+        joblog._to_job_log({"pid": 42, "actor_name": "ModelHost", "ip": "10.0.0.1", "lines": ["Loading weights"]})
+    assert jl.path == tmp_path / "store" / "logs" / "job-1.log" and jl.where == str(jl.path)
     text = jl.path.read_text()
     for line in ("CALL generate OK", "job started", "a trial was killed", "(ModelHost pid=42, ip=10.0.0.1) Loading weights",
                  "early worker line"):
         assert line in text, line
-    shown = stream.getvalue()
+    shown = console.stream.getvalue()
     assert "job started" in shown and "a trial was killed" in shown
     assert "CALL generate" not in shown and "Loading weights" not in shown
     assert console.filters == []  # the console is as it was once the job ended
@@ -53,18 +64,12 @@ def test_info_goes_to_the_file_warnings_and_marked_lines_to_the_console_too(tmp_
     joblog._pending.clear()
 
 
-def test_verbose_keeps_everything_on_the_console(tmp_path, monkeypatch):
+def test_verbose_keeps_everything_on_the_console(tmp_path, monkeypatch, console):
     monkeypatch.setenv("YARD_LOG", "debug")
-    stream = io.StringIO()
-    console = logging.StreamHandler(stream)
-    logging.getLogger().addHandler(console)
-    monkeypatch.setattr(sys, "stderr", stream)
-    try:
-        with joblog.open_job_log(LocalStore(str(tmp_path)), "job-2"):
-            logging.getLogger("yard.test.framework").info("CALL generate OK")
-    finally:
-        logging.getLogger().removeHandler(console)
-    assert "CALL generate OK" in stream.getvalue()
+    _as_stderr(monkeypatch, console)
+    with joblog.open_job_log(LocalStore(str(tmp_path)), "job-2"):
+        logging.getLogger("yard.test.framework").info("CALL generate OK")
+    assert "CALL generate OK" in console.stream.getvalue()
     assert not joblog.route_ray_output()  # Ray prints its workers' lines itself
 
 
