@@ -24,6 +24,28 @@ class TaskStalled(RuntimeError):
                 "limit_s": self.limit_s, "retried": retried, "reason": self.reason}
 
 
+def attempt_stall(store: ArtifactStore, job_id: str, task: str, since: float, stall_after_s: float,
+                  now: float) -> tuple[tuple[float, float] | None, str]:
+    """((heartbeat age, limit) or None, phase) for the attempt of `task` started at `since`: stalled
+    when its record's heartbeat is past its limit, or when it wrote no record of its own within
+    `stall_after_s` (a record ended, or older than the attempt, is an earlier attempt's; the
+    phase is then "starting"). Store errors propagate: the caller decides (a hiccup is not a hang)."""
+    record = read_task(store, job_id, task)
+    if record is not None and (record.get("status", "running") != "running"
+                               or float(record.get("started_at") or 0) < since - 60):
+        record = None
+    late = stalled(record, now)
+    if record is None and now - since > stall_after_s:
+        late = (now - since, float(stall_after_s))
+    return late, (record or {}).get("phase") or "starting"
+
+
+def end_killed(store: ArtifactStore, job_id: str, task: str, reason: str, attempt: int) -> None:
+    """End a killed attempt's record as failed, kept as `<task>.killed<attempt>` beside the rerun's."""
+    mark_task(store, job_id, task, "failed", reason, as_task=f"{task}.killed{attempt}")
+    mark_task(store, job_id, task, "failed", reason)
+
+
 def wait_watched(ref, store: ArtifactStore, job_id: str, task: str, stall_after_s: float, *,
                  attempt: int = 1, poll_s: float = 2.0):
     """`ray.get(ref)` for a Ray task that reports as `task` (a ProgressReporter), except that a
@@ -38,24 +60,16 @@ def wait_watched(ref, store: ArtifactStore, job_id: str, task: str, stall_after_
         ready, _ = ray.wait([ref], timeout=poll_s)
         if ready:
             return ray.get(ref)
-        now = time.time()
         try:
-            record = read_task(store, job_id, task)
+            late, phase = attempt_stall(store, job_id, task, submitted, stall_after_s, time.time())
         except Exception as exc:  # noqa: BLE001 - a store hiccup is not a hang
             log.warning("progress %s/%s: cannot read: %s", job_id, task, one_line(exc))
             continue
-        if record is not None and (record.get("status", "running") != "running"
-                                   or float(record.get("started_at") or 0) < submitted - 60):
-            record = None  # an earlier attempt's record: this one has not written yet
-        late = stalled(record, now)
-        if record is None and now - submitted > stall_after_s:
-            late = (now - submitted, float(stall_after_s))
         if late is None:
             continue
-        phase = (record or {}).get("phase") or "starting"
-        reason = f"{task} stalled: no heartbeat for {late[0]:.0f}s while {phase} (limit {late[1]:.0f}s); killed"
+        age, limit = late
+        reason = f"{task} stalled: no heartbeat for {age:.0f}s while {phase} (limit {limit:.0f}s); killed"
         log.warning("%s", reason)
         ray.cancel(ref, force=True)
-        mark_task(store, job_id, task, "failed", reason, as_task=f"{task}.killed{attempt}")
-        mark_task(store, job_id, task, "failed", reason)
-        raise TaskStalled(reason, task, phase, late[0], late[1])
+        end_killed(store, job_id, task, reason, attempt)
+        raise TaskStalled(reason, task, phase, age, limit)

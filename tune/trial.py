@@ -119,7 +119,9 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
     try:
         metrics = _pipeline(config, setup, trial_id, cfg, store, cid, started, reporter, report)
     except BaseException as exc:
-        reporter.finish("failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
+        from cluster.progress import one_line
+
+        reporter.finish("failed", one_line(exc))
         raise
     reporter.finish("succeeded")
     return metrics

@@ -25,7 +25,8 @@ def trial_watchdog(store: ArtifactStore, job_id: str, cfg: SweepConfig, incident
     import ray
     from ray import tune
 
-    from cluster.progress import mark_task, read_task, stalled
+    from cluster.progress import mark_task, read_task
+    from cluster.watch import attempt_stall, end_killed
     from tune.trial import trial_task
 
     limit = cfg.search.trial_time_limit_s
@@ -61,17 +62,10 @@ def trial_watchdog(store: ArtifactStore, job_id: str, cfg: SweepConfig, incident
                 began = self.first_seen.setdefault(tid, now)
                 attempt = self.attempt_seen.setdefault((tid, actor._actor_id.hex()), now)
                 try:
-                    record = read_task(self.store, job_id, trial_task(tid))
+                    late, phase = attempt_stall(self.store, job_id, trial_task(tid), attempt, cfg.stall_after_s, now)
                 except Exception as exc:  # a store hiccup is not a hang
                     log.warning("watchdog: cannot read %s's progress: %s", tid, exc)
                     continue
-                if record is not None and (record.get("status") != "running"
-                                           or float(record.get("started_at") or 0) < attempt - 60):
-                    record = None  # an earlier attempt's record: this one has not written yet
-                phase = (record or {}).get("phase") or "starting"
-                late = stalled(record, now)
-                if record is None and now - attempt > cfg.stall_after_s:
-                    late = (now - attempt, cfg.stall_after_s)
                 if late is not None:
                     retry = self.stall_kills.get(tid, 0) < cfg.search.stall_retries
                     self.stall_kills[tid] = self.stall_kills.get(tid, 0) + 1
@@ -105,11 +99,9 @@ def trial_watchdog(store: ArtifactStore, job_id: str, cfg: SweepConfig, incident
             log.warning("%s", reason)
             if retry:  # Tune reruns a failed trial while its failures stay within max_failures
                 trial.max_failures = trial.run_metadata.num_failures + 1
-            task = trial_task(trial.trial_id)
             kills = sum(i["trial_id"] == trial.trial_id for i in incidents) + 1
             # the killed attempt keeps a record of its own: a rerun writes the trial's record anew
-            mark_task(self.store, job_id, task, "failed", reason, as_task=f"{task}.killed{kills}")
-            mark_task(self.store, job_id, task, "failed", reason)
+            end_killed(self.store, job_id, trial_task(trial.trial_id), reason, kills)
             incidents.append({"trial_id": trial.trial_id, **facts, "retried": retry, "reason": reason})
             ray.kill(actor)
 
