@@ -139,6 +139,13 @@ def generate_vllm(model, tokenizer, texts: list[str], gen: GenerationConfig, *,
     return GenerationResult(out.texts, out.new_tokens, out.seconds, round(n / out.seconds, 4) if out.seconds > 0 else 0.0)
 
 
+def generate_for(model) -> Callable:
+    """The generate function for `model`: `generate_vllm` for a `cluster.engine_vllm.VllmModel`
+    (its `engine` is "vllm"), `generate_batched` for a transformers model. Both take the same
+    arguments and give the same GenerationResult."""
+    return generate_vllm if getattr(model, "engine", "hf") == "vllm" else generate_batched
+
+
 def generate_sequential(model, tokenizer, texts: list[str], gen: GenerationConfig, *,
                         add_special_tokens: bool = False) -> GenerationResult:
     """One prompt at a time, no padding: what the public llm-dna path does. For benchmarks and

@@ -80,6 +80,8 @@ class VllmModel:
     """One model in a vLLM `LLM`. Not thread-safe; one per process at a time. `swap` puts another
     checkpoint of the same architecture into the running engine (no new engine)."""
 
+    engine = "vllm"  # what `actors.generation.generate_for` dispatches on
+
     def __init__(self, model_id: str, path: str, *, settings: VllmSettings, signature: str | None, dtype: str,
                  num_gpus: int = 1, revision: str | None = None, trust_remote_code: bool = False,
                  quantization: str | None = None):
@@ -183,3 +185,10 @@ def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, no
             return reuse, tokenizer, plan, True
         reuse.close()
     return VllmModel(model_id, path, settings=settings, signature=signature, **args), tokenizer, plan, False
+
+
+def load_vllm_dir(model_id: str, path: str, settings: VllmSettings, *, num_gpus: int = 1) -> VllmModel:
+    """A saved model folder in vLLM as it is (a sweep candidate exactly as packaged: plain
+    safetensors or compressed-tensors, whose quantization vLLM reads from its config.json).
+    LoadError with vLLM's own last line when vLLM cannot load it."""
+    return VllmModel(model_id, str(path), settings=settings, signature=None, dtype="auto", num_gpus=num_gpus)

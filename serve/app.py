@@ -20,6 +20,7 @@ import re
 import threading
 import time
 import uuid
+from contextlib import aclosing
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -52,11 +53,19 @@ def isolate_failures(run, requests: list[dict], name: str = "") -> list[dict]:
     return [isolate_failures(run, [r], name)[0] for r in requests]
 
 
+async def _in_thread(it):
+    """An iterator's items, each `next` run in a worker thread (a blocking generator off the loop)."""
+    done = object()
+    while (item := await asyncio.to_thread(next, it, done)) is not done:
+        yield item
+
+
 # --- the candidate deployment --------------------------------------------------------------
 @serve.deployment
 class CandidateServer:
-    """One candidate's HFEngine on a replica: `prepare` renders and checks a request, `generate`
-    batches, `stream` yields chunks of one request."""
+    """One candidate's engine on a replica (HFEngine, or VllmServeEngine for `engine: vllm`):
+    `prepare` renders and checks a request, `generate` batches (vLLM: continuously), `stream`
+    yields chunks of one request."""
 
     def __init__(self, candidate: dict, registry_paths: list[str], storage_uri: str, endpoint_url: str | None,
                  limits: dict):
@@ -71,7 +80,13 @@ class CandidateServer:
             # torch would use every core of the host; the replica reserved num_cpus of them
             torch.set_num_threads(int(self.candidate.num_cpus))
         registry = ModelRegistry.load(registry_paths) if self.candidate.model else None
-        self.engine = HFEngine(self.candidate, registry, storage_uri=storage_uri, endpoint_url=endpoint_url)
+        self.vllm = self.candidate.engine == "vllm"
+        if self.vllm:  # vLLM's async engine; its continuous batching replaces @serve.batch
+            from serve.engine_vllm import VllmServeEngine
+
+            self.engine = VllmServeEngine(self.candidate, registry, storage_uri=storage_uri, endpoint_url=endpoint_url)
+        else:
+            self.engine = HFEngine(self.candidate, registry, storage_uri=storage_uri, endpoint_url=endpoint_url)
         self.generate_batch.set_max_batch_size(self.candidate.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(self.candidate.batch_wait_timeout_s)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
@@ -121,25 +136,36 @@ class CandidateServer:
         return await asyncio.to_thread(isolate_failures, run, requests, self.candidate.id)
 
     async def generate(self, request: dict) -> dict:
+        if self.vllm:
+            return await self._generate_vllm(request)
         return await self.generate_batch(request)
 
+    async def _generate_vllm(self, request: dict) -> dict:
+        from serve.engine_hf import GenRequest, RequestError
+
+        try:
+            return (await self.engine.generate(GenRequest(**request))).to_dict()
+        except RequestError as exc:
+            return {"error": [400, str(exc), "model", None]}
+        except Exception as exc:  # one request's failure answers that request alone
+            log.exception("candidate %s: request failed", self.candidate.id)
+            return {"error": [500, f"generation failed: {type(exc).__name__}: {exc}", None, None]}
+
     async def stream(self, request: dict):
-        """Chunks of one request ({"text"} ..., then {"finish_reason", ...}); generated off the
+        """Chunks of one request ({"text"} ..., then {"finish_reason", ...}); HF generates off the
         event loop. A client that goes away (Serve cancels the call) stops the generation at its
-        next token instead of letting it run to max_tokens."""
+        next token (vLLM: the request is aborted in the engine) instead of running to max_tokens."""
         from serve.engine_hf import GenRequest
 
         cancel = threading.Event()
-        it = self.engine.stream(GenRequest(**request), cancel=cancel)
-        done = object()
+        items = (self.engine.stream(GenRequest(**request)) if self.vllm
+                 else _in_thread(self.engine.stream(GenRequest(**request), cancel=cancel)))
         finished = False
         try:
-            while True:
-                item = await asyncio.to_thread(next, it, done)
-                if item is done:
-                    finished = True
-                    return
-                yield item
+            async with aclosing(items):  # closed now, not by a later garbage collection
+                async for item in items:
+                    yield item
+            finished = True
         finally:
             if not finished:
                 cancel.set()

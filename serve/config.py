@@ -66,6 +66,10 @@ class CandidateConfig(YardModel):
     model: str | None = Field(default=None, description="a registry id (cluster.registry)")
     path: str | None = Field(default=None, description="an HF model dir, s3:// dir, or a store prefix holding model/")
     engine: Literal["hf", "vllm"] = "hf"
+    vllm_server: Literal["yard", "ray-serve-llm"] = Field(default="yard", description="vllm engine: behind this "
+                                                          "app's own ingress (the same key, limits, checks and "
+                                                          "routes as hf), or Ray Serve LLM's OpenAI app (its own "
+                                                          "ingress, which checks no API key)")
     num_replicas: int = Field(default=1, ge=1)
     autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(default=1.0, ge=0)

@@ -6,6 +6,7 @@ themselves are in serve/app.py).
     >>> shutdown()                                                     # doctest: +SKIP
 """
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -48,24 +49,32 @@ def _probe_suite(path: str | None) -> str | None:
     return str(p.resolve())
 
 
+def on_serve_llm(candidate) -> bool:
+    """Served by Ray Serve LLM's own app (`vllm_server: ray-serve-llm`), not this app's ingress."""
+    return candidate.engine == "vllm" and candidate.vllm_server == "ray-serve-llm"
+
+
 def build_app(cfg: ServeConfig):
-    """The Serve application for the config's HF candidates (vLLM ids are listed and redirected)."""
-    hf = [c for c in cfg.candidates if c.engine == "hf"]
+    """The Serve application for the config's candidates behind this app's ingress (HF, and vLLM
+    with `vllm_server: yard`); Ray Serve LLM's ids are listed and redirected."""
+    hf = [c for c in cfg.candidates if not on_serve_llm(c)]
     registry_paths = [_absolute(p) for p in cfg.registry_paths()]
     storage_uri = cfg.storage.uri if cfg.storage.uri.startswith("s3://") else _absolute(cfg.storage.uri)
     servers = {}
     for cand in hf:
         options = dict(name=deployment_name(cand.id), ray_actor_options={"num_cpus": cand.num_cpus,
                                                                           "num_gpus": cand.num_gpus},
-                       # room for a full batch to queue at the replica (Serve's default is 5)
-                       max_ongoing_requests=max(2 * cand.max_batch_size, 8))
+                       # room for a full batch to queue at the replica (Serve's default is 5); vLLM
+                       # schedules every request it holds, so it gets all the ingress lets in
+                       max_ongoing_requests=(cfg.limits.max_concurrent_requests if cand.engine == "vllm"
+                                             else max(2 * cand.max_batch_size, 8)))
         if cand.autoscaling is not None:
             options["autoscaling_config"] = cand.autoscaling.model_dump()
         else:
             options["num_replicas"] = cand.num_replicas
         servers[cand.id] = CandidateServer.options(**options).bind(
             cand.model_dump(), registry_paths, storage_uri, cfg.storage.endpoint_url, cfg.limits.model_dump())
-    vllm_ids = [sid for c in cfg.candidates if c.engine == "vllm" for sid in c.served_ids()]
+    vllm_ids = [sid for c in cfg.candidates if on_serve_llm(c) for sid in c.served_ids()]
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     settings = {"limits": cfg.limits.model_dump(), "api_key": cfg.resolved_api_key(),
                 "candidates": [c.model_dump() for c in hf], "vllm_ids": vllm_ids,
@@ -97,6 +106,10 @@ def _start_serve(host: str, port: int, attempts: int = 2) -> None:
                 raise
 
 
+def _source(cfg: ServeConfig) -> str:
+    return getattr(cfg, "_source", None) or "serve config"
+
+
 def check_models(cfg: ServeConfig) -> None:
     """Every candidate's `model` is a registered id, before Ray or Serve starts (an unknown one
     used to surface as a replica's constructor traceback from Ray Serve)."""
@@ -106,7 +119,7 @@ def check_models(cfg: ServeConfig) -> None:
     from cluster.registry import ModelRegistry
 
     registry = ModelRegistry.load(cfg.registry_paths())
-    source = getattr(cfg, "_source", None) or "serve config"
+    source = _source(cfg)
     for i, mid in ids:
         registry.check_ids([mid], source, f"candidates.{i}.model")
 
@@ -119,20 +132,27 @@ def start_app(cfg: ServeConfig) -> str:
     if cfg.host not in LOCAL_HOSTS and not cfg.resolved_api_key() and not cfg.allow_public_without_key:
         raise ConfigError(f"host: {cfg.host} without api_key: anyone who reaches port {cfg.port} could run the "
                           "models; set api_key (or YARD_API_KEY), or allow_public_without_key: true on purpose")
-    if any(c.engine == "vllm" for c in cfg.candidates) and cfg.resolved_api_key() \
+    if any(on_serve_llm(c) for c in cfg.candidates) and cfg.resolved_api_key() \
             and not cfg.allow_unauthenticated_vllm:
         # secure by default: a configured key must not silently leave some models open
-        raise ConfigError("api_key: vLLM candidates are served by Ray Serve LLM's own ingress, which does not "
-                          "check bearer keys; put them behind your gateway and set "
-                          "allow_unauthenticated_vllm: true, or serve them in a config without api_key")
+        raise ConfigError("api_key: candidates with vllm_server: ray-serve-llm are served by Ray Serve LLM's own "
+                          "ingress, which does not check bearer keys; serve them behind this app's ingress "
+                          "(vllm_server: yard, the default), or put them behind your gateway and set "
+                          "allow_unauthenticated_vllm: true")
+    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):  # a local Ray: the replicas run on this node
+        from cluster.engine import EngineConfig, check_engine
+
+        for i, cand in enumerate(cfg.candidates):
+            if cand.engine == "vllm":
+                check_engine(EngineConfig(name="vllm"), f"candidates.{i}.engine", source=_source(cfg))
     check_models(cfg)
     from cluster.runtime import connect
 
     connect(cfg.ray)
     _start_serve(cfg.host, cfg.port)
-    has_hf = any(c.engine == "hf" for c in cfg.candidates)
-    if any(c.engine == "vllm" for c in cfg.candidates):
-        from serve.vllm_engine import build_vllm_app
+    has_hf = any(not on_serve_llm(c) for c in cfg.candidates)
+    if any(on_serve_llm(c) for c in cfg.candidates):
+        from serve.serve_llm import build_vllm_app
 
         serve.run(build_vllm_app(cfg), name=VLLM_APP_NAME, route_prefix=VLLM_ROUTE if has_hf else "/")
     if has_hf:

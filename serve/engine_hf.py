@@ -109,7 +109,56 @@ class _StopFlag:
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
-class HFEngine:
+class PromptSide:
+    """The request side both engines share (this one and `serve.engine_vllm`): the served ids, the
+    chat template with its options (registry < candidate < request) and token counts. Needs
+    `candidate`, `spec`, `tokenizer` and `_tok_lock` (fast tokenizers are not thread-safe)."""
+
+    candidate: CandidateConfig
+    spec: ModelSpec
+
+    def model_ids(self) -> list[str]:
+        return self.candidate.served_ids()
+
+    def render_chat(self, messages: list[dict], template_kwargs: dict | None = None) -> str:
+        """The chat template applied to `messages`; template options: registry < candidate < request."""
+        kwargs = {**self.candidate.chat_template_kwargs, **(template_kwargs or {})}
+        try:
+            with self._tok_lock:
+                return chat_prompt(self.tokenizer, messages, self.spec, self.candidate.id, **kwargs)
+        except UserError:
+            raise
+        except Exception as exc:  # a template that raises on its input (roles, types) is the request's fault
+            raise RequestError(f"messages: the chat template rejected them ({str(exc).splitlines()[0]})") from None
+
+    def count_tokens(self, text: str, add_special_tokens: bool = False) -> int:
+        with self._tok_lock:
+            return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+
+def candidate_source(candidate: CandidateConfig, registry: ModelRegistry | None, storage_uri: str,
+                     endpoint_url: str | None, *, gpu: bool = False) -> tuple[ModelSpec, str, dict]:
+    """(registry entry, local model dir, load facts) for a candidate: its registry model (the load
+    decision's dtype, revision, remote-code flag) or its path (an HF dir, s3:// dir or store prefix,
+    downloaded once). `gpu`: decide as for a CUDA node (the vLLM engine)."""
+    if candidate.model is not None:
+        if registry is None:
+            raise LoadError(f"candidate {candidate.id}: model {candidate.model!r} needs a registry")
+        from cluster.loading import decide_load, resolve_source
+        from cluster.node import node_facts
+
+        spec = registry.get(candidate.model)
+        plan = decide_load(candidate.model, spec, node_facts())
+        if gpu and plan.device_map is None:
+            raise LoadError(f"candidate {candidate.id}: the vllm engine needs a CUDA GPU; this node has none")
+        return spec, resolve_source(plan), {"dtype": plan.dtype, "revision": plan.revision,
+                                            "trust_remote_code": plan.trust_remote_code}
+    model_dir = resolve_model_dir(candidate.path, storage_uri, endpoint_url)
+    return _path_spec(model_dir), model_dir, {}
+
+
+class HFEngine(PromptSide):
     """One candidate's model on this process: renders prompts, counts tokens, generates batches.
 
     `batch_sizes` records the size of every generate call (the app's batching test reads it).
@@ -155,25 +204,6 @@ class HFEngine:
             log.info("candidate %s: LoRA adapter %s from %s", self.candidate.id, name, adapter_dir)
         peft_model.eval()
         return peft_model
-
-    # --- prompts --------------------------------------------------------------------------
-    def model_ids(self) -> list[str]:
-        return self.candidate.served_ids()
-
-    def render_chat(self, messages: list[dict], template_kwargs: dict | None = None) -> str:
-        """The chat template applied to `messages`; template options: registry < candidate < request."""
-        kwargs = {**self.candidate.chat_template_kwargs, **(template_kwargs or {})}
-        try:
-            with self._tok_lock:
-                return chat_prompt(self.tokenizer, messages, self.spec, self.candidate.id, **kwargs)
-        except UserError:
-            raise
-        except Exception as exc:  # a template that raises on its input (roles, types) is the request's fault
-            raise RequestError(f"messages: the chat template rejected them ({str(exc).splitlines()[0]})") from None
-
-    def count_tokens(self, text: str, add_special_tokens: bool = False) -> int:
-        with self._tok_lock:
-            return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     # --- generation -----------------------------------------------------------------------
     def _sampling_kwargs(self, req: GenRequest) -> dict:

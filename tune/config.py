@@ -205,6 +205,10 @@ class HealConfig(YardModel):
 class QuantConfig(YardModel):
     num_calibration_samples: int = Field(32, ge=1)
     max_seq_length: int = Field(128, ge=8)
+    python: str | None = Field(None, description="interpreter of another environment, with llmcompressor, that "
+                               "quantizes in a child process (tune.quantize.quantize_elsewhere); for trials whose "
+                               "own environment holds vLLM, which cannot share one with llmcompressor. null: in "
+                               "the trial's own process")
 
 
 class SweepConfig(YardModel):

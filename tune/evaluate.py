@@ -7,8 +7,10 @@ benchmark in loglikelihood mode picks the option with the highest log-likelihood
 given the question (lm-evaluation-harness `acc_norm`) and generates nothing.
 
 sec_per_token = generation seconds / generated tokens over every generate-mode benchmark, measured
-the same way for the base and each candidate; the base is evaluated once per (base content,
-benchmark items, eval config, judge, hardware) and kept in the store (kind "baseline").
+the same way for the base and each candidate (`tune.baseline` keeps the base's result). The model
+is a transformers model (`eval.engine: hf`) or a `cluster.engine_vllm.VllmModel` (`vllm`): the same
+prompts, rendered and tokenized by the same HF tokenizer, decoded greedily by either engine;
+loglikelihood benchmarks need the transformers model.
 
     cfg = EvalConfig(benchmarks=[BenchmarkSpec(name="zoo_qa", task="qa", source="configs/bench/zoo_qa.jsonl")])
     benchmarks = load_benchmarks(cfg)                 # schema errors here, before any model loads
@@ -33,17 +35,11 @@ from pydantic import Field, model_validator
 from cluster.config import ConfigError, YardModel
 from cluster.engine import EngineConfig
 from cluster.registry import ModelSpec
-from cluster.storage import ArtifactStore
 from tune.datasets import load_mcq, load_qa
 from tune.metrics import mcq_accuracy, qa_f1
 
 log = logging.getLogger(__name__)
 
-BASELINE_KIND = "baseline"
-BASELINE_FILE = "baseline.json"
-# Part of the baseline cache key: a change to the prompts or the scoring makes old baselines stale.
-# 2: keyed by the base's content and the judge settings; judge details carry per-item ratings.
-EVAL_VERSION = 2
 N_SAMPLES = 3  # predictions kept per benchmark in `details`, for reports
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 _HANGUL = re.compile("[\uac00-\ud7a3]")
@@ -94,6 +90,10 @@ class EvalConfig(YardModel):
             raise ValueError(f"benchmarks: duplicate name {', '.join(map(repr, dupes))} (names must be unique)")
         if all(b.mode == "loglikelihood" for b in self.benchmarks):
             raise ValueError("benchmarks: at least one must use mode generate (the Score needs sec_per_token)")
+        scored = [b.name for b in self.benchmarks if b.mode == "loglikelihood"]
+        if self.engine.name == "vllm" and scored:
+            raise ValueError(f"benchmarks: {scored[0]!r}: mode loglikelihood needs engine hf; with engine vllm every "
+                             f"benchmark generates (set its mode: generate)")
         return self
 
 
@@ -336,7 +336,7 @@ def _clip(text: str, limit: int = 300) -> str:
 def _run_benchmark(model, tokenizer, bench: Benchmark, cfg: EvalConfig, render: _Renderer,
                    on_progress: OnProgress | None) -> tuple[float, dict]:
     """(perf, details) of one benchmark; generate-mode details carry its tokens and seconds."""
-    from actors.generation import generate_batched
+    from actors.generation import generate_for
 
     spec, items = bench.spec, bench.items
     detail: dict = {"task": spec.task, "mode": spec.mode, "n": len(items)}
@@ -347,14 +347,16 @@ def _run_benchmark(model, tokenizer, bench: Benchmark, cfg: EvalConfig, render: 
         perf, more = run_judge_benchmark(model, tokenizer, bench, gen, spec=render.spec, model_id=render.model_id)
         return perf, {**detail, **more}
     if spec.mode == "loglikelihood":
+        if getattr(model, "engine", "hf") != "hf":
+            raise ValueError(f"benchmark {spec.name}: mode loglikelihood needs the transformers model (engine hf)")
         predictions = [str(c) for c in _loglikelihood_choices(model, tokenizer, items, cfg.batch_size, render)]
         if on_progress is not None:
             on_progress(spec.name, len(items), len(items))
     else:
         gen = _generation_config(spec.max_new_tokens or cfg.max_new_tokens, cfg.batch_size)
         on_batch = None if on_progress is None else (lambda done, total, _s: on_progress(spec.name, done, total))
-        result = generate_batched(model, tokenizer, render([_prompt(bench)(i) for i in items]), gen,
-                                  on_batch=on_batch, add_special_tokens=render.add_special_tokens)
+        result = generate_for(model)(model, tokenizer, render([_prompt(bench)(i) for i in items]), gen,
+                                     on_batch=on_batch, add_special_tokens=render.add_special_tokens)
         predictions = result.responses
         detail.update(generated_tokens=sum(result.new_tokens), generation_seconds=result.seconds)
     if spec.task == "mcq":
@@ -386,7 +388,7 @@ def evaluate(model, tokenizer, benchmarks: list[Benchmark], cfg: EvalConfig, *, 
     sample predictions. Prompts go through the chat template (the registry's options with `spec`;
     the tokenizer's own without) unless `cfg.use_chat_template` is False.
     `on_progress(name, done, total)` runs after each batch."""
-    from actors.generation import generate_batched
+    from actors.generation import generate_for
     from tune.score import sec_per_token
 
     first = next((b for b in benchmarks if b.spec.mode == "generate"), None)
@@ -394,15 +396,17 @@ def evaluate(model, tokenizer, benchmarks: list[Benchmark], cfg: EvalConfig, *, 
     if first is None:
         raise ValueError("benchmarks: need at least one in mode generate (the Score needs sec_per_token)")
     render = _Renderer(tokenizer, cfg, spec, model_id)
-    was_training = model.training
-    model.eval()
+    hf = getattr(model, "engine", "hf") == "hf"  # a VllmModel has no train/eval modes
+    was_training = model.training if hf else False
+    if hf:
+        model.eval()
     perf: dict[str, float] = {}
     details: dict[str, dict] = {}
     try:
         # Untimed: one-off start costs (allocator growth, kernel selection, lazy init) are not the model's speed.
         warm_prompt = _prompt(warm)(warm.items[0]) if warm else "Hello."
-        generate_batched(model, tokenizer, render([warm_prompt]), _generation_config(2, 1),
-                         add_special_tokens=render.add_special_tokens)
+        generate_for(model)(model, tokenizer, render([warm_prompt]), _generation_config(2, 1),
+                            add_special_tokens=render.add_special_tokens)
         for bench in benchmarks:
             started = time.perf_counter()
             perf[bench.spec.name], details[bench.spec.name] = _run_benchmark(model, tokenizer, bench, cfg, render,
@@ -411,63 +415,10 @@ def evaluate(model, tokenizer, benchmarks: list[Benchmark], cfg: EvalConfig, *, 
                      details[bench.spec.name]["metric"], perf[bench.spec.name], len(bench.items),
                      time.perf_counter() - started)
     finally:
-        model.train(was_training)
+        if hf:
+            model.train(was_training)
     tokens = sum(d.get("generated_tokens", 0) for d in details.values())
     seconds = sum(d.get("generation_seconds", 0.0) for d in details.values())
     return EvalResult(perf=perf, perf_mean=sum(perf.values()) / len(perf), generated_tokens=tokens,
                       generation_seconds=round(seconds, 6), sec_per_token=sec_per_token(seconds, tokens),
                       details=details, model_id=model_id)
-
-
-# ---------------------------------------------------------------------------------------- baseline
-
-def hardware_key(device=None) -> dict:
-    """What sec_per_token depends on besides the model: {"device": "cpu" or the CUDA device name,
-    "torch_threads": torch.get_num_threads()}. `device`: a torch.device, "cuda:0", "cpu" or None (cpu)."""
-    import torch
-
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-    return {"device": name, "torch_threads": torch.get_num_threads()}
-
-
-def baseline_cache_key(base_id: str, benchmarks: list[Benchmark], cfg: EvalConfig, hardware: dict,
-                       spec: ModelSpec | None = None, *, content: dict) -> dict:
-    """What identifies a baseline: the base's content (`cluster.content.model_content_key`), each
-    benchmark's items (hashed) and scoring (a judge benchmark's judge too), the eval settings, the
-    hardware and the chat template options. JSON-native, as the store compares it."""
-    from tune.judge_bench import judge_key
-
-    if not isinstance(hardware, dict) or not hardware:
-        raise ValueError(f"hardware: expected a non-empty dict like hardware_key(device) gives, got {hardware!r}")
-    key = {
-        "version": EVAL_VERSION,
-        "base_id": base_id,
-        "model": content,
-        "benchmarks": [{"name": b.spec.name, "task": b.spec.task, "mode": b.spec.mode, "n": len(b.items),
-                        "items_sha256": b.sha256, "max_new_tokens": b.spec.max_new_tokens,
-                        "judge": judge_key(b.spec) if b.spec.task == "judge" else None} for b in benchmarks],
-        "eval": cfg.model_dump(exclude={"benchmarks"}),
-        "chat_template_kwargs": dict(spec.chat_template_kwargs) if spec is not None else None,
-        "hardware": hardware,
-    }
-    return json.loads(json.dumps(key, sort_keys=True))  # what comes back from the store compares equal
-
-
-def baseline_cached(store: ArtifactStore, base_id: str, load: Callable[[], tuple], benchmarks: list[Benchmark],
-                    cfg: EvalConfig, *, spec: ModelSpec | None = None, hardware: dict,
-                    content: dict) -> tuple[EvalResult, bool]:
-    """The base's EvalResult, evaluated once per (base content, benchmark items, eval config,
-    judge, hardware) and kept in `store` (kind "baseline"). `load()` returns (model, tokenizer)
-    and is called only when nothing is stored. Returns (result, was_cached)."""
-    key = baseline_cache_key(base_id, benchmarks, cfg, hardware, spec, content=content)
-    run = store.find_cached(BASELINE_KIND, base_id, key, BASELINE_FILE)
-    if run is not None:
-        log.info("baseline of %s from the store: %s", base_id, run.prefix)
-        return EvalResult.from_dict(store.get_json(f"{run.prefix}/{BASELINE_FILE}")["result"]), True
-    model, tokenizer = load()
-    result = evaluate(model, tokenizer, benchmarks, cfg, spec=spec, model_id=base_id)
-    writer = store.new_run(BASELINE_KIND, base_id)
-    writer.put_json(BASELINE_FILE, {"key": key, "result": result.to_dict()})
-    writer.complete(cache_key=key)
-    return result, False

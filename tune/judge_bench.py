@@ -57,7 +57,7 @@ def run_judge_benchmark(model, tokenizer, bench, gen, *, spec, model_id: str) ->
     """(perf in [0, 1], details) of one judge benchmark. Unparseable judgments and failed judge
     calls are counted in the details and left out of the mean, never scored 0; a benchmark where
     no judgment parsed is an error (a Score built on nothing would look like a real one)."""
-    from actors.generation import generate_batched
+    from actors.generation import generate_for
     from serve.client import ChatClient
     from serve.judge import JudgeEndpoint, judge_single
     from serve.judge_prompts import Question, builtin_prompts
@@ -65,13 +65,13 @@ def run_judge_benchmark(model, tokenizer, bench, gen, *, spec, model_id: str) ->
 
     questions = [Question(q["question_id"], q["category"], tuple(q["turns"]), tuple(q.get("reference") or ()))
                  for q in bench.items]
-    first = generate_batched(model, tokenizer, [_render(tokenizer, [{"role": "user", "content": q.turns[0]}], spec,
+    first = generate_for(model)(model, tokenizer, [_render(tokenizer, [{"role": "user", "content": q.turns[0]}], spec,
                                                         model_id) for q in questions], gen)
     two = [i for i, q in enumerate(questions) if len(q.turns) > 1]
     convs = [[{"role": "user", "content": questions[i].turns[0]},
               {"role": "assistant", "content": first.responses[i]},
               {"role": "user", "content": questions[i].turns[1]}] for i in two]
-    second = generate_batched(model, tokenizer, [_render(tokenizer, c, spec, model_id) for c in convs], gen)
+    second = generate_for(model)(model, tokenizer, [_render(tokenizer, c, spec, model_id) for c in convs], gen)
     replies = {q.question_id: {"turns": [first.responses[i]], "error": None} for i, q in enumerate(questions)}
     for j, i in enumerate(two):
         replies[questions[i].question_id]["turns"].append(second.responses[j])

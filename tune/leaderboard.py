@@ -124,7 +124,7 @@ def reason(row: dict) -> str:
         val = _num(row.get("val_loss"))
         return "early-stopped by ASHA" + (f" at val_loss {val:.4f}" if val is not None else "")
     if row["status"] == "ok":
-        return "no score (perf or sec_per_token missing)"
+        return "no score (the base's perf is 0, or perf or sec_per_token is missing)"
     return f"{row['status']} (no message recorded)"
 
 

@@ -87,7 +87,11 @@ def print_rows(rows: list[dict], summary: dict) -> None:
     from cluster.console import console as make_console
     from tune.leaderboard import rank_rows
 
-    table = Table(title=f"yard sweep {summary['sweep']}: {summary['ok']}/{summary['trials']} scored")
+    scored = summary.get("scored", summary["ok"])
+    title = f"yard sweep {summary['sweep']}: {scored}/{summary['trials']} scored"
+    if scored != summary["ok"]:  # evaluated without a Score: the base's perf was 0
+        title += f", {summary['ok']} evaluated"
+    table = Table(title=title)
     for col in ("rank", "trial", "depth", "kd", "rank r", "quant", "perf", "s/token", "Score", "±", "MB", "status"):
         table.add_column(col, overflow="fold")
     fmt = lambda v, s: "-" if v is None else s.format(v)  # noqa: E731

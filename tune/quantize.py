@@ -16,16 +16,28 @@ Where each runs:
     model = load_quantized(q.path, device="cuda")                 # eval mode, ready for generate
 
 llmcompressor logs through loguru; `LLM_COMPRESSOR_LOG_LEVEL=WARNING` quiets its per-layer lines.
+
+vLLM and llmcompressor cannot share an environment (compressed-tensors 0.17 vs 0.19). A trial that
+evaluates on vLLM quantizes in a child process of another Python (`quant.python`, an environment
+with llmcompressor): `quantize_elsewhere` hands it the saved model and reads back the candidate
+and its validation loss, measured there (this process never imports compressed-tensors 0.19):
+
+    q, val_loss = quantize_elsewhere("/opt/lc/bin/python", "work/healed", "W4A16", texts, "work/model",
+                                     holdout=holdout, max_length=128)
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cluster.config import UserError
@@ -263,3 +275,83 @@ def load_quantized(path, device: str = "cpu"):
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
         model = AutoModelForCausalLM.from_pretrained(path, device_map=str(device), **kwargs)
     return model.eval()
+
+
+# ------------------------------------------------------------------- in another Python environment
+
+_REPO = Path(__file__).resolve().parents[1]  # where `tune` imports from, for the child
+REQUEST_FILE, RESULT_FILE = "request.json", "result.json"
+
+
+def quantize_elsewhere(python: str, model_dir, scheme: str, calibration_texts: list[str], out_dir, *,
+                       holdout: list[str], max_length: int, num_calibration_samples: int = 64,
+                       max_seq_length: int = 256, cuda_capabilities: tuple[float, ...] = (), threads: int = 1,
+                       on_wait: Callable[[], None] | None = None, timeout_s: float | None = None,
+                       ) -> tuple[QuantResult, float]:
+    """`quantize` run by `python` (another environment's interpreter, with llmcompressor) on the
+    model saved at `model_dir` (weights and tokenizer), then the saved candidate reloaded there and
+    its LM loss measured on `holdout`: (QuantResult, val_loss). The child loads on the GPU when it
+    sees one, so the caller frees its own copy first. `on_wait()` runs every 2 s while the child
+    works (a heartbeat). A child that fails raises QuantizeError with its last stderr line."""
+    check_scheme(scheme, cuda_capabilities)  # here, so a refusal costs no child
+    out = Path(out_dir)
+    work = Path(tempfile.mkdtemp(prefix="yard-quant-", dir=out.parent))
+    request = {"model_dir": str(model_dir), "scheme": scheme, "texts": list(calibration_texts), "out_dir": str(out),
+               "holdout": list(holdout), "max_length": int(max_length), "threads": int(threads),
+               "num_calibration_samples": num_calibration_samples, "max_seq_length": max_seq_length,
+               "cuda_capabilities": list(cuda_capabilities)}
+    (work / REQUEST_FILE).write_text(json.dumps(request))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+    err = work / "stderr.txt"
+    started = time.monotonic()
+    with open(err, "wb") as stderr:
+        try:
+            proc = subprocess.Popen([python, "-m", "tune.quantize", str(work / REQUEST_FILE)], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+        except OSError as exc:
+            raise QuantizeError(f"quant: python: {python}: cannot start it ({exc.strerror or exc})") from exc
+        while proc.poll() is None:
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                proc.kill()
+                proc.wait()
+                raise QuantizeError(f"quant: python: {python}: no result after {timeout_s:g} s (killed)")
+            if on_wait is not None:
+                on_wait()
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
+    if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
+        lines = [ln.strip() for ln in err.read_text(errors="replace").splitlines() if ln.strip()]
+        raise QuantizeError(f"quant: python: {python}: exit {proc.returncode}: "
+                            f"{lines[-1] if lines else 'no error output'}")
+    result = json.loads((work / RESULT_FILE).read_text())
+    return QuantResult(**result["quant"]), float(result["val_loss"])
+
+
+def _child(request_path: str) -> int:
+    """The child's side of `quantize_elsewhere` (`python -m tune.quantize REQUEST`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tune.lm import lm_loss
+
+    req = json.loads(Path(request_path).read_text())
+    torch.set_num_threads(max(1, req["threads"]))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(req["model_dir"], dtype="auto", device_map=device)
+    tokenizer = AutoTokenizer.from_pretrained(req["model_dir"])
+    q = quantize(model, tokenizer, req["scheme"], req["texts"], req["out_dir"],
+                 num_calibration_samples=req["num_calibration_samples"], max_seq_length=req["max_seq_length"],
+                 cuda_capabilities=tuple(req["cuda_capabilities"]))
+    del model
+    candidate = load_quantized(q.path, device=device)
+    val = lm_loss(candidate, tokenizer, req["holdout"], max_length=req["max_length"], add_special_tokens=False)
+    result = {"quant": asdict(q), "val_loss": val, "python": sys.executable}
+    (Path(request_path).parent / RESULT_FILE).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))

@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,13 @@ def _validate(cfg: SweepConfig, config_path: str | None, registry_paths: list[st
     if depth >= layers:
         raise ConfigError(f"search.space.prune_depth: {depth} >= {layers}, the decoder layers of {cfg.base} "
                           f"(at most {layers - 1})")
-    caps = _trial_capabilities(cfg.resources.gpus_per_trial)
+    gpus = cfg.resources.gpus_per_trial
+    if cfg.eval.engine.name == "vllm" and (gpus < 1 or gpus != int(gpus)):
+        raise ConfigError(f"resources.gpus_per_trial: {gpus:g}: eval.engine vllm evaluates on whole GPUs (vLLM sizes "
+                          f"its cache to a share of the device; 1 or more)")
+    if cfg.quant.python and shutil.which(cfg.quant.python) is None:
+        raise ConfigError(f"quant.python: {cfg.quant.python}: no such executable")
+    caps = _trial_capabilities(gpus)
     for scheme in cfg.search.space.quant.values():
         problem = scheme_problem(scheme, caps)
         if problem:
@@ -122,7 +129,7 @@ def prepare(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_
     from cluster.loading import load_model
     from tune.calibration import render, split
     from tune.distill import teacher_logits_cached
-    from tune.evaluate import baseline_cached, hardware_key
+    from tune.baseline import baseline_cached, hardware_key
     from tune.prune import bi_scores_cached
 
     cfg = SweepConfig.model_validate(cfg_dict)
@@ -142,14 +149,38 @@ def prepare(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_
                                       top_k=cfg.kd.top_k, max_length=cfg.calibration.max_length, content=content)
         teacher_passes = cache.teacher_forward_passes
     device = next(model.parameters()).device
-    baseline, was_cached = baseline_cached(store, cfg.base, lambda: (model, tokenizer), benchmarks, cfg.eval,
-                                           spec=spec, hardware=hardware_key(device), content=content)
     size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    layers = int(model.config.num_hidden_layers)
+    hardware = hardware_key(device)
+    opened = []
+    if cfg.eval.engine.name == "vllm":
+        from cluster.engine import engine_version
+
+        hardware["engine"] = engine_version("vllm")  # a baseline from another vLLM is another baseline
+
+        def load():  # only on a cache miss: the HF copy makes room for vLLM's
+            nonlocal model
+            from cluster.engine_vllm import load_vllm
+            from cluster.loading import release_memory
+
+            model = None
+            release_memory()
+            opened.append(load_vllm(cfg.base, registry, cfg.eval.engine.vllm)[0])
+            return opened[-1], tokenizer
+    else:
+        def load():
+            return model, tokenizer
+    try:
+        baseline, was_cached = baseline_cached(store, cfg.base, load, benchmarks, cfg.eval, spec=spec,
+                                               hardware=hardware, content=content)
+    finally:
+        for engine in opened:
+            engine.close()
     return {"calibration": calibration, "holdout": holdout, "bi_scores": bi, "teacher_forward_passes": teacher_passes,
             "teacher_key": {"texts": n_teacher, "top_k": cfg.kd.top_k, "max_length": cfg.calibration.max_length,
                             "content": content},
             "baseline": baseline.to_dict(), "baseline_cached": was_cached, "base_size_mb": round(size_mb, 3),
-            "layers": int(model.config.num_hidden_layers)}
+            "layers": layers}
 
 
 def tune_storage(store: ArtifactStore, endpoint_url: str | None):
@@ -181,8 +212,9 @@ def unfinished_run(store: ArtifactStore, name: str) -> dict:
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})")
 
 
-def rows_from_results(grid) -> list[dict]:
-    """One leaderboard row per trial: ok (scored), stopped (ASHA) or error (one line)."""
+def rows_from_results(grid, asha: bool = True) -> list[dict]:
+    """One leaderboard row per trial: ok (evaluated; scored unless the base's perf is 0), stopped
+    (by ASHA, or `asha` False: ended unfinished, the sweep interrupted) or error (one line)."""
     rows = []
     for result in grid:
         metrics, config = dict(result.metrics or {}), dict(result.config or {})
@@ -196,12 +228,14 @@ def rows_from_results(grid) -> list[dict]:
         row.update({k: v for k, v in metrics.items() if k.startswith("perf.")})
         if result.error is not None:
             row["status"], row["error"] = "error", str(result.error).strip().splitlines()[-1][:300]
-        elif metrics.get("score") is not None:
+        elif metrics.get("score") is not None or metrics.get("stage") == "evaluate":
             row["status"], row["error"] = "ok", None
         else:
             row["status"] = "stopped"
             val = metrics.get("val_loss")
-            row["error"] = (f"stopped early by ASHA after stage {metrics.get('stage', '?')}"
+            stage = metrics.get("stage", "?")
+            row["error"] = ((f"stopped early by ASHA after stage {stage}" if asha else
+                             f"unfinished after stage {stage} (the sweep was interrupted; --resume finishes it)")
                             + (f" (val_loss {val:.4f})" if isinstance(val, (int, float)) else ""))
         rows.append(row)
     return rows
@@ -277,9 +311,6 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
     # A killed driver loses at most this much of Tune's trial bookkeeping (the state is tiny).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     check_engine(cfg.eval.engine, "eval.engine", source=config_path or "sweep config")
-    if cfg.eval.engine.name == "vllm":  # checked first: where vLLM cannot run, that is the line to read
-        raise ConfigError(f"{config_path or 'sweep config'}: eval.engine: vllm: the sweep evaluates with hf only "
-                          "so far (DNA hosts run vLLM; sweep and Serve follow)")
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     # absolute: Tune runs each trial in its own working directory
     registry_paths = [str(Path(p).resolve()) for p in zoo_registry_paths(cfg.registry, cfg.zoo, "sweep")]
@@ -327,17 +358,22 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
         t_trials = time.time()
         grid = tuner.fit()
         trial_seconds = time.time() - t_trials
-        rows = killed_reasons(rows_from_results(grid), incidents)
+        rows = killed_reasons(rows_from_results(grid, asha=cfg.search.asha.enabled), incidents)
         baseline = _baseline_row(cfg, prep)
         timing = None
         candidates = {r["trial_id"]: r["candidate"] for r in rows if r["status"] == "ok" and r.get("candidate")}
-        if cfg.timing.enabled and candidates:
+        if cfg.timing.enabled and candidates and cfg.eval.engine.name == "vllm":
+            log.info("timing phase skipped: with eval.engine vllm each trial timed its candidate on a GPU of "
+                     "its own (vLLM), as the baseline was", extra={"console": True})
+        elif cfg.timing.enabled and candidates:
             reporter.phase("timing")
             timing = time_candidates(cfg, registry_paths, store, checked.benchmarks, candidates, job.job_id)
             rows = apply_timing(rows, baseline, timing)
         seconds = time.time() - t0
         ok = [r for r in rows if r["status"] == "ok"]
+        scored = [r for r in ok if r.get("score") is not None]  # none when the base's perf is 0
         summary = {"sweep": cfg.name, "run": run, "base": cfg.base, "trials": len(rows), "ok": len(ok),
+                   "scored": len(scored),
                    "stopped": sum(r["status"] == "stopped" for r in rows),
                    "errors": sum(r["status"] == "error" for r in rows),
                    "teacher_forward_passes": prep["teacher_forward_passes"],
@@ -345,7 +381,8 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
                    "trial_seconds": round(trial_seconds, 1),
                    # over the trial phase: the prepare step (teacher, baseline) is paid once per sweep
                    "trials_per_hour": round(len(rows) / trial_seconds * 3600, 1) if trial_seconds > 0 else None,
-                   "incidents": incidents, "tune_dir": path, "best": max(ok, key=lambda r: r["score"])["trial_id"] if ok else None,
+                   "incidents": incidents, "tune_dir": path,
+                   "best": max(scored, key=lambda r: r["score"])["trial_id"] if scored else None,
                    "timing": timing_summary(timing)}
         reporter.phase("publish")
         prefix = publish(store, cfg, run, rows, baseline, summary, timing)

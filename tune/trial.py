@@ -9,6 +9,11 @@ and `tune.with_resources`). It reports after every stage, so ASHA can stop a poo
     iteration 4  evaluate   val_loss, perf, perf.<bench>, sec_per_token, perf_norm, speed_norm, score,
                             size_mb, candidate (the store prefix holding model/)
 
+Quantization runs in this process, or with `quant.python` in a child process of another Python
+environment (llmcompressor's, when this one holds vLLM). Evaluation runs on the saved folder,
+reloaded by transformers (`eval.engine: hf`) or by vLLM exactly as packaged (`vllm`; a folder it
+cannot load fails the trial with vLLM's own line).
+
 Everything shared by all trials was computed once by the sweep's prepare step and is read, never
 recomputed: the BI scores (passed in), the teacher's top-k logits (store kind "teacher"), the
 baseline (passed in). A trial whose candidate is already complete in the store (a resumed sweep
@@ -153,8 +158,8 @@ def _pipeline(config: dict, setup: TrialSetup, trial_id: str, cfg, store, cid: s
     from tune.judge_bench import aligned_perf
     from tune.lm import lm_loss
     from tune.prune import choose_layers, remove_layers
-    from tune.quantize import load_quantized, quantize, weights_size_bytes
-    from tune.score import score_breakdown
+    from tune.quantize import load_quantized, quantize, quantize_elsewhere, weights_size_bytes
+    from tune.score import ScoreBreakdown, score_breakdown
 
     def beat(step: int) -> None:
         reporter.heartbeat(step=step)
@@ -216,22 +221,54 @@ def _pipeline(config: dict, setup: TrialSetup, trial_id: str, cfg, store, cid: s
     work = Path(tempfile.mkdtemp(prefix=f"yard-trial-{trial_id}-"))
     try:
         reporter.phase("quantize", item=cfg.base)
-        q = quantize(model, tokenizer, scheme, setup.calibration, work / "model",
-                     num_calibration_samples=cfg.quant.num_calibration_samples,
-                     max_seq_length=cfg.quant.max_seq_length, cuda_capabilities=setup.cuda_capabilities)
-        del model
-        release_memory()
+        quant_args = dict(num_calibration_samples=cfg.quant.num_calibration_samples,
+                          max_seq_length=cfg.quant.max_seq_length, cuda_capabilities=setup.cuda_capabilities)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        candidate = load_quantized(q.path, device=device)
+        candidate = None
+        if cfg.quant.python and scheme != "none":  # llmcompressor in an environment of its own
+            model.save_pretrained(work / "healed")
+            tokenizer.save_pretrained(work / "healed")
+            del model
+            release_memory()
+            q, final_val = quantize_elsewhere(cfg.quant.python, work / "healed", scheme, setup.calibration,
+                                              work / "model", holdout=setup.holdout, max_length=max_length,
+                                              threads=threads, on_wait=lambda: reporter.heartbeat(child="quantize"), **quant_args)
+            shutil.rmtree(work / "healed", ignore_errors=True)
+        else:
+            q = quantize(model, tokenizer, scheme, setup.calibration, work / "model", **quant_args)
+            del model
+            release_memory()
+            candidate = load_quantized(q.path, device=device)
+            final_val = lm_loss(candidate, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
         reporter.phase("evaluate", item=cid)
-        final_val = lm_loss(candidate, tokenizer, setup.holdout, max_length=max_length, add_special_tokens=False)
-        result = evaluate(candidate, tokenizer, setup.benchmarks, cfg.eval, spec=spec, model_id=cid,
-                          on_progress=lambda name, done, total: reporter.heartbeat(benchmark=name, batch=done))
+        on_progress = lambda name, done, total: reporter.heartbeat(benchmark=name, batch=done)  # noqa: E731
+        if cfg.eval.engine.name == "vllm":  # the saved folder, exactly as packaged, in vLLM
+            from cluster.engine_vllm import load_vllm_dir
+
+            del candidate
+            release_memory()
+            candidate = load_vllm_dir(cid, q.path, cfg.eval.engine.vllm)
+            try:
+                result = evaluate(candidate, tokenizer, setup.benchmarks, cfg.eval, spec=spec, model_id=cid,
+                                  on_progress=on_progress)
+            finally:
+                candidate.close()
+        else:
+            if candidate is None:  # quantized elsewhere: the saved folder, loaded here as the base was
+                candidate = load_quantized(q.path, device=device)
+            result = evaluate(candidate, tokenizer, setup.benchmarks, cfg.eval, spec=spec, model_id=cid,
+                              on_progress=on_progress)
         base = EvalResult.from_dict(setup.baseline)
         # judge benchmarks: both perfs over the turns rated for both (an unparsed judgment of either
         # model drops that turn from both), so the ratio compares like with like
         perf, base_perf, left_out = aligned_perf(result, base)
-        parts = score_breakdown(perf, result.sec_per_token, base_perf, base.sec_per_token)
+        if base_perf > 0:
+            parts = score_breakdown(perf, result.sec_per_token, base_perf, base.sec_per_token)
+        else:  # PerfNorm divides by the base's perf: a base that scores 0 (random weights) leaves no Score
+            speed = score_breakdown(1.0, result.sec_per_token, 1.0, base.sec_per_token).speed_norm
+            parts = ScoreBreakdown(None, speed, None)
+            log.warning("trial %s: the base's perf is 0 on every benchmark: PerfNorm and Score are undefined; "
+                        "speed_norm %.4f kept", trial_id, speed)
         metrics = {
             "stage": "evaluate", "val_loss": final_val, "layers": layers, "kd_loss": kd_loss,
             "heal_loss": heal.get("heal_loss_last"), "perf": perf,

@@ -91,7 +91,11 @@ CASES = [
          "b.jsonl:1", "solution", files={"b.jsonl": json.dumps({"question": "q", "options": ["a", "b"], "answer": 1}) + "\n"}),
     Case("sweep: binary benchmark file", [*SWEEP, "eval.benchmarks=[{{name: b, task: mcq, source: {tmp}/b.jsonl}}]"],
          "b.jsonl", "not UTF-8", files={"b.jsonl": BINARY}),
-    Case("sweep: vLLM evaluation on a CPU machine", [*SWEEP, "eval.engine=vllm"], "eval.engine", "vLLM"),
+    Case("sweep: vLLM evaluation on a CPU machine", [*SWEEP, "eval.engine=vllm", "eval.benchmarks=[{{name: q, task: "
+         "qa, source: {tmp}/q.jsonl}}]"], "eval.engine", "vllm", files={"q.jsonl": json.dumps(
+             {"context": "c", "question": "q", "answers": ["a"]}) + "\n"}),
+    Case("sweep: loglikelihood benchmark with vLLM", [*SWEEP, "eval.engine=vllm"], "zoo_mcq", "loglikelihood needs "
+         "engine hf"),
     Case("persona: unknown base", [*PERSONA, "base=nope"], "'nope'", "unknown model id"),
     Case("persona: no data dir", [*PERSONA, "prep.data_dir={tmp}/none"], "prep.data_dir", "none"),
     Case("persona: LoRA rank 0", [*PERSONA, "lora.r=0"], "persona.demo.yaml", "lora.r"),
@@ -100,6 +104,8 @@ CASES = [
          "candidates.0.model", "'nope'"),
     Case("serve: public host without a key", [*SERVE, "host=0.0.0.0"], "host", "api_key"),
     Case("serve: negative port", [*SERVE, "port=-1"], "serve.demo.yaml", "port"),
+    Case("serve: vLLM candidate on a CPU machine", [*SERVE, "candidates.0.engine=vllm"], "serve.demo.yaml",
+         "candidates.0.engine", "vllm"),
     Case("judge: no questions file", [*JUDGE, "questions={tmp}/none.jsonl"], "none.jsonl", "no such"),
     Case("judge: binary questions", [*JUDGE, "questions={tmp}/q.jsonl"], "q.jsonl", "not UTF-8",
          files={"q.jsonl": BINARY}),

@@ -8,12 +8,8 @@ import torch
 import actors.generation
 from actors.generation import GenerationResult
 from cluster.config import ConfigError, validate
-from cluster.registry import ModelRegistry
-from cluster.storage_local import LocalStore
 from tune.datasets import BenchmarkSchemaError
-from tests.cluster.test_content import key_of, perturb, register_copy
-from tune.evaluate import (BenchmarkSpec, EvalConfig, EvalResult, baseline_cache_key, baseline_cached, evaluate,
-                           hardware_key, load_benchmarks, mcq_prompt, qa_prompt)
+from tune.evaluate import BenchmarkSpec, EvalConfig, EvalResult, evaluate, load_benchmarks, mcq_prompt, qa_prompt
 from tune.prune import remove_layers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -117,72 +113,6 @@ def test_generated_mcq_scores_parsed_replies(llama, monkeypatch):
     assert result.generated_tokens == 20 and result.sec_per_token == pytest.approx(0.01 / 20)
 
 
-def test_baseline_is_cached_per_hardware_and_benchmarks(llama, zoo, tmp_path):
-    spec = ModelRegistry.load([zoo.registry_path]).get("llama-a")
-    cfg = EvalConfig(max_new_tokens=8, benchmarks=[BenchmarkSpec(name="qa", task="qa", source=ZOO_QA, limit=3)])
-    bench = load_benchmarks(cfg)
-    store = LocalStore(tmp_path / "store")
-    calls = []
-
-    def load():
-        calls.append(1)
-        return llama
-
-    cpu, content = hardware_key("cpu"), {"files_sha256": "llama-a"}
-    first, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware=cpu, content=content)
-    assert (cached, len(calls)) == (False, 1)
-    second, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware=cpu, content=content)
-    assert (cached, len(calls)) == (True, 1) and second == first
-    _, cached = baseline_cached(store, "llama-a", load, bench, cfg, spec=spec, hardware={**cpu, "torch_threads": 64},
-                                content=content)
-    assert (cached, len(calls)) == (False, 2)
-    other = load_benchmarks(cfg.model_copy(update={"benchmarks": [cfg.benchmarks[0].model_copy(update={"limit": 2})]}))
-    _, cached = baseline_cached(store, "llama-a", load, other, cfg, spec=spec, hardware=cpu, content=content)
-    assert (cached, len(calls)) == (False, 3)
-    assert len(store.runs("baseline", "llama-a")) == 3
-    with pytest.raises(ValueError, match="hardware"):
-        baseline_cached(store, "llama-a", load, bench, cfg, hardware={}, content=content)
-
-
-def test_baseline_of_a_base_rebuilt_under_the_same_id_is_measured_again(llama, zoo, tmp_path):
-    registry = register_copy(zoo, tmp_path, "toy")
-    cfg = EvalConfig(max_new_tokens=4, benchmarks=[BenchmarkSpec(name="qa", task="qa", source=ZOO_QA, limit=1)])
-    bench, store, cpu = load_benchmarks(cfg), LocalStore(tmp_path / "store"), hardware_key("cpu")
-    calls = []
-
-    def load():
-        calls.append(1)
-        return llama
-
-    for _ in range(2):  # unchanged: measured once, then a hit
-        baseline_cached(store, "toy", load, bench, cfg, hardware=cpu, content=key_of(registry))
-    assert len(calls) == 1
-    perturb(tmp_path / "toy")
-    _, cached = baseline_cached(store, "toy", load, bench, cfg, hardware=cpu, content=key_of(registry))
-    assert (cached, len(calls)) == (False, 2)
-
-
-def _judge_key(**judge_fields) -> dict:
-    spec = {"name": "komt", "task": "judge", "source": KOMT, "limit": 2, "judge": {"replay": True}, **judge_fields}
-    cfg = EvalConfig.model_validate({"benchmarks": [spec]})
-    return baseline_cache_key("b", load_benchmarks(cfg), cfg, {"device": "cpu"}, content={"files_sha256": "x"})
-
-
-def test_baseline_key_holds_the_judge_settings_that_change_ratings():
-    base = _judge_key()
-    for change in ({"judge_language": "ko"}, {"language_penalty": True},
-                   {"judge": {"base_url": "http://judge/v1", "model": "gpt-4o"}},
-                   {"judge": {"replay": True, "temperature": 0.7}}):
-        assert _judge_key(**change) != base, change
-    # how hard or how often the judge is asked changes no rating; defaults spelled out are defaults
-    assert _judge_key(judge={"replay": True, "max_concurrency": 9, "timeout_s": 5, "temperature": 0.0}) == base
-
-
-def test_hardware_key_names_device_and_threads():
-    assert hardware_key("cpu") == {"device": "cpu", "torch_threads": torch.get_num_threads()}
-    assert hardware_key(None)["device"] == "cpu"
-
-
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -249,3 +179,51 @@ def test_eval_result_from_dict_names_a_missing_field():
     with pytest.raises(ValueError, match="sec_per_token: missing"):
         EvalResult.from_dict({"perf": {}, "perf_mean": 0.0, "generated_tokens": 1, "generation_seconds": 1.0,
                               "details": {}})
+
+
+class _VllmStandIn:
+    """Stands in for `cluster.engine_vllm.VllmModel`, which needs vLLM and a CUDA GPU (the real one
+    evaluates on the GPU machine: BENCHMARKS.md, "The sweep on vLLM"). Same contract: token-id
+    prompts in, all of a benchmark in one call, greedy; answered here by the HF model."""
+
+    engine = "vllm"
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer, self.calls = model, tokenizer, []
+
+    def generate(self, prompt_ids, *, max_new_tokens, min_new_tokens=0, **_):
+        from cluster.engine_vllm import VllmOutput
+
+        self.calls.append(len(prompt_ids))
+        texts, counts = [], []
+        for ids in prompt_ids:
+            with torch.inference_mode():
+                out = self.model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                          min_new_tokens=min_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+            new = out[0, len(ids):].tolist()
+            texts.append(self.tokenizer.decode(new, skip_special_tokens=True).strip())
+            counts.append(len(new))
+        return VllmOutput(texts, counts, 0.5)
+
+
+def test_a_vllm_model_gets_every_prompt_of_a_benchmark_in_one_call(llama):
+    cfg = EvalConfig(engine="vllm", max_new_tokens=6, benchmarks=[
+        BenchmarkSpec(name="qa", task="qa", source=ZOO_QA, categories=OWN, limit=5),
+        BenchmarkSpec(name="mcq", task="mcq", source=ZOO_MCQ, categories=OWN, limit=3, max_new_tokens=4)])
+    engine = _VllmStandIn(*llama)
+    result = evaluate(engine, llama[1], load_benchmarks(cfg), cfg, model_id="cand")
+    assert engine.calls == [1, 5, 3]  # the untimed warm-up, then one call per benchmark
+    assert set(result.perf) == {"qa", "mcq"} and all(0 <= v <= 1 for v in result.perf.values())
+    # the engine's own generate seconds over its generated tokens (warm-up excluded)
+    assert result.generation_seconds == 1.0 and result.sec_per_token == pytest.approx(1.0 / result.generated_tokens)
+
+
+def test_loglikelihood_needs_the_transformers_model(llama):
+    with pytest.raises(ValueError, match="'mcq_ll': mode loglikelihood needs engine hf"):
+        EvalConfig(engine="vllm", benchmarks=[BenchmarkSpec(name="qa", task="qa", source=ZOO_QA),
+                                              BenchmarkSpec(name="mcq_ll", task="mcq", source=ZOO_MCQ,
+                                                            mode="loglikelihood")])
+    cfg = EvalConfig(benchmarks=[BenchmarkSpec(name="qa", task="qa", source=ZOO_QA, limit=1),
+                                 BenchmarkSpec(name="ll", task="mcq", source=ZOO_MCQ, limit=1, mode="loglikelihood")])
+    with pytest.raises(ValueError, match="benchmark ll: mode loglikelihood needs the transformers model"):
+        evaluate(_VllmStandIn(*llama), llama[1], load_benchmarks(cfg), cfg)

@@ -11,6 +11,7 @@ from tune.quantize import (
     choose_group_size,
     load_quantized,
     quantize,
+    quantize_elsewhere,
     scheme_problem,
     weights_size_bytes,
 )
@@ -209,3 +210,36 @@ def test_choose_group_size_divides_every_targeted_linear():
     assert choose_group_size(net(4096, 10048)) == 64  # an FFN pruned to 10048
     assert choose_group_size(net(96, 256)) == 32  # the zoo
     assert choose_group_size(net(96, 100)) is None  # per-channel scales
+
+
+def test_quantize_elsewhere_runs_in_another_interpreter_and_measures_there(zoo, texts, tmp_path):
+    """The child is a real process of `python` (here this environment's own; on the GPU machine an
+    environment with llmcompressor beside the trial's vLLM one, BENCHMARKS.md)."""
+    import sys
+
+    model, tok = _load(zoo, "llama-a")
+    model.save_pretrained(tmp_path / "healed")
+    tok.save_pretrained(tmp_path / "healed")
+    waits = []
+    q, val_loss = quantize_elsewhere(sys.executable, tmp_path / "healed", "W8A16", texts, tmp_path / "model",
+                                     holdout=texts[:2], max_length=MAX_SEQ_LENGTH,
+                                     num_calibration_samples=CALIBRATION_SAMPLES, max_seq_length=MAX_SEQ_LENGTH,
+                                     on_wait=lambda: waits.append(1))
+    assert q.scheme == "W8A16" and q.path == str(tmp_path / "model") and waits
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["quantization_config"]["format"] \
+        == "pack-quantized"
+    assert 0 < val_loss < 20 and q.size_bytes == weights_size_bytes(q.path)
+    assert _generate(load_quantized(q.path), tok)  # the candidate loads and generates here too
+
+
+def test_quantize_elsewhere_failures_are_one_line(zoo, texts, tmp_path):
+    import sys
+
+    with pytest.raises(QuantizeError, match=r"quant: python: /nonexistent/python: cannot start it"):
+        quantize_elsewhere("/nonexistent/python", tmp_path, "W8A16", texts, tmp_path / "m", holdout=[], max_length=8)
+    with pytest.raises(QuantizeError, match=r"quant: python: .*: exit 1: .*") as info:  # no model in the folder
+        quantize_elsewhere(sys.executable, tmp_path / "empty", "W8A16", texts, tmp_path / "m2", holdout=[],
+                           max_length=8)
+    assert "\n" not in str(info.value)
+    with pytest.raises(QuantizeError, match=r"FP8_DYNAMIC needs a CUDA GPU"):  # refused before any child
+        quantize_elsewhere(sys.executable, tmp_path, "FP8_DYNAMIC", texts, tmp_path / "m3", holdout=[], max_length=8)

@@ -45,6 +45,12 @@ def test_demo_config_validates(zoo, tmp_path):
     (["search.space.quant={value: FP8_DYNAMIC}"], r"search.space.quant: .*FP8_DYNAMIC.*8.9"),
     (["calibration.source=zoo:nosuchtopic"], r"calibration.source: zoo:nosuchtopic: unknown topic"),
     (["calibration.count=200"], r"calibration.count: .* 208 needed"),
+    (["eval.engine=vllm", f"eval.benchmarks=[{{name: qa, task: qa, source: {REPO / 'configs/bench/zoo_qa.jsonl'}}}]"],
+     r"resources.gpus_per_trial: 0: eval.engine vllm evaluates on whole GPUs"),
+    (["eval.engine=vllm", "resources.gpus_per_trial=0.5",
+      f"eval.benchmarks=[{{name: qa, task: qa, source: {REPO / 'configs/bench/zoo_qa.jsonl'}}}]"],
+     r"resources.gpus_per_trial: 0.5: eval.engine vllm"),
+    (["quant.python=/nonexistent/python"], r"quant.python: /nonexistent/python: no such executable"),
 ])
 def test_bad_input_rejected_before_any_trial(zoo, tmp_path, overrides, message):
     with pytest.raises(UserError, match=message) as info:
@@ -70,6 +76,7 @@ def test_empty_calibration_file_and_wrong_benchmark_schema(zoo, tmp_path):
     (["search.algorithm=optuna"], r"Optuna cannot search grids"),
     (["search.space.kd_samples={value: 41}"], r"kd_samples: 41 > calibration.count 40"),
     (["search.space.ffn_keep_ratio={value: 1.5}"], r"ffn_keep_ratio: 1.5 is not in \(0, 1\]"),
+    (["eval.engine=vllm"], r"eval.*'zoo_mcq': mode loglikelihood needs engine hf"),
 ])
 def test_bad_config_values_fail_at_load(zoo, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -1,4 +1,4 @@
-"""serve/vllm_engine.py: the Ray Serve LLM `LLMConfig` built for a candidate (fields), and the
+"""serve/serve_llm.py: the Ray Serve LLM `LLMConfig` built for a candidate (fields), and the
 vLLM app itself only where vllm and a GPU exist."""
 import importlib.util
 import json
@@ -8,7 +8,7 @@ import pytest
 from cluster.config import ConfigError
 from cluster.registry import ModelRegistry
 from serve.config import CandidateConfig, ServeConfig
-from serve.vllm_engine import VllmUnavailable, build_llm_config, build_vllm_app
+from serve.serve_llm import VllmUnavailable, build_llm_config, build_vllm_app
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_bad_candidates_fail_with_one_line(registry, kw, match):
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_app_without_vllm_is_a_user_error(zoo):
-    cfg = ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand()])
+    cfg = ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand(vllm_server="ray-serve-llm")])
     with pytest.raises(VllmUnavailable, match="candidates exa: engine vllm needs vllm"):
         build_vllm_app(cfg)
 
@@ -89,8 +89,10 @@ def test_api_key_with_vllm_candidates_is_refused_before_starting(zoo, monkeypatc
     from serve.deploy import start_app
 
     monkeypatch.delenv("YARD_API_KEY", raising=False)
-    cfg = ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand()], api_key="k")
-    with pytest.raises(ConfigError, match="api_key: vLLM candidates are served by Ray Serve LLM's own ingress"):
+    cfg = ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand(vllm_server="ray-serve-llm")],
+                      api_key="k")
+    with pytest.raises(ConfigError, match="api_key: candidates with vllm_server: ray-serve-llm are served by Ray "
+                                          "Serve LLM's own ingress"):
         start_app(cfg)
     assert ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand()], api_key="k",
                        allow_unauthenticated_vllm=True).allow_unauthenticated_vllm
@@ -108,5 +110,6 @@ def _has_gpu() -> bool:
                     reason="serving through vLLM needs the vllm extra and a CUDA GPU; this machine has "
                            "neither (the LLMConfig it would use is tested above)")
 def test_vllm_app_builds(zoo):
-    cfg = ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand(num_gpus=1, max_model_len=256)])
+    cfg = ServeConfig(registry=[str(zoo.registry_path)],
+                      candidates=[_cand(num_gpus=1, max_model_len=256, vllm_server="ray-serve-llm")])
     assert build_vllm_app(cfg) is not None

@@ -1,5 +1,6 @@
-"""The vLLM engine: candidates served by Ray Serve LLM (`LLMConfig`, `build_openai_app`), not by
-hand-written vLLM plumbing.
+"""vLLM candidates with `vllm_server: ray-serve-llm`: served by Ray Serve LLM (`LLMConfig`,
+`build_openai_app`) in an app of its own, beside this project's ingress. (The default,
+`vllm_server: yard`, serves them behind this project's ingress: `serve.engine_vllm`.)
 
 `build_llm_config` turns a `CandidateConfig` into an `LLMConfig`: model id/source, deployment
 (replicas or autoscaling), accelerator type, engine kwargs (dtype, max_model_len,
@@ -131,7 +132,8 @@ def build_llm_config(candidate: CandidateConfig, registry: ModelRegistry | None 
 def build_llm_configs(cfg: ServeConfig) -> list:
     """An LLMConfig per vLLM candidate of the config."""
     registry = ModelRegistry.load(cfg.registry_paths()) if cfg.registry_paths() else None
-    return [build_llm_config(c, registry, storage_uri=cfg.storage.uri) for c in cfg.candidates if c.engine == "vllm"]
+    return [build_llm_config(c, registry, storage_uri=cfg.storage.uri) for c in cfg.candidates
+            if c.engine == "vllm" and c.vllm_server == "ray-serve-llm"]
 
 
 def build_vllm_app(cfg: ServeConfig):
@@ -141,7 +143,7 @@ def build_vllm_app(cfg: ServeConfig):
         import vllm  # noqa: F401
         from ray.serve.llm import build_openai_app
     except ImportError:
-        ids = ", ".join(c.id for c in cfg.candidates if c.engine == "vllm")
+        ids = ", ".join(c.id for c in cfg.candidates if c.engine == "vllm" and c.vllm_server == "ray-serve-llm")
         raise VllmUnavailable(f"candidates {ids}: engine vllm needs vllm (pip install 'modelyard[vllm]' on a GPU "
                               f"node) or engine: hf") from None
     return build_openai_app({"llm_configs": configs})
