@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cluster.config import RayConfig, StorageConfig, YardModel
+from cluster.config import JobConfig, YardModel
 from cluster.engine import EngineConfig
 
 # The offline default encoder: the sentence-transformers model shipped inside the
@@ -127,12 +127,8 @@ class RetryConfig(YardModel):
     max_attempts: int = Field(3, ge=1, description="attempts per model for infrastructure failures")
 
 
-class DnaConfig(YardModel):
+class DnaConfig(JobConfig):
     kind: Literal["dna"] = "dna"
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    zoo: str | None = Field(None, description="zoo config to build or reuse; its models join the registry")
-    registry: list[str] = Field(default_factory=lambda: ["configs/models.yaml"])
     models: list[str] | None = Field(None, description="model ids; default: every model of the registry")
     identical: list[list[str]] = Field(default_factory=list, description="groups declared identical (outlier gate)")
     probes: ProbeConfig = Field(default_factory=ProbeConfig)

@@ -20,7 +20,6 @@ reason, and its model retried on a fresh host as after a crash. The report lists
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections import deque
@@ -28,12 +27,11 @@ from dataclasses import dataclass, field
 
 from actors.config import DnaConfig
 from actors.planner import HostPlan, Plan, node_kinds_from_ray, plan_hosts
-from cluster.config import load_config
+from cluster.config import job_config, job_parser, load_config
 from cluster.engine import check_engine
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import open_store
-from cluster.zoo import registry_paths as zoo_registry_paths
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "dna.demo.yaml"
@@ -52,8 +50,9 @@ def make_plan(cfg: DnaConfig, registry: ModelRegistry, model_ids: list[str]) -> 
 
 
 def print_plan(plan: Plan) -> None:
-    from cluster.console import console as make_console
     from rich.table import Table
+
+    from cluster.console import console as make_console
 
     table = Table(title="yard dna: plan")
     for col in ("host", "node", "CPUs", "GPUs", "placement", "models", "expected GiB / reason"):
@@ -280,7 +279,7 @@ def run_dna(
     from cluster.runtime import connect
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
-    registry_paths = zoo_registry_paths(cfg.registry, cfg.zoo, "dna")
+    registry_paths = cfg.registry_paths()
     registry = ModelRegistry.load(registry_paths)
     model_ids = cfg.models or registry.ids()
     source = config_path or "dna config"
@@ -332,8 +331,9 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_outcomes(outcomes: list[dict], summary: dict) -> None:
-    from cluster.console import console as make_console
     from rich.table import Table
+
+    from cluster.console import console as make_console
 
     table = Table(title="yard dna: models")
     for col in ("model", "status", "attempts", "valid", "avg chars", "s/prompt", "reason"):
@@ -362,13 +362,11 @@ def print_outcomes(outcomes: list[dict], summary: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="yard dna", description="LLM-DNA fingerprints on warm Ray hosts")
-    parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser = job_parser("yard dna", "LLM-DNA fingerprints on warm Ray hosts", DEMO_CONFIG)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--accept-suspicious", action="store_true", help="publish the tree despite suspicious pairs")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, DnaConfig, args.overrides)
+    args = parser.parse_intermixed_args(argv)
+    cfg = job_config(args, DnaConfig)
     code, _ = run_dna(cfg, config_path=args.config, dry_run=args.dry_run, accept_suspicious=args.accept_suspicious)
     return code
 

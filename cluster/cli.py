@@ -31,14 +31,14 @@ def usage() -> str:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    from cluster.progress import make_logging_unbuffered
+    from cluster.progress import StderrHandler, make_logging_unbuffered
 
     make_logging_unbuffered()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        handlers=[StderrHandler()],
         force=True,
     )
     for noisy in ("urllib3", "botocore", "filelock", "httpx", "matplotlib", "PIL"):

@@ -9,6 +9,7 @@ raised as `ConfigError`; the CLI prints it and exits 2.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from cluster.capabilities import CONFIG_KINDS
 
@@ -34,9 +35,15 @@ class ConfigError(UserError, ValueError):
 
 
 class YardModel(BaseModel):
-    """Base of every config schema: unknown keys are errors, not silently ignored."""
+    """Base of every config schema: unknown keys are errors, not silently ignored. `config_file`:
+    the file `load_config` read it from (None when built in code)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    _config_file: str | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> str | None:
+        return self._config_file
 
 
 STORE_ENV = "YARD_STORE"
@@ -93,6 +100,31 @@ class RayConfig(YardModel):
     num_cpus: int | None = None
     num_gpus: int | None = None
 
+
+
+class JobConfig(YardModel):
+    """The block every job config shares (chat, dna, sweep, persona, serve): where artifacts go
+    (`storage`), how Ray is reached (`ray`), and which models exist (`registry` files plus the
+    toy `zoo`'s when a zoo config is named). `kind` is each job's own literal."""
+
+    kind: str
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    zoo: str | None = Field(None, description="zoo config to build or reuse; its models join the registry")
+    registry: list[str] = Field(default_factory=lambda: ["configs/models.yaml"], description="model registry "
+                                "files (kind: models)")
+
+    def registry_paths(self) -> list[str]:
+        """The registry files plus the zoo's registry when `zoo` names a zoo config (the zoo is
+        built, or reused from its cache, first); ConfigError when there is neither."""
+        paths = list(self.registry)
+        if self.zoo:
+            from cluster.zoo import build_zoo
+
+            paths.append(str(build_zoo(load_config(self.zoo)).registry_path))
+        if not paths:
+            raise ConfigError(f"{self.kind}: registry: empty and no zoo configured (no model to run)")
+        return paths
 
 def schema_for_kind(kind: str) -> type[YardModel]:
     """The pydantic class for a config `kind`, resolved lazily from the capability table."""
@@ -297,10 +329,25 @@ def load_config(
             ) from None
     apply_overrides(data, list(overrides))
     cfg = validate(data, schema, str(path))
-    # Remember where it came from: relative paths inside a config resolve against the cwd,
-    # but reports cite the file.
-    object.__setattr__(cfg, "_source", str(path))
+    # Remember where it came from: reports cite the file, and relative paths inside it resolve
+    # against it when they are not found from the working directory (resolve_config_path).
+    cfg._config_file = str(path)
     return cfg
+
+
+def resolve_config_path(path: str | Path, config_file: str | Path | None, *, roots: tuple[Path, ...] = ()) -> Path:
+    """Where a path written in a config points: `~` expanded; an absolute path as is; else the first
+    place it exists among the working directory, the config file's folder and `roots` (the
+    repository, for demo configs run from anywhere); else under the config file's folder (so an
+    error names where it was looked for), or as given when there is no config file."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    base = [Path(config_file).resolve().parent] if config_file else []
+    for folder in [*base, *roots]:
+        if (folder / p).exists():
+            return folder / p
+    return base[0] / p if base else p
 
 
 def check_paths(paths: list[str]) -> list[tuple[str, str | None]]:
@@ -322,3 +369,38 @@ def check_paths(paths: list[str]) -> list[tuple[str, str | None]]:
             except ConfigError as exc:
                 results.append((str(f), str(exc)))
     return results
+
+
+def job_parser(prog: str, description: str, default_config: str | Path | None = None,
+               config_help: str = "the job's config file") -> argparse.ArgumentParser:
+    """The command line every job shares: `CONFIG [key.sub=value ...]` (CONFIG may be left out when
+    the job has a demo config), `--set key.sub=value` as an alias of a bare override; the job adds
+    its own flags, which may come anywhere (parse with `parse_intermixed_args`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    if default_config is not None:
+        parser.add_argument("config", nargs="?", default=str(default_config), help=f"{config_help} (default: "
+                            f"{Path(default_config).name})")
+        parser.set_defaults(default_config=str(default_config))
+    else:
+        parser.add_argument("config", help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides: key.sub=value")
+    parser.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="the same as a KEY=VALUE argument")
+    return parser
+
+
+def job_source(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(config file, overrides in order) of a `job_parser` command line. Without CONFIG, a first
+    `key=value` (which argparse takes for CONFIG) is an override of the job's default config."""
+    config, overrides = args.config, [*args.overrides, *args.set_overrides]
+    default = getattr(args, "default_config", None)
+    if default and config != default and "=" in config and not Path(config).exists():
+        config, overrides = default, [args.config, *overrides]
+        args.config, args.overrides, args.set_overrides = config, overrides, []  # what callers read after
+    return config, overrides
+
+
+def job_config(args: argparse.Namespace, schema: type[YardModel]) -> YardModel:
+    """The validated config of a `job_parser` command line: the file, then its overrides in order."""
+    config, overrides = job_source(args)
+    return load_config(config, schema, overrides)

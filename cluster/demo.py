@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from cluster.capabilities import DEMOS
-from cluster.config import RayConfig, StorageConfig, YardModel, load_config
+from cluster.config import JobConfig, job_config, job_parser, load_config
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.storage import ArtifactStore, open_store
 
@@ -24,11 +24,8 @@ DEFAULT_CHAT_CONFIG = REPO_ROOT / "configs" / "chat.demo.yaml"
 DEFAULT_ZOO_CONFIG = REPO_ROOT / "configs" / "zoo.demo.yaml"
 
 
-class ChatJobConfig(YardModel):
+class ChatJobConfig(JobConfig):
     kind: Literal["chat"] = "chat"
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    zoo: str | None = Field(None, description="zoo config to build or reuse; its models join the registry")
     registry: list[str] = Field(default_factory=list, description="extra registry files")
     models: list[str] | None = Field(None, description="model ids; default: every model of the registry")
     prompt: str = "Tell me about the weather today."
@@ -107,9 +104,8 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
     from cluster.runtime import connect
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
-    from cluster.zoo import registry_paths as zoo_registry_paths
 
-    registry_paths = zoo_registry_paths(cfg.registry, cfg.zoo, "chat")
+    registry_paths = cfg.registry_paths()
     registry = ModelRegistry.load(registry_paths)
     model_ids = cfg.models or registry.ids()
     for mid in model_ids:
@@ -205,25 +201,11 @@ def write_chat_report(store: ArtifactStore, registry, results: list[dict], cfg: 
     return store.locate(key)
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="config file")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
-
-
-def _split(args) -> tuple[str | None, list[str]]:
-    # `yard chat key=value` without a config file: the first positional is an override.
-    if args.config and "=" in args.config and not Path(args.config).exists():
-        return None, [args.config, *args.overrides]
-    return args.config, list(args.overrides)
-
-
 def chat_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="yard chat", description="every model answers one chat prompt on Ray")
-    _config_args(parser)
-    config, overrides = _split(parser.parse_args(argv))
-    path = config or str(DEFAULT_CHAT_CONFIG)
-    cfg = load_config(path, ChatJobConfig, overrides)
-    code, summary = run_chat(cfg, path)
+    args = job_parser("yard chat", "every model answers one chat prompt on Ray", DEFAULT_CHAT_CONFIG
+                      ).parse_intermixed_args(argv)
+    cfg = job_config(args, ChatJobConfig)
+    code, summary = run_chat(cfg, args.config)
     print(f"report: {summary['report']}")
     return code
 

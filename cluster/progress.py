@@ -196,6 +196,23 @@ def job_heartbeat(store: ArtifactStore, job_id: str, now: float | None = None) -
 
 
 # --- logging -------------------------------------------------------------------------------------
+class StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever `sys.stderr` is when a record comes, not the stream that
+    was current at setup: a redirected or replaced stderr (a test's capture, since closed) would
+    otherwise turn every later log line into a "--- Logging error ---" traceback."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ / setStream assign it; the property wins
+        pass
+
+
 def make_logging_unbuffered(level: int = logging.INFO) -> None:
     """Line-buffered stdout/stderr, PYTHONUNBUFFERED=1 for subprocesses and Ray workers started
     after this call, and (if nothing configured logging yet) log lines to stderr. Buffered
@@ -208,7 +225,8 @@ def make_logging_unbuffered(level: int = logging.INFO) -> None:
             except (ValueError, OSError):  # a closed or detached stream: nothing to do
                 pass
     os.environ["PYTHONUNBUFFERED"] = "1"
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, handlers=[StderrHandler()],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def format_duration(seconds: float | None) -> str:

@@ -240,7 +240,7 @@ def _staging(final: Path):
     _replace_dir(tmp, final)
 
 
-def _read_registry(zoo_dir: Path) -> dict[str, ModelSpec]:
+def read_registry(zoo_dir: Path) -> dict[str, ModelSpec]:
     path = zoo_dir / REGISTRY_NAME
     if not path.is_file():
         return {}
@@ -323,7 +323,7 @@ def build_zoo(cfg: ZooConfig) -> ZooBuild:
         except (OSError, ValueError, KeyError):
             same = False
         missing = [s.name for s in cfg.specs() if not _model_complete(zoo_dir / s.name)]
-        registry = _read_registry(zoo_dir) if same else {}
+        registry = read_registry(zoo_dir) if same else {}
         if same and not missing and all(s.name in registry for s in cfg.specs()):
             seconds = time.monotonic() - started
             log.info("zoo %s: cache hit (%d models, %.2fs)", zoo_dir, len(registry), seconds)
@@ -375,29 +375,9 @@ def build_zoo(cfg: ZooConfig) -> ZooBuild:
 
 def _safe_registry(zoo_dir: Path) -> dict[str, ModelSpec]:
     try:
-        return _read_registry(zoo_dir)
+        return read_registry(zoo_dir)
     except ConfigError:
         return {}
-
-
-def list_zoo(zoo_dir: str | Path) -> list[dict]:
-    """Rows of the zoo's registry: id, architecture, params, parent, derivation, family, path."""
-    zoo_dir = Path(zoo_dir).expanduser()
-    if not (zoo_dir / REGISTRY_NAME).is_file():
-        raise ConfigError(f"{zoo_dir}: no zoo here ({REGISTRY_NAME} missing; run `yard zoo build`)")
-    rows = []
-    for mid, spec in _read_registry(zoo_dir).items():
-        path = Path(spec.source).expanduser()
-        rows.append({
-            "id": mid,
-            "architecture": spec.family,
-            "params": round(spec.params_b * 1e9),
-            "parent": spec.parent,
-            "derivation": spec.derivation,
-            "family": spec.lineage_family or mid,
-            "path": str(path if path.is_absolute() else (zoo_dir / path).resolve()),
-        })
-    return rows
 
 
 def register_child(zoo_dir: str | Path, model_id: str, path: str | Path, parent: str, derivation: str, *,
@@ -414,7 +394,7 @@ def register_child(zoo_dir: str | Path, model_id: str, path: str | Path, parent:
     zoo_dir = Path(zoo_dir).expanduser().resolve()
     path = Path(path).expanduser().resolve()
     with _exclusive(zoo_dir):
-        models = _read_registry(zoo_dir)
+        models = read_registry(zoo_dir)
         if not models:
             raise ConfigError(f"{zoo_dir}: no zoo here ({REGISTRY_NAME} missing; run `yard zoo build`)")
         if parent not in models:
@@ -452,14 +432,3 @@ def zoo_dir_of(model_id: str, registry_paths: list[str]) -> Path | None:
         if p.name == REGISTRY_NAME and model_id in ModelRegistry.load([p]).ids():
             return p.parent
     return None
-
-
-def registry_paths(registry: list[str], zoo_config: str | None, job: str) -> list[str]:
-    """A job's registry files: the configured ones plus, when a zoo config is named, the zoo's
-    own registry (the zoo is built, or reused from its cache, first)."""
-    paths = list(registry)
-    if zoo_config:
-        paths.append(str(build_zoo(load_config(zoo_config)).registry_path))
-    if not paths:
-        raise ConfigError(f"{job}: registry: empty and no zoo configured (no model to run)")
-    return paths

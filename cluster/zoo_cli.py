@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -44,7 +45,7 @@ def _table(rows: list[dict], title: str) -> Table:
 
 
 def _build(args: argparse.Namespace, console: Console) -> int:
-    from cluster.zoo import DEMO_CONFIG, ZooConfig, build_zoo, list_zoo
+    from cluster.zoo import DEMO_CONFIG, ZooConfig, build_zoo
 
     # The config file is optional: the first argument without `=` names it.
     items = list(args.items)
@@ -58,8 +59,6 @@ def _build(args: argparse.Namespace, console: Console) -> int:
 
 
 def _list(args: argparse.Namespace, console: Console) -> int:
-    from cluster.zoo import list_zoo
-
     zoo_dir = args.zoo_dir
     if zoo_dir is None:
         from cluster.zoo import default_zoo_config
@@ -102,3 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+
+
+def list_zoo(zoo_dir: str | Path) -> list[dict]:
+    """Rows of the zoo's registry: id, architecture, params, parent, derivation, family, path."""
+    from cluster.zoo import REGISTRY_NAME, read_registry
+
+    zoo_dir = Path(zoo_dir).expanduser()
+    if not (zoo_dir / REGISTRY_NAME).is_file():
+        raise ConfigError(f"{zoo_dir}: no zoo here ({REGISTRY_NAME} missing; run `yard zoo build`)")
+    rows = []
+    for mid, spec in read_registry(zoo_dir).items():
+        path = Path(spec.source).expanduser()
+        rows.append({
+            "id": mid,
+            "architecture": spec.family,
+            "params": round(spec.params_b * 1e9),
+            "parent": spec.parent,
+            "derivation": spec.derivation,
+            "family": spec.lineage_family or mid,
+            "path": str(path if path.is_absolute() else (zoo_dir / path).resolve()),
+        })
+    return rows

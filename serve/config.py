@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.config import RayConfig, StorageConfig, YardModel
+from cluster.config import JobConfig, YardModel
 
 API_KEY_ENV = "YARD_API_KEY"
 # Served model ids appear in URLs and "<id>:<adapter>" names: keep them to a plain alphabet.
@@ -112,13 +112,10 @@ class CandidateConfig(YardModel):
         return [self.id] + [f"{self.id}:{name}" for name in self.lora_adapters]
 
 
-class ServeConfig(YardModel):
+class ServeConfig(JobConfig):
     """`yard serve CONFIG`: candidates behind one OpenAI-compatible HTTP API on Ray Serve."""
 
     kind: Literal["serve"] = "serve"
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    zoo: str | None = Field(default=None, description="zoo config to build or reuse; its models join the registry")
     registry: list[str] = Field(default_factory=list, description="model registry files (kind: models)")
     # Loopback unless configured otherwise: the API runs models for whoever reaches it.
     host: str = "127.0.0.1"
@@ -152,6 +149,4 @@ class ServeConfig(YardModel):
         from its cache, first); empty when neither is set (path-only candidates need none)."""
         if not self.zoo and not self.registry:
             return []
-        from cluster.zoo import registry_paths
-
-        return registry_paths(self.registry, self.zoo, "serve")
+        return super().registry_paths()

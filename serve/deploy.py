@@ -107,7 +107,7 @@ def _start_serve(host: str, port: int, attempts: int = 2) -> None:
 
 
 def _source(cfg: ServeConfig) -> str:
-    return getattr(cfg, "_source", None) or "serve config"
+    return cfg.config_file or "serve config"
 
 
 def check_models(cfg: ServeConfig) -> None:

@@ -18,7 +18,6 @@ MIN_LETTERS letters (a bare number) is never penalised.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import re
@@ -29,7 +28,7 @@ from typing import Callable, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.config import ConfigError, StorageConfig, YardModel, load_config
+from cluster.config import ConfigError, StorageConfig, YardModel, job_config, job_parser
 from cluster.jobs import run_job
 from cluster.storage import ArtifactStore, open_store
 from serve.client import ChatClient, ChatError, ResponseCache
@@ -407,11 +406,8 @@ def _print_summary(result: JudgeResult, mode: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="yard judge", description="KoMT-style LLM-judge scoring of candidates")
-    parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, JudgeConfig, args.overrides)
+    args = job_parser("yard judge", "KoMT-style LLM-judge scoring of candidates", DEMO_CONFIG).parse_intermixed_args(argv)
+    cfg = job_config(args, JudgeConfig)
     code, result = run_judge(cfg, config_path=args.config)
     _print_summary(result, cfg.mode)
     return code

@@ -25,7 +25,6 @@ and reported); 2 bad input (config, suite).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import tempfile
@@ -35,7 +34,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cluster.config import ConfigError, StorageConfig, YardModel, load_config
+from cluster.config import ConfigError, StorageConfig, YardModel, job_config, job_parser
 from serve.client import ChatClient, ChatError, ResponseCache
 from serve.judge import JudgeEndpoint
 from serve.judge_prompts import parse_rating
@@ -357,11 +356,10 @@ def run_probe_job(cfg: ProbeJobConfig, *, config_path: str | None = None) -> tup
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="yard probe", description="persona probes against OpenAI-compatible candidates")
-    parser.add_argument("config", help="a kind: probe config")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, ProbeJobConfig, args.overrides)
+    parser = job_parser("yard probe", "persona probes against OpenAI-compatible candidates",
+                        config_help="a kind: probe config")
+    args = parser.parse_intermixed_args(argv)
+    cfg = job_config(args, ProbeJobConfig)
     code, summary = run_probe_job(cfg, config_path=args.config)
     for cand in summary["candidates"]:
         if cand["error"]:

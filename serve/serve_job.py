@@ -10,12 +10,11 @@ the trial's `<candidate>/model/` folder in the store (downloaded once when the s
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import time
 
-from cluster.config import ConfigError, load_config
+from cluster.config import ConfigError, job_config, job_parser
 from serve.config import CandidateConfig, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -55,19 +54,16 @@ def leaderboard_candidates(cfg: ServeConfig, ref: str, top: int) -> list[Candida
 
 def main(argv: list[str] | None = None) -> int:
     """The `yard serve` job; returns the exit code (bad input raises UserError: the CLI exits 2)."""
-    parser = argparse.ArgumentParser(prog="yard serve", description="serve candidates behind an OpenAI-compatible API")
-    parser.add_argument("config", help="a kind: serve config (configs/serve.demo.yaml)")
-    parser.add_argument("items", nargs="*", metavar="KEY=VALUE", help="overrides, as every yard job takes them")
+    parser = job_parser("yard serve", "serve candidates behind an OpenAI-compatible API",
+                        config_help="a kind: serve config (configs/serve.demo.yaml)")
     parser.add_argument("--from-leaderboard", metavar="SWEEP", help="add the best trials of this sweep run")
     parser.add_argument("--top", type=int, default=3, help="how many trials --from-leaderboard adds (default 3)")
     parser.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="the same as a KEY=VALUE argument (kept as an alias), e.g. --set port=8001")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.duration_s is not None and args.duration_s <= 0:
         raise ConfigError(f"--duration-s: {args.duration_s} must be > 0")
 
-    cfg = load_config(args.config, ServeConfig, overrides=[*args.items, *args.overrides])
+    cfg = job_config(args, ServeConfig)
     if args.from_leaderboard:
         added = leaderboard_candidates(cfg, args.from_leaderboard, args.top)
         try:

@@ -13,7 +13,8 @@ import random
 from pathlib import Path
 
 from cluster.config import ConfigError, jsonl_rows, read_text
-from tune.config import CalibrationConfig, resolve_relative
+from cluster.config import resolve_config_path
+from tune.config import CalibrationConfig
 
 
 def _zoo_items(topics: str) -> list:
@@ -57,7 +58,7 @@ def load_items(cfg: CalibrationConfig, config_path: str | Path | None = None) ->
     if cfg.source.startswith("zoo:"):
         items = _zoo_items(cfg.source[4:])
     else:
-        items = _file_items(resolve_relative(cfg.source, config_path))
+        items = _file_items(resolve_config_path(cfg.source, config_path))
     items = [i for i in items if (i.strip() if isinstance(i, str) else i)]
     if not items:
         raise ConfigError(f"calibration.source: {cfg.source}: empty calibration set")

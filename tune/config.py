@@ -18,12 +18,11 @@ starts.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from cluster.config import RayConfig, StorageConfig, YardModel
+from cluster.config import JobConfig, YardModel
 from tune.evaluate import EvalConfig
 from tune.quantize import SCHEMES
 from tune.timing import TimingConfig
@@ -211,13 +210,9 @@ class QuantConfig(YardModel):
                                "the trial's own process")
 
 
-class SweepConfig(YardModel):
+class SweepConfig(JobConfig):
     kind: Literal["sweep"] = "sweep"
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name (store key)")
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    zoo: str | None = Field(None, description="zoo config to build or reuse; its models join the registry")
-    registry: list[str] = Field(default_factory=lambda: ["configs/models.yaml"])
     base: str = Field(..., description="registry id of the model to compress")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
@@ -240,12 +235,3 @@ class SweepConfig(YardModel):
             raise ValueError(f"search.space.kd_samples: {top} > calibration.count {self.calibration.count} "
                              f"(distillation uses the calibration texts)")
         return self
-
-
-def resolve_relative(path: str, config_path: str | Path | None) -> Path:
-    """A path from a config: absolute, relative to the working directory if it exists there,
-    else relative to the config file's directory."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists() or config_path is None:
-        return p
-    return Path(config_path).resolve().parent / p

@@ -17,7 +17,6 @@ Tune's own files (TensorBoard events, progress.csv per trial, the experiment sta
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -26,13 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config import ConfigError, load_config, naming_source
+from cluster.config import ConfigError, job_config, job_parser, load_config, naming_source
 from cluster.engine import check_engine
 from cluster.joblog import verbose as joblog_verbose
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import ArtifactStore, new_run_name, open_store
-from cluster.zoo import registry_paths as zoo_registry_paths
 from tune.config import SweepConfig
 from tune.publish import print_rows, publish, register_candidates
 from tune.timing import apply_timing, time_candidates, timing_summary
@@ -127,9 +125,9 @@ def prepare(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_
 
     from cluster.content import model_content_key
     from cluster.loading import load_model
+    from tune.baseline import baseline_cached, hardware_key
     from tune.calibration import render, split
     from tune.distill import teacher_logits_cached
-    from tune.baseline import baseline_cached, hardware_key
     from tune.prune import bi_scores_cached
 
     cfg = SweepConfig.model_validate(cfg_dict)
@@ -313,7 +311,7 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
     check_engine(cfg.eval.engine, "eval.engine", source=config_path or "sweep config")
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     # absolute: Tune runs each trial in its own working directory
-    registry_paths = [str(Path(p).resolve()) for p in zoo_registry_paths(cfg.registry, cfg.zoo, "sweep")]
+    registry_paths = [str(Path(p).resolve()) for p in cfg.registry_paths()]
     if cfg.resources.gpus_per_trial == 0:  # every check reads files and the registry: before Ray
         checked = validate(cfg, config_path, registry_paths)
         connect(cfg.ray)
@@ -408,19 +406,18 @@ def _baseline_row(cfg: SweepConfig, prep: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="yard sweep", description="compression recipe sweep with Ray Tune")
-    parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser = job_parser("yard sweep", "compression recipe sweep with Ray Tune", DEMO_CONFIG)
     parser.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this sweep")
     parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
-    args = parser.parse_args(argv)
-    from cluster.config import read_yaml
+    args = parser.parse_intermixed_args(argv)
+    from cluster.config import job_source, read_yaml
 
+    job_source(args)  # CONFIG resolved (the demo config when left out)
     if read_yaml(args.config).get("kind") == "persona_sweep":  # LoRA rank x lr sweeps of a persona fine-tune
         from tune.persona.sweep import main as persona_main
 
         return persona_main(argv)
-    cfg = load_config(args.config, SweepConfig, args.overrides)
+    cfg = job_config(args, SweepConfig)
     code, _ = run_sweep(cfg, config_path=args.config, resume=args.resume, restart_errored=args.restart_errored)
     return code
 

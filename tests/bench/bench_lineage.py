@@ -45,7 +45,8 @@ def one_zoo(zoo_config: Path, seed: int, cache: Path, store_root: Path, dna_over
     from cluster.config import load_config
     from cluster.registry import ModelRegistry
     from cluster.storage import open_store
-    from cluster.zoo import build_zoo, list_zoo
+    from cluster.zoo import build_zoo
+    from cluster.zoo_cli import list_zoo
     from cluster.zoo import ZooConfig
 
     name = f"{zoo_config.stem}-s{seed}"

@@ -127,3 +127,63 @@ def test_yard_store_replaces_a_relative_store_and_a_ray_job_scratch_dir_refuses_
     with pytest.raises(ConfigError, match=r"chat.yaml: storage.uri: .*'.yard' is relative.*YARD_STORE"):
         load_config(cfg)
     assert load_config(cfg, overrides=[f"storage.uri={tmp_path}/store"]).storage.uri == f"{tmp_path}/store"
+
+
+@pytest.mark.parametrize("kind", ["chat", "dna", "sweep", "persona", "serve"])
+def test_every_job_config_shares_one_job_block(kind):
+    """storage / ray / zoo / registry and their registry files come from one class (JobConfig)."""
+    from cluster.config import JobConfig, schema_for_kind
+
+    cls = schema_for_kind(kind)
+    assert issubclass(cls, JobConfig) and list(cls.model_fields)[:5] == ["kind", "storage", "ray", "zoo", "registry"]
+    assert cls.registry_paths is JobConfig.registry_paths or kind == "serve"  # serve: none needed for paths
+
+
+def test_registry_paths_without_registry_or_zoo_name_the_job(tmp_path):
+    from cluster.config import schema_for_kind
+
+    dna = schema_for_kind("dna").model_validate({"registry": [], "zoo": None})
+    with pytest.raises(ConfigError, match=r"^dna: registry: empty and no zoo configured"):
+        dna.registry_paths()
+    models = tmp_path / "models.yaml"
+    assert dna.model_copy(update={"registry": [str(models)]}).registry_paths() == [str(models)]
+
+
+def test_job_command_line_is_the_same_for_every_job(tmp_path):
+    """`CONFIG [key=value ...]`, `--set key=value` as an alias, the job's own flags anywhere."""
+    from cluster.config import job_config, job_parser, schema_for_kind
+
+    cfg_file = tmp_path / "dna.yaml"
+    cfg_file.write_text("kind: dna\nregistry: [a.yaml]\ngeneration: {max_new_tokens: 77}\n")
+    parser = job_parser("yard dna", "test", default_config=cfg_file)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_intermixed_args(["--dry-run", "generation.batch_size=3", "--set", "registry=[b.yaml]"])
+    cfg = job_config(args, schema_for_kind("dna"))
+    assert args.dry_run and cfg.generation.max_new_tokens == 77  # the default config, CONFIG left out
+    assert args.config == str(cfg_file)  # what the job reports as its config file
+    assert cfg.generation.batch_size == 3 and cfg.registry == ["b.yaml"]
+    with pytest.raises(SystemExit):  # a job without a demo config needs its CONFIG
+        job_parser("yard probe", "test").parse_intermixed_args([])
+
+
+def test_a_path_in_a_config_resolves_one_way(tmp_path, monkeypatch):
+    """cwd first, then the config file's folder, then the extra roots; else under the config's folder."""
+    from cluster.config import resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here.txt").write_text("x")
+    cfg = tmp_path / "configs" / "sweep.yaml"
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    (tmp_path / "repo" / "data" / "d.txt").write_text("x")
+    assert resolve_config_path("here.txt", cfg) == Path("here.txt")  # exists in the working directory
+    assert resolve_config_path("data/cal.txt", cfg) == tmp_path / "configs" / "data" / "cal.txt"
+    assert resolve_config_path("/abs/cal.txt", cfg) == Path("/abs/cal.txt")
+    assert resolve_config_path("data/cal.txt", None) == Path("data/cal.txt")
+    assert resolve_config_path("data/d.txt", cfg, roots=(tmp_path / "repo",)) == tmp_path / "repo" / "data" / "d.txt"
+
+
+def test_a_loaded_config_knows_its_file(tmp_path):
+    path = tmp_path / "dna.yaml"
+    path.write_text("kind: dna\n")
+    cfg = load_config(path)
+    assert cfg.config_file == str(path) and cfg.model_copy().config_file == str(path)

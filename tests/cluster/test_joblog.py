@@ -1,6 +1,5 @@
-"""cluster/joblog.py and cluster/live.py: framework logs to the job's log file, progress on the
-console (a plain line per running task without a terminal), and a real `yard dna` run whose
-console holds its tables and paths, not its workers' chatter."""
+"""cluster/joblog.py: framework logs to the job's log file, and a real `yard dna` run whose console
+holds its tables and paths, not its workers' chatter (progress on the console: test_live.py)."""
 import io
 import logging
 import os
@@ -11,9 +10,6 @@ import pytest
 
 from cluster import joblog
 from cluster.jobs import REPO_ROOT
-from cluster.live import LiveView, plain_lines
-from cluster.progress import ProgressReporter
-from cluster.status import collect
 from cluster.storage_local import LocalStore
 
 
@@ -71,29 +67,6 @@ def test_verbose_keeps_everything_on_the_console(tmp_path, monkeypatch, console)
         logging.getLogger("yard.test.framework").info("CALL generate OK")
     assert "CALL generate OK" in console.stream.getvalue()
     assert not joblog.route_ray_output()  # Ray prints its workers' lines itself
-
-
-def test_plain_progress_lines_show_rate_eta_and_only_news(tmp_path):
-    store = LocalStore(str(tmp_path))
-    clock = [1000.0]
-    rep = ProgressReporter(store, "dna-20261130-000000-abcdef", task="host-0", total=10, stall_after_s=60,
-                           min_interval_s=0, console=False, clock=lambda: clock[0])
-    rep.phase("generating", item="llama-a")
-    for _ in range(4):
-        clock[0] += 2.0
-        rep.advance()
-    (job,) = collect(store, now=clock[0])
-    (line,) = plain_lines(job, now=clock[0])
-    assert " host-0 RUNNING generating llama-a 4/10 (40.0%) " in line and "ETA" in line
-
-    out = io.StringIO()
-    view = LiveView(store, job.job_id, tty=False, stream=out, clock=lambda: clock[0])
-    view._tick_plain()
-    view._tick_plain()  # nothing moved: nothing printed
-    assert out.getvalue().count("host-0") == 1
-    rep.finish()
-    view._tick_plain()  # nothing running: nothing to print
-    assert out.getvalue().count("host-0") == 1
 
 
 @pytest.mark.slow

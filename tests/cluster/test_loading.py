@@ -2,10 +2,9 @@
 rejections before any weight is read."""
 import pytest
 
-from cluster.config import ConfigError
 from cluster.loading import LoadError, decide_load, load_model
 from cluster.node import NodeFacts
-from cluster.registry import ModelRegistry, ModelSpec, source_kind
+from cluster.registry import ModelRegistry, ModelSpec
 
 CPU = NodeFacts(hostname="laptop", cuda=False, cpu_mem_gib=16.0, cpu_count=2)
 L40S = NodeFacts(hostname="g7e", cuda=True, gpu_names=("NVIDIA L40S",), cuda_capabilities=(8.9,), gpu_mem_gib=(44.4,))
@@ -71,33 +70,6 @@ def test_missing_local_path_is_a_clear_error(tmp_path):
     reg = ModelRegistry({"gone": spec(source=str(tmp_path / "nowhere"))})
     with pytest.raises(LoadError, match=r"model gone: local path .*nowhere does not exist"):
         load_model("gone", reg, CPU)
-
-
-def test_source_kinds_and_bad_sources(tmp_path):
-    assert source_kind("s3://bucket/models/x") == "s3"
-    assert source_kind("LGAI-EXAONE/EXAONE-4.0-1.2B") == "hf"
-    assert source_kind(str(tmp_path)) == "local"
-    for bad in ("gs://bucket/x", "just-a-name", "a/b/c"):
-        with pytest.raises(ValueError):
-            source_kind(bad)
-
-
-def test_registry_merges_files_resolves_relative_paths_and_rejects_duplicates(tmp_path):
-    (tmp_path / "zoo").mkdir()
-    (tmp_path / "zoo" / "models.yaml").write_text(
-        "kind: models\nmodels:\n  a:\n    source: ./a\n    params_b: 0.001\n  b:\n    source: ./b\n    params_b: 0.001\n"
-        "    parent: a\n    derivation: continued\n"
-    )
-    (tmp_path / "ref.yaml").write_text("kind: models\nmodels:\n  r:\n    source: org/r\n    params_b: 1\n")
-    reg = ModelRegistry.load([tmp_path / "ref.yaml", tmp_path / "zoo" / "models.yaml"])
-    assert reg.ids() == ["a", "b", "r"]
-    assert reg.get("a").source == str(tmp_path / "zoo" / "a")
-    assert reg.family_of("b") == "a"
-    with pytest.raises(ConfigError, match="model 'zzz': unknown model id .*registered: a, b, r"):
-        reg.get("zzz")
-    (tmp_path / "dup.yaml").write_text("kind: models\nmodels:\n  r:\n    source: org/r2\n    params_b: 1\n")
-    with pytest.raises(ConfigError, match="models.r: already defined in"):
-        ModelRegistry.load([tmp_path / "ref.yaml", tmp_path / "dup.yaml"])
 
 
 def test_shipped_registry_loads_and_every_entry_has_an_explicit_decision_on_a_big_gpu_node():

@@ -267,3 +267,20 @@ def test_make_logging_unbuffered_sets_the_env_for_children(monkeypatch):
 
 def test_format_duration():
     assert [format_duration(s) for s in (1.5, 16, 245, 12000, 183600)] == ["1.5s", "16s", "4m05s", "3h20m", "2d03h"]
+
+
+def test_the_stderr_log_handler_follows_sys_stderr(monkeypatch):
+    """A stderr that was replaced and closed since setup (a test's capture) takes no log line."""
+    import io
+    import logging
+
+    from cluster.progress import StderrHandler
+
+    handler = StderrHandler()
+    old = io.StringIO()
+    monkeypatch.setattr("sys.stderr", old)
+    old.close()
+    now = io.StringIO()
+    monkeypatch.setattr("sys.stderr", now)
+    handler.emit(logging.LogRecord("t", logging.WARNING, __file__, 1, "still seen", None, None))
+    assert now.getvalue() == "still seen\n"

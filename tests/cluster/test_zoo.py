@@ -14,7 +14,8 @@ import yaml
 from cluster import zoo_train
 from cluster.config import ConfigError, load_config
 from cluster.registry import ModelRegistry
-from cluster.zoo import ZooConfig, build_zoo, default_zoo_config, list_zoo, register_child
+from cluster.zoo import ZooConfig, build_zoo, default_zoo_config, register_child
+from cluster.zoo_cli import list_zoo
 from cluster.zoo_cli import main
 
 CLASSES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "exaone4": "Exaone4ForCausalLM"}
@@ -235,12 +236,3 @@ def test_cli_build_reports_a_cache_hit_and_config_errors(tmp_path, capsys):
     assert "seq_len: 4" in capsys.readouterr().err
     assert main(["list", "--zoo-dir", str(tmp_path / "nowhere")]) == 2
     assert "no zoo here" in capsys.readouterr().err
-
-
-def test_registry_paths_keep_configured_files_and_reject_nothing_to_run():
-    from cluster.config import ConfigError
-    from cluster.zoo import registry_paths
-
-    assert registry_paths(["configs/models.yaml"], None, "chat") == ["configs/models.yaml"]
-    with pytest.raises(ConfigError, match="^dna: registry: empty and no zoo configured"):
-        registry_paths([], None, "dna")

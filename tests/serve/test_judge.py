@@ -14,8 +14,7 @@ from cluster.storage import open_store
 from serve.client import ChatClient, ResponseCache
 from serve.judge import (AnswerConfig, CandidateEndpoint, JudgeConfig, hangul_ratio, is_korean, judge_candidates,
                          main)
-from serve.judge_prompts import (JudgePromptError, Question, builtin_prompts, load_prompt_file, load_questions,
-                                 pair_messages, parse_rating, parse_verdict, single_messages)
+from serve.judge_prompts import Question
 from serve.replay import ReplayServer
 
 KO_Q = Question("k1", "writing", ("서울의 봄에 대해 짧은 글을 써 주세요.", "그 글을 두 문장으로 줄여 주세요."))
@@ -26,65 +25,6 @@ ANSWERS = [
     {"match": "6 times 7", "content": "6 times 7 is 42."},
     {"match": "divided by 2", "content": "42 divided by 2 is 21."},
 ]
-
-
-@pytest.mark.parametrize("text, rating", [
-    ("Good answer. Rating: [[8]]", 8.0),
-    ("Format is [[rating]]. Rating: [[7.5]]", 7.5),
-    ("Score [6] out of 10", 6.0),  # the single-bracket backup
-    ("first [[3]] then really [[9]]", 9.0),
-    ("no rating here", None),
-    ("Rating: [[0]]", None),
-    ("Rating: [[11]]", None),
-    ("", None),
-])
-def test_parse_rating(text, rating):
-    assert parse_rating(text) == rating
-
-
-@pytest.mark.parametrize("text, verdict", [("A wins: [[A]]", "A"), ("[[ C ]]", "C"), ("[[A]] no, [[B]]", None),
-                                           ("A is better", None)])
-def test_parse_verdict(text, verdict):
-    assert parse_verdict(text) == verdict
-
-
-def test_second_turn_judging_shows_the_whole_conversation_and_math_uses_the_reference():
-    prompts = builtin_prompts("en")
-    name, msgs = single_messages(prompts, MATH_Q, ["It is 42.", "It is 21."], 2)
-    user = msgs[-1]["content"]
-    assert name == "single-math-v1-multi-turn" and msgs[0]["role"] == "system"
-    for part in ("What is 6 times 7?", "It is 42.", "And divided by 2?", "It is 21.", "42", "21"):
-        assert part in user
-    assert user.index("What is 6 times 7?") < user.index("It is 42.") < user.index("And divided by 2?")
-    name, msgs = single_messages(prompts, KO_Q, ["가", "나"], 1)
-    assert name == "single-v1" and "Reference" not in msgs[-1]["content"]
-    name, msgs = single_messages(builtin_prompts("ko"), MATH_Q, ["42", "21"], 1)
-    assert name == "single-math-v1" and "참고 답안" in msgs[-1]["content"] and "[[rating]]" in msgs[0]["content"]
-    name, msgs = pair_messages(prompts, MATH_Q, ["A1", "A2"], ["B1", "B2"], 2)
-    assert name == "pair-math-v1-multi-turn" and msgs[-1]["content"].index("A2") < msgs[-1]["content"].index("B2")
-
-
-def test_official_prompt_file_loads_and_bad_ones_are_named(tmp_path):
-    path = tmp_path / "judge_prompts.jsonl"
-    row = {"name": "single-v1", "type": "single", "system_prompt": "Be fair.",
-           "prompt_template": "Q: {question}\nA: {answer}\nGive [[rating]].", "output_format": "[[rating]]"}
-    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
-    prompts = load_prompt_file(path)
-    _, msgs = single_messages(prompts, KO_Q, ["답"], 1)
-    assert msgs == [{"role": "system", "content": "Be fair."},
-                    {"role": "user", "content": f"Q: {KO_Q.turns[0]}\nA: 답\nGive [[rating]]."}]
-    assert "pair-v2" in prompts  # names the file lacks fall back to the built-ins
-    path.write_text(json.dumps({k: v for k, v in row.items() if k != "type"}) + "\n", encoding="utf-8")
-    with pytest.raises(JudgePromptError, match=r"judge_prompts.jsonl: line 1: type: missing"):
-        load_prompt_file(path)
-
-
-def test_questions_file_bad_input_is_one_line(tmp_path):
-    path = tmp_path / "q.jsonl"
-    path.write_text('{"question_id": 1, "category": "math", "turns": []}\n', encoding="utf-8")
-    with pytest.raises(JudgePromptError, match=r"q.jsonl: line 1: turns: expected 1 or 2 non-empty strings"):
-        load_questions(path)
-    assert len(load_questions("configs/komt_sample.jsonl")) == 16
 
 
 def test_language_check_is_offline_and_documented():

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.config import RayConfig, StorageConfig, YardModel
+from cluster.config import JobConfig, YardModel
 from tune.persona.data import PrepConfig
 from tune.persona.train import DpoSettings, LoraSettings, SftSettings
 
@@ -119,15 +119,11 @@ class PlanConfig(YardModel):
         return self
 
 
-class PersonaConfig(YardModel):
+class PersonaConfig(JobConfig):
     """`yard persona CONFIG`: prep -> SFT -> DPO -> merge (+ GGUF) -> lineage -> probe."""
 
     kind: Literal["persona"] = "persona"
     name: str = Field("persona", pattern=_NAME, description="run name (store key, child model id suffix)")
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    zoo: str | None = Field(None, description="zoo config to build or reuse; its models join the registry")
-    registry: list[str] = Field(default_factory=lambda: ["configs/models.yaml"])
     base: str = Field(..., description="registry id of the model to fine-tune")
     prep: PrepConfig
     lora: LoraSettings = Field(default_factory=LoraSettings)

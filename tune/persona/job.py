@@ -20,13 +20,13 @@ a probe or judgment failed); 2 bad input (config, data, unknown base), printed a
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
 from pathlib import Path
 
-from cluster.config import ConfigError, UserError, load_config, naming_source
+from cluster.config import (ConfigError, UserError, job_config, job_parser, load_config, naming_source,
+                            resolve_config_path)
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.runtime import free_port
@@ -61,16 +61,9 @@ def download_dir(store: ArtifactStore, prefix: str, target: Path) -> Path:
 
 
 def resolve_relative(path: str, cfg: PersonaConfig) -> Path:
-    """A path from the config: absolute, or existing relative to the working directory, else
-    relative to the config file, else to the repository (`yard demo` runs from anywhere)."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    source = getattr(cfg, "_source", None)
-    for root in ([Path(source).resolve().parent] if source else []) + [REPO_ROOT]:
-        if (root / p).exists():
-            return root / p
-    return p
+    """A path from the persona config (`cluster.config.resolve_config_path`), the repository last:
+    `yard demo` runs from anywhere."""
+    return resolve_config_path(path, cfg.config_file, roots=(REPO_ROOT,))
 
 
 def _reporter(store_uri: str, endpoint_url: str | None, job_id: str | None, task: str, stall_after_s: float):
@@ -83,9 +76,11 @@ def _reporter(store_uri: str, endpoint_url: str | None, job_id: str | None, task
 
 def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, held_out: list, lora: dict,
               settings: dict, chat_template_kwargs: dict, store_uri: str, endpoint_url: str | None, prefix: str,
-              sft_adapter_key: str | None = None, job_id: str | None = None, stall_after_s: float = 1800.0) -> dict:
-    """One training stage ("sft" or "dpo") where Ray placed it: train, upload `<stage>/adapter/` under
-    the run `prefix`. Returns {"result": StageResult dict, "files": [uploaded names], "load_s"}."""
+              sft_adapter_key: str | None = None, job_id: str | None = None, stall_after_s: float = 1800.0,
+              subdir: str = "") -> dict:
+    """One training stage ("sft" or "dpo") where Ray placed it: train, upload `<subdir><stage>/adapter/`
+    under the run `prefix` (the job's run; a persona sweep's run with subdir `trials/<id>/`).
+    Returns {"result": StageResult dict, "files": [uploaded names], "wall_s"}."""
     from tune.persona.train import (
         DpoSettings,
         LoraSettings,
@@ -114,7 +109,7 @@ def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, h
                                    Path(tmp) / "out", chat_template_kwargs=chat_template_kwargs, on_step=on_step)
             kind, model_id, name = prefix.split("/")
             writer = store.new_run(kind, model_id, name=name)
-            writer.put_dir(f"{stage}/adapter", result.adapter_dir)
+            writer.put_dir(f"{subdir}{stage}/adapter", result.adapter_dir)
     except BaseException as exc:
         if reporter is not None:
             from cluster.progress import one_line
@@ -124,7 +119,7 @@ def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, h
     if reporter is not None:
         reporter.finish("succeeded")
     out = result.to_dict()
-    out["adapter_dir"] = f"{prefix}/{stage}/adapter"
+    out["adapter_dir"] = f"{prefix}/{subdir}{stage}/adapter"
     return {"result": out, "files": writer.files, "wall_s": round(time.time() - t0, 2)}
 
 
@@ -152,10 +147,9 @@ def run_merge(*, registry_paths: list[str], base: str, adapter_key: str, dtype: 
 
 # --- driver ---------------------------------------------------------------------------------------
 def resolve_registry(cfg: PersonaConfig) -> list[str]:
-    from cluster.zoo import registry_paths
 
     # absolute: Ray tasks may run in another working directory
-    return [str(Path(p).resolve()) for p in registry_paths(cfg.registry, cfg.zoo, "persona")]
+    return [str(Path(p).resolve()) for p in cfg.registry_paths()]
 
 
 def prepare_data(cfg: PersonaConfig, registry_paths: list[str]):
@@ -396,12 +390,10 @@ def print_plan(cfg: PersonaConfig, prep, plan: Plan) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="yard persona", description="persona fine-tuning: prep, SFT, DPO, merge, probe")
-    parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser = job_parser("yard persona", "persona fine-tuning: prep, SFT, DPO, merge, probe", DEMO_CONFIG)
     parser.add_argument("--plan", action="store_true", help="prep, then print steps and the wallclock/cost table; no training")
     args = parser.parse_intermixed_args(argv)  # `CONFIG --plan k=v` as well as `CONFIG k=v --plan`
-    cfg = load_config(args.config, PersonaConfig, args.overrides)
+    cfg = job_config(args, PersonaConfig)
     if args.plan:
         prep, _ = prepare_data(cfg, resolve_registry(cfg))
         print_plan(cfg, prep, make_plan(cfg, len(prep.sft), len(prep.dpo)))

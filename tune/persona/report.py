@@ -63,7 +63,7 @@ def probe_markdown(probe: dict | None) -> list[str]:
 
 def write_report(cfg: PersonaConfig, summary: dict, plan: Plan, stages: list[dict], out_dir: Path) -> dict[str, Path]:
     """report.md and losses.png into `out_dir`; returns {"report": path, "losses": path}."""
-    from tune.persona.train import StageResult, plot_losses
+    from tune.persona.train import StageResult
 
     out_dir.mkdir(parents=True, exist_ok=True)
     losses = plot_losses([StageResult(**s) for s in stages], out_dir / "losses.png")
@@ -109,3 +109,36 @@ def write_report(cfg: PersonaConfig, summary: dict, plan: Plan, stages: list[dic
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"report": report, "losses": losses}
+
+
+def plot_losses(results: list, out_png) -> Path:
+    """One panel per stage (`tune.persona.train.StageResult`s): training loss per step, held-out loss
+    where logged. Returns the PNG path."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not results:
+        from tune.persona.train import TrainError
+
+        raise TrainError("results: no stages to plot")
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for key, style in (("loss", "-"), ("eval_loss", "o--")):
+            points = [(r["step"], r[key]) for r in res.log if key in r and r[key] is not None
+                      and math.isfinite(r[key])]
+            if points:
+                ax.plot(*zip(*points), style, label="held-out" if key == "eval_loss" else "train")
+        ax.set_title(f"{res.stage.upper()} ({res.backend})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

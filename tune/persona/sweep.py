@@ -24,7 +24,6 @@ and each trial's adapters under `trials/<trial>/`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import math
@@ -36,7 +35,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cluster.config import YardModel, load_config
+from cluster.config import YardModel, job_config, job_parser
 from cluster.joblog import verbose as joblog_verbose
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.storage import new_run_name, open_store
@@ -155,28 +154,31 @@ def run_persona_trial(config: dict, setup: dict) -> None:
     from ray import tune
 
     from cluster.storage import open_store
-    from tune.persona.job import base_path
-    from tune.persona.train import merge_adapter, train_dpo, train_sft
+    from tune.persona.job import base_path, download_dir, run_stage
+    from tune.persona.train import merge_adapter
 
     t0 = time.time()
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(setup["persona"], config["lora_r"], config["sft_lr"])
     path = base_path(setup["registry_paths"], cfg.base)
     store = open_store(setup["store_uri"], setup["endpoint_url"])
-    # the sweep's own run: the driver completes it after the last trial
+    # the job's own stages, writing under the sweep's run (the driver completes it after the last trial)
+    common = dict(registry_paths=setup["registry_paths"], base=cfg.base, lora=cfg.lora.model_dump(),
+                  chat_template_kwargs=cfg.chat_template_kwargs, store_uri=setup["store_uri"],
+                  endpoint_url=setup["endpoint_url"], prefix=f"{SWEEP_KIND}/{setup['name']}/{setup['run']}",
+                  subdir=f"trials/{trial_id}/")
+    sft = run_stage("sft", rows=setup["sft"], held_out=setup["sft_held_out"], settings=cfg.sft.model_dump(),
+                    **common)["result"]
+    final, dpo = sft["adapter_dir"], None
+    if cfg.dpo is not None and setup["dpo"]:
+        dpo = run_stage("dpo", rows=setup["dpo"], held_out=setup["dpo_held_out"], settings=cfg.dpo.model_dump(),
+                        sft_adapter_key=final, **common)["result"]
+        final = dpo["adapter_dir"]
     writer = store.new_run(SWEEP_KIND, setup["name"], name=setup["run"])
     with tempfile.TemporaryDirectory(prefix="yard-persona-trial-") as tmp:
         tmp = Path(tmp)
-        sft = train_sft(path, setup["sft"], setup["sft_held_out"], cfg.lora, cfg.sft, tmp / "sft",
-                        chat_template_kwargs=cfg.chat_template_kwargs)
-        writer.put_dir(f"trials/{trial_id}/sft_adapter", sft.adapter_dir)
-        final, dpo = sft.adapter_dir, None
-        if cfg.dpo is not None and setup["dpo"]:
-            dpo = train_dpo(path, sft.adapter_dir, setup["dpo"], setup["dpo_held_out"], cfg.lora, cfg.dpo, tmp / "dpo",
-                            chat_template_kwargs=cfg.chat_template_kwargs)
-            writer.put_dir(f"trials/{trial_id}/dpo_adapter", dpo.adapter_dir)
-            final = dpo.adapter_dir
-        merged = merge_adapter(path, final, tmp / "model", dtype=cfg.merge.dtype)
+        adapter = download_dir(store, final, tmp / "adapter")
+        merged = merge_adapter(path, str(adapter), tmp / "model", dtype=cfg.merge.dtype)
         probe = probe_in_process(cfg, merged, tmp / "probe")
         writer.put_file(f"trials/{trial_id}/probe_report.md", probe["report"])
     conds = probe["candidates"][0]["conditions"]
@@ -184,17 +186,17 @@ def run_persona_trial(config: dict, setup: dict) -> None:
         "trial_id": trial_id, "lora_r": cfg.lora.r, "sft_lr": cfg.sft.lr,
         "probe_consistency": conds["without_system"]["pass_rate"],
         "probe_with_system": conds["with_system"]["pass_rate"],
-        "heldout_loss": sft.eval_loss, "dpo_heldout_loss": dpo.eval_loss if dpo else None,
-        "train_loss": sft.train_loss, "seconds": round(time.time() - t0, 1)})
+        "heldout_loss": sft["eval_loss"], "dpo_heldout_loss": dpo["eval_loss"] if dpo else None,
+        "train_loss": sft["train_loss"], "seconds": round(time.time() - t0, 1)})
 
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def rank_rows(rows: list[dict]) -> list[dict]:
+def rank_persona_rows(rows: list[dict]) -> list[dict]:
     """Scored rows by probe consistency (higher first), then held-out loss (lower first); the rest
-    unranked at the end."""
+    unranked at the end. (The compression sweep ranks by Score: `tune.leaderboard.rank_rows`.)"""
     ok = [r for r in rows if r["status"] == "ok"]
     ok.sort(key=lambda r: (-(r["probe_consistency"] or 0.0),
                            r["heldout_loss"] if _finite(r["heldout_loss"]) else math.inf))
@@ -204,7 +206,8 @@ def rank_rows(rows: list[dict]) -> list[dict]:
     return ok + rest
 
 
-def rows_from_results(grid) -> list[dict]:
+def persona_rows(grid) -> list[dict]:
+    """Tune's results as ranked leaderboard rows (ok, or error with its last line)."""
     rows = []
     for result in grid:
         m, c = dict(result.metrics or {}), dict(result.config or {})
@@ -215,10 +218,10 @@ def rows_from_results(grid) -> list[dict]:
         else:
             row["status"], row["error"] = "ok", None
         rows.append(row)
-    return rank_rows(rows)
+    return rank_persona_rows(rows)
 
 
-def write_leaderboard(rows: list[dict], out_dir: Path, title: str) -> dict[str, Path]:
+def write_persona_leaderboard(rows: list[dict], out_dir: Path, title: str) -> dict[str, Path]:
     """leaderboard.md and leaderboard.csv, ranked rows first."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "leaderboard.csv"
@@ -246,7 +249,7 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
 
     persona = cfg.persona
     if config_path is not None:
-        object.__setattr__(persona, "_source", config_path)  # relative paths resolve against the sweep file
+        persona._config_file = config_path  # relative paths resolve against the sweep file
     registry_paths = resolve_registry(persona)
     prep, _ = prepare_data(persona, registry_paths)  # PrepError on zero rows: before Ray starts
     store = open_store(persona.storage.uri, persona.storage.endpoint_url)
@@ -274,12 +277,13 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
                            run_config=tune.RunConfig(name=f"{cfg.name}-{run}", storage_path=storage_path,
                                                      storage_filesystem=filesystem, verbose=1 if joblog_verbose() else 0,
                                                      failure_config=tune.FailureConfig(max_failures=0)))
-        rows = rows_from_results(tuner.fit())
+        rows = persona_rows(tuner.fit())
         reporter.advance(len(rows))
         ok = [r for r in rows if r["status"] == "ok"]
         writer = store.new_run(SWEEP_KIND, cfg.name, name=run)
         with tempfile.TemporaryDirectory() as tmp:
-            for p in write_leaderboard(rows, Path(tmp), f"persona sweep {cfg.name} ({run}) on {persona.base}").values():
+            title = f"persona sweep {cfg.name} ({run}) on {persona.base}"
+            for p in write_persona_leaderboard(rows, Path(tmp), title).values():
                 writer.put_file(p.name, p)
         writer.put_json("rows.json", rows)
         writer.files += [k[len(writer.prefix) + 1:] for k in store.list_keys(f"{writer.prefix}/trials/")]
@@ -302,10 +306,7 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
 
 def main(argv: list[str]) -> int:
     """`yard sweep CONFIG` for a kind: persona_sweep config (tune/sweep.py dispatches here on kind)."""
-    parser = argparse.ArgumentParser(prog="yard sweep", description="persona LoRA rank / learning-rate sweep")
-    parser.add_argument("config", nargs="?", default=str(DEMO_CONFIG))
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, PersonaSweepConfig, args.overrides)
+    args = job_parser("yard sweep", "persona LoRA rank / learning-rate sweep", DEMO_CONFIG).parse_intermixed_args(argv)
+    cfg = job_config(args, PersonaSweepConfig)
     code, _ = run_persona_sweep(cfg, config_path=args.config)
     return code

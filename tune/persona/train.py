@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -426,31 +425,3 @@ def merge_adapter(base_path: str, adapter_dir: str, out_dir, *, dtype: str = "bf
     AutoTokenizer.from_pretrained(adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file()
                                   else base_path).save_pretrained(str(out))
     return str(out)
-
-
-def plot_losses(results: list[StageResult], out_png) -> Path:
-    """One panel per stage: training loss per step, held-out loss where logged. Returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not results:
-        raise TrainError("results: no stages to plot")
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False)
-    for ax, res in zip(axes[0], results):
-        for key, style in (("loss", "-"), ("eval_loss", "o--")):
-            points = [(r["step"], r[key]) for r in res.log if key in r and r[key] is not None
-                      and math.isfinite(r[key])]
-            if points:
-                ax.plot(*zip(*points), style, label="held-out" if key == "eval_loss" else "train")
-        ax.set_title(f"{res.stage.upper()} ({res.backend})")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend()
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out

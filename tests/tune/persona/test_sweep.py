@@ -45,9 +45,9 @@ def test_rank_by_consistency_then_heldout_loss_errors_last(tmp_path):
         {"trial_id": "c", "probe_consistency": 0.5, "heldout_loss": 1.5, "status": "ok"},
         {"trial_id": "d", "probe_consistency": None, "heldout_loss": None, "status": "error", "error": "boom"},
     ]
-    ranked = sweep.rank_rows(rows)
+    ranked = sweep.rank_persona_rows(rows)
     assert [(r["trial_id"], r["rank"]) for r in ranked] == [("b", 1), ("c", 2), ("a", 3), ("d", None)]
-    paths = sweep.write_leaderboard(ranked, tmp_path, "t")
+    paths = sweep.write_persona_leaderboard(ranked, tmp_path, "t")
     table = list(csv.DictReader(paths["csv"].open()))
     assert [r["trial_id"] for r in table] == ["b", "c", "a", "d"] and table[3]["error"] == "boom"
     assert "| 1 | b |" in paths["md"].read_text()
@@ -94,4 +94,5 @@ def test_two_trial_sweep_publishes_a_ranked_leaderboard(zoo, tmp_path, ray_local
     prefix = f"persona_sweep/{cfg.name}/{summary['run']}"
     keys = set(store.list_keys(prefix + "/"))
     assert {f"{prefix}/leaderboard.md", f"{prefix}/leaderboard.csv", f"{prefix}/_COMPLETE.json"} <= keys
-    assert sum(k.endswith("sft_adapter/adapter_config.json") for k in keys) == 2
+    # the job's own stages wrote them: trials/<id>/sft/adapter, as the job's sft/adapter
+    assert sum(k.endswith("/sft/adapter/adapter_config.json") and "/trials/" in k for k in keys) == 2

@@ -4,8 +4,9 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
+from tune.persona.report import plot_losses
 from tune.persona.train import (DpoSettings, LoraSettings, SftSettings, StageResult, TrainError, build_dpo_trainer,
-                                build_sft_trainer, export_gguf, merge_adapter, plot_losses, train_dpo, train_sft)
+                                build_sft_trainer, export_gguf, merge_adapter, train_dpo, train_sft)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
