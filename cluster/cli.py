@@ -31,7 +31,7 @@ def usage() -> str:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    from cluster.progress import StderrHandler, make_logging_unbuffered
+    from cluster.joblog import StderrHandler, make_logging_unbuffered
 
     make_logging_unbuffered()
     logging.basicConfig(

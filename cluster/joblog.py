@@ -183,3 +183,37 @@ def route_ray_output() -> bool:
     if not any(name == "yard_job_log" for name, _ in dispatcher.handlers):
         dispatcher.add_handler("yard_job_log", _to_job_log)
     return True
+
+
+# --- the process's own logging -----------------------------------------------------------------
+class StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever `sys.stderr` is when a record comes, not the stream that
+    was current at setup: a redirected or replaced stderr (a test's capture, since closed) would
+    otherwise turn every later log line into a "--- Logging error ---" traceback."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ / setStream assign it; the property wins
+        pass
+
+
+def make_logging_unbuffered(level: int = logging.INFO) -> None:
+    """Line-buffered stdout/stderr, PYTHONUNBUFFERED=1 for subprocesses and Ray workers started
+    after this call, and (if nothing configured logging yet) log lines to stderr. Buffered
+    output is how a process that is making progress looks stuck in its log."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(line_buffering=True)
+            except (ValueError, OSError):  # a closed or detached stream: nothing to do
+                pass
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    logging.basicConfig(level=level, handlers=[StderrHandler()],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import socket
-import sys
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -195,40 +194,7 @@ def job_heartbeat(store: ArtifactStore, job_id: str, now: float | None = None) -
     store.put_state(job_key(job_id), record)
 
 
-# --- logging -------------------------------------------------------------------------------------
-class StderrHandler(logging.StreamHandler):
-    """A log handler writing to whatever `sys.stderr` is when a record comes, not the stream that
-    was current at setup: a redirected or replaced stderr (a test's capture, since closed) would
-    otherwise turn every later log line into a "--- Logging error ---" traceback."""
-
-    def __init__(self):
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ / setStream assign it; the property wins
-        pass
-
-
-def make_logging_unbuffered(level: int = logging.INFO) -> None:
-    """Line-buffered stdout/stderr, PYTHONUNBUFFERED=1 for subprocesses and Ray workers started
-    after this call, and (if nothing configured logging yet) log lines to stderr. Buffered
-    output is how a process that is making progress looks stuck in its log."""
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            try:
-                reconfigure(line_buffering=True)
-            except (ValueError, OSError):  # a closed or detached stream: nothing to do
-                pass
-    os.environ["PYTHONUNBUFFERED"] = "1"
-    logging.basicConfig(level=level, handlers=[StderrHandler()],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
+# --- formatting ----------------------------------------------------------------------------------
 def format_duration(seconds: float | None) -> str:
     """1.5s, 16s, 4m05s, 3h20m, 2d03h."""
     if seconds is None:
@@ -289,6 +255,8 @@ class ProgressReporter:
         check_part(job_id, "job id")
         check_part(task, "task name")
         if console and not logging.getLogger().handlers:
+            from cluster.joblog import make_logging_unbuffered
+
             make_logging_unbuffered()  # a Ray worker has no log handler: its INFO lines would be lost
         self._store: ArtifactStore | None = store
         self._store_uri = store.uri

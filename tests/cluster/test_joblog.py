@@ -89,3 +89,28 @@ def test_a_dna_run_prints_tables_and_paths_not_its_workers(zoo, tmp_path):
     assert "pid=" not in console and "Loading weights" not in console
     assert "report:" in console
     assert len(console.splitlines()) < 80, console
+
+
+def test_make_logging_unbuffered_sets_the_env_for_children(monkeypatch):
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    from cluster.joblog import make_logging_unbuffered
+
+    make_logging_unbuffered()
+    assert os.environ["PYTHONUNBUFFERED"] == "1"
+
+
+def test_the_stderr_log_handler_follows_sys_stderr(monkeypatch):
+    """A stderr that was replaced and closed since setup (a test's capture) takes no log line."""
+    import io
+    import logging
+
+    from cluster.joblog import StderrHandler
+
+    handler = StderrHandler()
+    old = io.StringIO()
+    monkeypatch.setattr("sys.stderr", old)
+    old.close()
+    now = io.StringIO()
+    monkeypatch.setattr("sys.stderr", now)
+    handler.emit(logging.LogRecord("t", logging.WARNING, __file__, 1, "still seen", None, None))
+    assert now.getvalue() == "still seen\n"

@@ -13,7 +13,6 @@ from cluster.progress import (
     format_duration,
     job_heartbeat,
     job_key,
-    make_logging_unbuffered,
     progress_key,
     start_job,
 )
@@ -259,28 +258,5 @@ def test_console_lines_on_phase_and_every_ten_seconds(store, clock, caplog):
     assert re.fullmatch(rf"{re.escape(host)} generating llama-a 10/50 \(1\.0 items/s, ETA 40s\)", lines[1])
 
 
-def test_make_logging_unbuffered_sets_the_env_for_children(monkeypatch):
-    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
-    make_logging_unbuffered()
-    assert os.environ["PYTHONUNBUFFERED"] == "1"
-
-
 def test_format_duration():
     assert [format_duration(s) for s in (1.5, 16, 245, 12000, 183600)] == ["1.5s", "16s", "4m05s", "3h20m", "2d03h"]
-
-
-def test_the_stderr_log_handler_follows_sys_stderr(monkeypatch):
-    """A stderr that was replaced and closed since setup (a test's capture) takes no log line."""
-    import io
-    import logging
-
-    from cluster.progress import StderrHandler
-
-    handler = StderrHandler()
-    old = io.StringIO()
-    monkeypatch.setattr("sys.stderr", old)
-    old.close()
-    now = io.StringIO()
-    monkeypatch.setattr("sys.stderr", now)
-    handler.emit(logging.LogRecord("t", logging.WARNING, __file__, 1, "still seen", None, None))
-    assert now.getvalue() == "still seen\n"
