@@ -11,9 +11,11 @@
       - {id: exaone, model: exaone-4.0-1.2b, engine: vllm, num_gpus: 1,
          autoscaling: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 8}}
 
-One config, both engines: HF candidates are served by this package's own ingress at `/`; vLLM
-candidates by Ray Serve LLM's `build_openai_app`, at `/` when every candidate is vLLM and at
-`/vllm` next to the HF ingress otherwise (see serve.deploy.start_app).
+One config, both engines, one ingress at `/`: HF candidates (serve.engine_hf) and vLLM ones
+(serve.engine_vllm, vLLM's AsyncLLM in the replica) answer behind the same key, limits and checks.
+A vLLM candidate with `vllm_server: ray-serve-llm` is served by Ray Serve LLM's `build_openai_app`
+instead, at `/` when every candidate is one and at `/vllm` next to the ingress otherwise
+(serve.deploy.start_app).
 """
 from __future__ import annotations
 
