@@ -11,7 +11,7 @@ JOBS: dict[str, str] = {
     "config": "cluster.cli:config_main",
     "status": "cluster.status:main",
     "demo": "cluster.demo:main",
-    "chat": "cluster.demo:chat_main",
+    "chat": "cluster.chat:chat_main",
     "dna": "actors.dna_job:main",
     "sweep": "tune.sweep:main",
     "package": "tune.package:main",
@@ -41,7 +41,7 @@ JOB_HELP: dict[str, str] = {
 CONFIG_KINDS: dict[str, str] = {
     "models": "cluster.registry:ModelsFile",
     "zoo": "cluster.zoo:ZooConfig",
-    "chat": "cluster.demo:ChatJobConfig",
+    "chat": "cluster.chat:ChatJobConfig",
     "dna": "actors.config:DnaConfig",
     "probes": "actors.fingerprint:ProbesFile",
     "sweep": "tune.config:SweepConfig",

@@ -1,6 +1,6 @@
-"""Progress records that outlive the worker: jobs and their tasks report to the store's state area.
+"""Progress records that outlive the worker: a job's tasks report to the store's state area.
 
-A job record (`jobs/<job_id>.json`) says a job started, where, and how it ended. Each task of the
+The job's own record (`jobs/<job_id>.json`: started, where, how it ended) is `cluster.jobs`'s. Each task of the
 job (the driver's main loop, one Ray actor, ...) keeps a progress record
 (`progress/<job_id>/<task>.json`): item n of N, rate, ETA, phase, last heartbeat, node, GPU ids and
 GPU memory. `yard status` (cluster/status.py) reads them back and marks a job STALLED when its
@@ -10,7 +10,7 @@ Heartbeats come only from the work itself (`phase`, `advance`, `heartbeat` calls
 timer thread: a thread would keep beating while the main thread hangs in a model load, and the
 hang would look like progress.
 
-    >>> job_id = start_job(store, "chat", stall_after_s=300)               # doctest: +SKIP
+    >>> job_id = cluster.jobs.start_job(store, "chat", stall_after_s=300)  # doctest: +SKIP
     >>> with ProgressReporter(store, job_id, task="worker-0", total=len(models)) as rep:  # doctest: +SKIP
     ...     for m in models:
     ...         rep.phase("loading", item=m, stall_after_s=1800)   # a big load may take long
@@ -18,19 +18,18 @@ hang would look like progress.
     ...         rep.phase("generating", item=m)
     ...         generate(model)
     ...         rep.advance(item=m)
-    >>> end_job(store, job_id, "succeeded")                                 # doctest: +SKIP
+    >>> cluster.jobs.end_job(store, job_id, "succeeded")                    # doctest: +SKIP
 """
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
 import time
 from collections import deque
-from datetime import datetime, timezone
 from typing import Any, Callable
 
+from cluster.console import format_duration, format_rate
 from cluster.gpus import gpu_facts
 from cluster.storage import ArtifactStore, StoreError, check_part, open_store
 
@@ -45,19 +44,6 @@ RECORD_KEYS = frozenset({
     "job_id", "task", "status", "phase", "item", "done", "total", "rate_per_s", "eta_s", "started_at",
     "heartbeat_at", "stall_after_s", "node", "pid", "gpu_ids", "gpu_mem_gib", "message", "updated_at",
 })
-
-
-def job_key(job_id: str) -> str:
-    return f"jobs/{job_id}.json"
-
-
-def job_end_key(job_id: str) -> str:
-    """The job's final state, written once by `end_job` and never by a heartbeat: a heartbeat that
-    read the record before the job ended cannot write "running" back over it."""
-    return f"ended/{job_id}.json"
-
-
-END_FIELDS = ("status", "ended_at", "message", "manifest_key")
 
 
 def progress_key(job_id: str, task: str) -> str:
@@ -102,120 +88,11 @@ def mark_task(store: ArtifactStore, job_id: str, task: str, status: str, message
         log.warning("progress %s/%s: could not mark %s: %s", job_id, task, status, one_line(exc))
 
 
-def new_job_id(job_name: str, now: float | None = None) -> str:
-    """`<job_name>-YYYYMMDD-HHMMSS-<6 hex>` (UTC, as artifact run names)."""
-    check_part(job_name, "job name")
-    stamp = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
-    return f"{job_name}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """`Type: first line of the message`, for a status column."""
     text = str(exc).strip().splitlines()
     line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-# --- job records ---------------------------------------------------------------------------------
-def start_job(
-    store: ArtifactStore,
-    job_name: str,
-    *,
-    config_path: str | None = None,
-    stall_after_s: float = DEFAULT_STALL_AFTER_S,
-    job_id: str | None = None,
-    now: float | None = None,
-) -> str:
-    """Write a running job record and return its job id."""
-    if stall_after_s <= 0:
-        raise ValueError(f"stall_after_s must be > 0, got {stall_after_s}")
-    now = time.time() if now is None else now
-    job_id = check_part(job_id, "job id") if job_id else new_job_id(job_name, now)
-    store.put_state(job_key(job_id), {
-        "job_id": job_id,
-        "job_name": job_name,
-        "status": "running",
-        "started_at": now,
-        "heartbeat_at": now,
-        "ended_at": None,
-        "stall_after_s": float(stall_after_s),
-        "config_path": str(config_path) if config_path is not None else None,
-        "node": socket.gethostname(),
-        "pid": os.getpid(),
-        "message": "",
-        "manifest_key": None,
-    })
-    return job_id
-
-
-def _read_job(store: ArtifactStore, job_id: str) -> dict | None:
-    """The job record with its final state (`ended/`) laid over it once the job ended."""
-    try:
-        record = store.get_state(job_key(job_id))
-    except (StoreError, ValueError):  # missing, or unreadable JSON
-        record = None
-    try:
-        ended = store.get_state(job_end_key(job_id))
-    except (StoreError, ValueError):
-        ended = None
-    if isinstance(ended, dict):
-        record = {**(record if isinstance(record, dict) else {"job_id": job_id}),
-                  **{k: ended.get(k) for k in END_FIELDS}}
-    return record
-
-
-def end_job(
-    store: ArtifactStore,
-    job_id: str,
-    status: str,
-    message: str = "",
-    manifest_key: str | None = None,
-    now: float | None = None,
-) -> None:
-    """Mark a job succeeded, failed or stopped (a record is created if start_job never wrote one)."""
-    if status not in END_STATUSES:
-        raise ValueError(f"job status {status!r} (allowed: {', '.join(END_STATUSES)})")
-    now = time.time() if now is None else now
-    record = _read_job(store, job_id) or {
-        "job_id": job_id, "job_name": job_id, "started_at": now, "stall_after_s": DEFAULT_STALL_AFTER_S,
-        "config_path": None, "node": socket.gethostname(), "pid": os.getpid(),
-    }
-    record.update(status=status, heartbeat_at=now, ended_at=now, message=message, manifest_key=manifest_key)
-    store.put_state(job_end_key(job_id), {k: record[k] for k in END_FIELDS})  # first: it is what counts
-    store.put_state(job_key(job_id), record)
-
-
-def job_heartbeat(store: ArtifactStore, job_id: str, now: float | None = None) -> None:
-    """Refresh a running job's heartbeat_at (read-modify-write; an ended job is left alone)."""
-    record = _read_job(store, job_id)
-    if record is None or record.get("status") != "running":
-        return
-    record["heartbeat_at"] = time.time() if now is None else now
-    store.put_state(job_key(job_id), record)
-
-
-# --- formatting ----------------------------------------------------------------------------------
-def format_duration(seconds: float | None) -> str:
-    """1.5s, 16s, 4m05s, 3h20m, 2d03h."""
-    if seconds is None:
-        return "-"
-    if seconds < 9.95:
-        return f"{max(seconds, 0.0):.1f}s"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def format_rate(rate_per_s: float | None) -> str:
-    """2.3 items/s, or 125 s/item when slower than one item a second."""
-    if not rate_per_s:
-        return "-"
-    return f"{rate_per_s:.1f} items/s" if rate_per_s >= 1 else f"{1 / rate_per_s:.0f} s/item"
 
 
 # --- the reporter --------------------------------------------------------------------------------
@@ -265,7 +142,9 @@ class ProgressReporter:
         self.min_interval_s, self.console, self.clock = min_interval_s, console, clock
         self.job_interval_s = max(min_interval_s, 5.0)
         if stall_after_s is None:
-            job = _read_job(store, job_id) or {}
+            from cluster.jobs import read_job
+
+            job = read_job(store, job_id) or {}
             stall_after_s = float(job.get("stall_after_s") or DEFAULT_STALL_AFTER_S)
         self.stall_after_s = float(stall_after_s)
         self.phase_stall_after_s: float | None = None
@@ -409,6 +288,8 @@ class ProgressReporter:
             self.store.put_state(progress_key(self.job_id, self.task), self.record(now))
             self._last_write = now
             if now - self._last_job_beat >= self.job_interval_s or self.status != "running":
+                from cluster.jobs import job_heartbeat
+
                 job_heartbeat(self.store, self.job_id, now)
                 self._last_job_beat = now
         except Exception as exc:

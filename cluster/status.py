@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cluster.progress import END_FIELDS, format_duration, format_rate
+from cluster.console import format_duration, format_rate
+from cluster.jobs import END_FIELDS
 from cluster.storage import ArtifactStore, StoreError, open_store
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import cluster.loading
 from actors.config import DnaConfig
 from actors.fingerprint import probes_sha256
 from actors.host import ModelHost
-from cluster.progress import ProgressReporter, start_job
+from cluster.jobs import start_job
+from cluster.progress import ProgressReporter
 from cluster.storage import open_store
 
 PROBES = [

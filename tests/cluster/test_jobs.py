@@ -1,9 +1,14 @@
-"""Job lifecycle: a manifest is written whatever the outcome, and the status record follows."""
+"""Job lifecycle: the job record (start, heartbeat, end: what `yard status` reads) and a manifest
+written whatever the outcome."""
+import os
+import re
+import socket
+
 import pytest
 
 from cluster.config import StorageConfig
-from cluster.jobs import run_job
-from cluster.storage import open_store
+from cluster.jobs import end_job, job_heartbeat, job_key, run_job, start_job
+from cluster.storage import StoreError, open_store
 
 
 def records(store):
@@ -48,3 +53,57 @@ def test_job_fail_marks_failed_without_raising(tmp_path):
         job.fail("2 of 3 models failed")
     (rec,) = records(store)
     assert rec["status"] == "failed" and "2 of 3" in rec["message"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store for the job-record tests (a run_job test makes its own)."""
+    return open_store(str(tmp_path / "yard"))
+
+
+def test_start_job_writes_a_running_record(store):
+    job_id = start_job(store, "chat", config_path="configs/chat.yaml", stall_after_s=30)
+    assert re.fullmatch(r"chat-\d{8}-\d{6}-[0-9a-f]{6}", job_id)
+    rec = store.get_state(job_key(job_id))
+    assert rec["status"] == "running" and rec["ended_at"] is None and rec["manifest_key"] is None
+    assert rec["stall_after_s"] == 30.0 and rec["config_path"] == "configs/chat.yaml"
+    assert rec["node"] == socket.gethostname() and rec["pid"] == os.getpid()
+    assert rec["heartbeat_at"] == rec["started_at"]
+
+
+def test_start_job_rejects_bad_input(store):
+    with pytest.raises(StoreError):
+        start_job(store, "bad/name")
+    with pytest.raises(ValueError):
+        start_job(store, "chat", stall_after_s=0)
+
+
+def test_end_job_and_heartbeat(store):
+    job_id = start_job(store, "chat", now=100.0)
+    job_heartbeat(store, job_id, now=150.0)
+    assert store.get_state(job_key(job_id))["heartbeat_at"] == 150.0
+    end_job(store, job_id, "failed", "RuntimeError: boom", manifest_key="jobs/chat/x/manifest.json", now=200.0)
+    rec = store.get_state(job_key(job_id))
+    assert (rec["status"], rec["ended_at"], rec["message"]) == ("failed", 200.0, "RuntimeError: boom")
+    assert rec["manifest_key"] == "jobs/chat/x/manifest.json"
+    job_heartbeat(store, job_id, now=300.0)  # an ended job is not revived
+    assert store.get_state(job_key(job_id))["status"] == "failed"
+    with pytest.raises(ValueError, match="allowed"):
+        end_job(store, job_id, "done")
+
+
+def test_a_heartbeat_racing_end_job_cannot_revive_the_job(store):
+    """A heartbeat reads the running record, the job ends, the heartbeat writes its copy back:
+    the final state lives apart (`ended/`) and wins, in the record and in `yard status`."""
+    from cluster.jobs import read_job as _read_job
+    from cluster.status import collect
+
+    job_id = start_job(store, "chat", now=100.0)
+    stale = store.get_state(job_key(job_id))  # what a heartbeat read just before the end
+    end_job(store, job_id, "succeeded", now=200.0)
+    store.put_state(job_key(job_id), {**stale, "heartbeat_at": 201.0})  # ... and then wrote back
+    assert _read_job(store, job_id)["status"] == "succeeded"
+    (job,) = collect(store, now=202.0)
+    assert job.status == "SUCCEEDED" and job.ended_at == 200.0
+    job_heartbeat(store, job_id, now=300.0)
+    assert _read_job(store, job_id)["status"] == "succeeded"

@@ -7,15 +7,8 @@ import socket
 
 import pytest
 
-from cluster.progress import (
-    ProgressReporter,
-    end_job,
-    format_duration,
-    job_heartbeat,
-    job_key,
-    progress_key,
-    start_job,
-)
+from cluster.jobs import job_key, start_job
+from cluster.progress import ProgressReporter, progress_key
 from cluster.storage import StoreError, open_store
 
 
@@ -53,54 +46,6 @@ def store(tmp_path):
 @pytest.fixture
 def clock():
     return FakeClock()
-
-
-def test_start_job_writes_a_running_record(store):
-    job_id = start_job(store, "chat", config_path="configs/chat.yaml", stall_after_s=30)
-    assert re.fullmatch(r"chat-\d{8}-\d{6}-[0-9a-f]{6}", job_id)
-    rec = store.get_state(job_key(job_id))
-    assert rec["status"] == "running" and rec["ended_at"] is None and rec["manifest_key"] is None
-    assert rec["stall_after_s"] == 30.0 and rec["config_path"] == "configs/chat.yaml"
-    assert rec["node"] == socket.gethostname() and rec["pid"] == os.getpid()
-    assert rec["heartbeat_at"] == rec["started_at"]
-
-
-def test_start_job_rejects_bad_input(store):
-    with pytest.raises(StoreError):
-        start_job(store, "bad/name")
-    with pytest.raises(ValueError):
-        start_job(store, "chat", stall_after_s=0)
-
-
-def test_end_job_and_heartbeat(store):
-    job_id = start_job(store, "chat", now=100.0)
-    job_heartbeat(store, job_id, now=150.0)
-    assert store.get_state(job_key(job_id))["heartbeat_at"] == 150.0
-    end_job(store, job_id, "failed", "RuntimeError: boom", manifest_key="jobs/chat/x/manifest.json", now=200.0)
-    rec = store.get_state(job_key(job_id))
-    assert (rec["status"], rec["ended_at"], rec["message"]) == ("failed", 200.0, "RuntimeError: boom")
-    assert rec["manifest_key"] == "jobs/chat/x/manifest.json"
-    job_heartbeat(store, job_id, now=300.0)  # an ended job is not revived
-    assert store.get_state(job_key(job_id))["status"] == "failed"
-    with pytest.raises(ValueError, match="allowed"):
-        end_job(store, job_id, "done")
-
-
-def test_a_heartbeat_racing_end_job_cannot_revive_the_job(store):
-    """A heartbeat reads the running record, the job ends, the heartbeat writes its copy back:
-    the final state lives apart (`ended/`) and wins, in the record and in `yard status`."""
-    from cluster.progress import _read_job
-    from cluster.status import collect
-
-    job_id = start_job(store, "chat", now=100.0)
-    stale = store.get_state(job_key(job_id))  # what a heartbeat read just before the end
-    end_job(store, job_id, "succeeded", now=200.0)
-    store.put_state(job_key(job_id), {**stale, "heartbeat_at": 201.0})  # ... and then wrote back
-    assert _read_job(store, job_id)["status"] == "succeeded"
-    (job,) = collect(store, now=202.0)
-    assert job.status == "SUCCEEDED" and job.ended_at == 200.0
-    job_heartbeat(store, job_id, now=300.0)
-    assert _read_job(store, job_id)["status"] == "succeeded"
 
 
 def test_rate_and_eta_from_a_fake_clock(store, clock):
@@ -256,7 +201,3 @@ def test_console_lines_on_phase_and_every_ten_seconds(store, clock, caplog):
     assert lines[0] == f"{host} generating llama-a"
     assert len(lines) == 2  # 12 s of progress: one progress line
     assert re.fullmatch(rf"{re.escape(host)} generating llama-a 10/50 \(1\.0 items/s, ETA 40s\)", lines[1])
-
-
-def test_format_duration():
-    assert [format_duration(s) for s in (1.5, 16, 245, 12000, 183600)] == ["1.5s", "16s", "4m05s", "3h20m", "2d03h"]

@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from cluster import status
-from cluster.progress import ProgressReporter, end_job, progress_key, start_job
+from cluster.jobs import end_job, start_job
+from cluster.progress import ProgressReporter, progress_key
 from cluster.storage import open_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +116,8 @@ STUCK = """
 import sys, time
 sys.path.insert(0, {repo!r})
 from cluster.storage import open_store
-from cluster.progress import ProgressReporter, start_job
+from cluster.jobs import start_job
+from cluster.progress import ProgressReporter
 store = open_store({store!r})
 job_id = start_job(store, "stuck", stall_after_s=1.5)
 rep = ProgressReporter(store, job_id, total=128, console=False)

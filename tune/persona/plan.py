@@ -118,7 +118,7 @@ def make_plan(cfg: PersonaConfig, sft_examples: int, dpo_pairs: int) -> Plan:
 
 
 def _minutes(seconds: float | None) -> str:
-    from cluster.progress import format_duration
+    from cluster.console import format_duration
 
     return "-" if seconds is None else format_duration(seconds)
 
