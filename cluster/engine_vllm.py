@@ -35,7 +35,7 @@ from cluster.registry import ModelRegistry
 log = logging.getLogger(__name__)
 
 # set before vLLM reads them (it reads its environment lazily, per use)
-_ENV_DEFAULTS = {
+VLLM_ENV_DEFAULTS = {
     "VLLM_NO_USAGE_STATS": "1",
     "VLLM_USE_FLASHINFER_SAMPLER": "0",  # greedy needs no FlashInfer sampler (and its JIT build)
     "TQDM_DISABLE": "1",  # weight-loading and CUDA-graph capture bars, once per model, from every host
@@ -85,7 +85,7 @@ class VllmModel:
     def __init__(self, model_id: str, path: str, *, settings: VllmSettings, signature: str | None, dtype: str,
                  num_gpus: int = 1, revision: str | None = None, trust_remote_code: bool = False,
                  quantization: str | None = None):
-        for name, value in _ENV_DEFAULTS.items():
+        for name, value in VLLM_ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
         # a child process per engine unless the config says otherwise (VllmSettings.in_process)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if settings.in_process else "1"

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
+from cluster.engine_vllm import VLLM_ENV_DEFAULTS
 from cluster.loading import LoadError
 from cluster.registry import ModelRegistry
 from serve.config import CandidateConfig
@@ -33,8 +34,6 @@ from serve.engine_hf import GenRequest, GenResult, PromptSide, RequestError, can
 
 log = logging.getLogger(__name__)
 
-# vLLM reads these lazily, per use: set before the engine starts
-_ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0", "TQDM_DISABLE": "1"}
 GPU_MEMORY_UTILIZATION = 0.85  # default share of each GPU (candidates' engine_kwargs override it)
 
 
@@ -98,7 +97,7 @@ class VllmServeEngine(PromptSide):
                  storage_uri: str = ".yard", endpoint_url: str | None = None, api=VllmApi):
         from transformers import AutoTokenizer
 
-        for name, value in _ENV_DEFAULTS.items():
+        for name, value in VLLM_ENV_DEFAULTS.items():  # the DNA hosts' own settings
             os.environ.setdefault(name, value)
         self.candidate = candidate
         self.spec, path, facts = candidate_source(candidate, registry, storage_uri, endpoint_url, gpu=True)
