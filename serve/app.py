@@ -4,12 +4,10 @@
     POST /v1/chat/completions   chat, `stream: true` answers SSE chunks then `data: [DONE]`
     POST /v1/completions        raw prompt completion (stream too)
 
-Each HF candidate is its own `CandidateServer` deployment (its num_cpus/num_gpus, replicas or
-autoscaling) whose `@serve.batch` method hands requests that arrive together to one
-`HFEngine.generate`. The ingress checks the bearer key, body size, JSON and fields; the candidate
-renders the prompt and checks the token limits; every refusal is an OpenAI-style error body
-`{"error": {"message", "type", "param", "code"}}` with 400/401/404/413, never a crashed replica.
-Building, starting and stopping the app: serve/deploy.py.
+Each candidate is a `CandidateServer` deployment (num_cpus/num_gpus, replicas or autoscaling):
+HF batches with `@serve.batch`, vLLM continuously. The ingress checks key, body size, JSON and
+fields; the candidate renders the prompt and checks token limits; a refusal is an OpenAI-style
+error body with 400/401/404/413, never a crashed replica. Building and starting: serve/deploy.py.
 """
 
 import asyncio
@@ -135,6 +133,14 @@ class CandidateServer:
 
         return await asyncio.to_thread(isolate_failures, run, requests, self.candidate.id)
 
+    async def complete(self, payload: dict) -> dict:
+        """`prepare` then `generate` in one call, so a request costs one handle round trip: the
+        result with its rendered "prompt", or {"error": ...}."""
+        prepared = await asyncio.to_thread(self.prepare, payload)
+        if "error" in prepared:
+            return prepared
+        return {**await self.generate(prepared["request"]), "prompt": prepared["prompt"]}
+
     async def generate(self, request: dict) -> dict:
         if self.vllm:
             return await self._generate_vllm(request)
@@ -174,7 +180,7 @@ class CandidateServer:
 
 class HandleChatClient(ChatClient):
     """`ChatClient` over a candidate's deployment handle instead of HTTP, for the probe route:
-    its calls go straight to the candidate (the same checks: `parse_chat`, `prepare`), so they
+    its calls go straight to the candidate (the same checks: `parse_chat`, `complete`), so they
     take no request slot of the ingress serving the probe call (through HTTP they did, and with
     `max_concurrent_requests: 1` the probe call waited on itself forever). Blocking: call it from
     a worker thread, never from the replica's event loop."""
@@ -197,10 +203,7 @@ class HandleChatClient(ChatClient):
         payload["adapter"] = self._adapter
         with self._slots:
             self.requests_sent += 1
-            prepared = self._server.prepare.remote(payload).result()
-            if "error" in prepared:
-                raise ChatError(f"model {self.model}: {prepared['error'][1]}")
-            result = self._server.generate.remote(prepared["request"]).result()
+            result = self._server.complete.remote(payload).result()
         if "error" in result:
             raise ChatError(f"model {self.model}: {result['error'][1]}")
         usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]}
@@ -386,9 +389,10 @@ class OpenAIIngress:
             payload = parse_chat(body, self.limits) if chat else parse_completion(body, self.limits)
             payload["adapter"] = adapter
             server = self.servers[cand_id]
-            prepared = await server.prepare.remote(payload)
-            if "error" in prepared:
-                raise BadRequest(*prepared["error"])
+            # a stream checks its request before the 200 header; any other request is one call
+            result = await (server.prepare if payload["stream"] else server.complete).remote(payload)
+            if "error" in result:
+                raise BadRequest(*result["error"])
         except BadRequest as exc:
             return exc.response()
         except RedirectToVllm as exc:
@@ -396,11 +400,8 @@ class OpenAIIngress:
         model = body["model"]
         if payload["stream"]:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = self._sse(server, prepared, model, chat, include_usage)
+            chunks = self._sse(server, result, model, chat, include_usage)
             return StreamingResponse(chunks, media_type="text/event-stream")
-        result = await server.generate.remote(prepared["request"])
-        if "error" in result:
-            return BadRequest(*result["error"]).response()
         usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
                  "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
         if chat:
@@ -412,7 +413,7 @@ class OpenAIIngress:
                "created": int(time.time()), "model": model, "choices": [choice], "usage": usage}
         if body.get("yard_debug") is True:
             # what the model saw: lets probes and tests check the rendered template (e.g. no <think>)
-            out["yard_debug"] = {"prompt": prepared["prompt"], "batch_size": result["batch_size"]}
+            out["yard_debug"] = {"prompt": result["prompt"], "batch_size": result["batch_size"]}
         return out
 
     async def _sse(self, server, prepared: dict, model: str, chat: bool, include_usage: bool):

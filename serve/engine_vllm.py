@@ -65,11 +65,14 @@ class VllmApi:
 
     @staticmethod
     def start(kwargs: dict):
-        """vLLM's AsyncLLM from engine kwargs."""
+        """vLLM's AsyncLLM from engine kwargs, with the defaults vLLM's own OpenAI server takes
+        (its usage context: on an H100/H200 up to 1,024 sequences and 8,192 tokens per step where
+        the engine context would allow 128 and 2,048)."""
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), usage_context=UsageContext.OPENAI_API_SERVER)
 
     @staticmethod
     def sampling(kind: str, **fields):
