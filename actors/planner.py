@@ -15,15 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from cluster.gpus import ACCELERATORS
 from cluster.loading import expected_memory_gib
 from cluster.registry import ModelRegistry, ModelSpec
 
-# Ray accelerator type -> (compute capability, GPU memory GiB)
-ACCELERATORS: dict[str, tuple[float, float]] = {
-    "T4": (7.5, 15.0), "V100": (7.0, 31.7), "A10G": (8.6, 22.0), "A10": (8.6, 22.0), "L4": (8.9, 22.0),
-    "L40S": (8.9, 44.4), "L40": (8.9, 44.4), "A100": (8.0, 79.1), "A100-40G": (8.0, 39.4), "A100-80G": (8.0, 79.1),
-    "H100": (9.0, 79.1), "H200": (9.0, 139.8), "B200": (10.0, 178.0), "RTX": (8.6, 22.0),
-}
 MAX_SIDE_BY_SIDE = 4  # hosts sharing one GPU at most
 
 

@@ -9,6 +9,7 @@ for that job or kind, so a capability can be added without cluster/ depending on
 JOBS: dict[str, str] = {
     "zoo": "cluster.zoo_cli:main",
     "config": "cluster.cli:config_main",
+    "cluster": "cluster.launch:main",
     "status": "cluster.status:main",
     "demo": "cluster.demo:main",
     "chat": "cluster.chat:chat_main",
@@ -25,10 +26,11 @@ JOBS: dict[str, str] = {
 JOB_HELP: dict[str, str] = {
     "zoo": "build or list the toy model zoo (zoo build | zoo list)",
     "config": "validate config files (config check PATH...)",
+    "cluster": "write a Ray cluster launcher YAML (AWS) and a KubeRay manifest (cluster config CONFIG)",
     "status": "table of running and recent jobs; STALLED when a heartbeat is late",
     "demo": "the main job: build/reuse the zoo and run every capability's demo on local Ray",
     "chat": "load every registered (or zoo) model on a Ray actor and answer one chat prompt",
-    "dna": "LLM-DNA fingerprints on warm Ray hosts, with the playbook's gates (dna CONFIG [--dry-run])",
+    "dna": "LLM-DNA fingerprints on warm Ray hosts, with the playbook's gates (dna CONFIG [--dry-run] | dna import PATH...)",
     "sweep": "compression recipe sweep with Ray Tune: prune x KD x LoRA x quant (sweep CONFIG [--resume])",
     "package": "zip the best candidates of a sweep: package NAME --top N -> submit_<rank>.zip",
     "serve": "serve candidates behind an OpenAI-compatible API on Ray Serve (serve CONFIG [--from-leaderboard S])",
@@ -41,6 +43,7 @@ JOB_HELP: dict[str, str] = {
 CONFIG_KINDS: dict[str, str] = {
     "models": "cluster.registry:ModelsFile",
     "zoo": "cluster.zoo:ZooConfig",
+    "cluster": "cluster.launch:ClusterConfig",
     "chat": "cluster.chat:ChatJobConfig",
     "dna": "actors.config:DnaConfig",
     "probes": "actors.fingerprint:ProbesFile",
