@@ -5,6 +5,7 @@ themselves are in serve/app.py).
     >>> OpenAI(base_url=url + "/v1", api_key="-").models.list()       # doctest: +SKIP
     >>> shutdown()                                                     # doctest: +SKIP
 """
+import hashlib
 import logging
 import os
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from ray import serve
 
-from cluster.config import ConfigError
+from cluster.config import ConfigError, UserError
 from serve.app import (
     APP_NAME,
     VLLM_APP_NAME,
@@ -27,7 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def deployment_name(candidate_id: str) -> str:
-    return "candidate-" + re.sub(r"[^A-Za-z0-9_-]", "-", candidate_id)
+    """Ray Serve's name for a candidate's deployment: its id where the id is already a plain name,
+    else the id made plain plus a short hash of it, so "a/b" and "a.b" never share a name (Ray
+    Serve would rename the second `..._1` and `candidate_info` would find the other one)."""
+    plain = re.sub(r"[^A-Za-z0-9_-]", "-", candidate_id)
+    if plain == candidate_id:
+        return "candidate-" + plain
+    return f"candidate-{plain}-{hashlib.sha1(candidate_id.encode()).hexdigest()[:8]}"
 
 
 def _absolute(path: str) -> str:
@@ -146,6 +153,10 @@ def start_app(cfg: ServeConfig) -> str:
             if cand.engine == "vllm":
                 check_engine(EngineConfig(name="vllm"), f"candidates.{i}.engine", source=_source(cfg))
     check_models(cfg)
+    try:  # a bad suite is refused before Ray or Serve starts
+        _probe_suite(cfg.probe_suite)
+    except UserError as exc:
+        raise ConfigError(f"{_source(cfg)}: probe_suite: {exc}") from None
     from cluster.runtime import connect
 
     connect(cfg.ray)

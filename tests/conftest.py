@@ -14,6 +14,21 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("YARD_DASHBOARD", "0")
 
 
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Ray never starts: a bad input must be refused before any work (connecting fails the test)."""
+    import ray
+
+    import cluster.runtime
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray started before the input was checked")
+
+    monkeypatch.setattr(cluster.runtime, "connect", refuse)
+    monkeypatch.setattr(ray, "init", refuse)
+    return refuse
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the test session (2 CPUs, no dashboard: it costs seconds per start)."""

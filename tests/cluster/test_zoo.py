@@ -1,6 +1,7 @@
 """The toy zoo: real architectures that answer chat prompts, lineage in the registry, caching,
 safe writes, config errors and `yard zoo`. The demo zoo is built once per cache (tests/plugins/zoo.py);
-everything else here uses a tiny 1-base zoo in tmp_path that trains for a few steps."""
+everything else here uses a tiny 1-base zoo in tmp_path that trains for a few steps. The corpus,
+tokenizer, chat template and training helpers: test_zoo_train.py."""
 from __future__ import annotations
 
 import json
@@ -80,22 +81,6 @@ def test_exaone4_base_uses_hybrid_sliding_attention(zoo):
     assert {"sliding_attention", "full_attention"} == set(config.layer_types)
 
 
-def test_chat_template_honours_enable_thinking(zoo):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(Path(zoo.zoo_dir) / zoo.models[0])
-    messages = [{"role": "user", "content": "안녕하세요! Who are you?"}]
-    plain = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    off = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    on = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
-    assert plain == off and "<think>" not in off and "think" not in off
-    assert off.endswith("<|im_start|>assistant\n") and off.startswith(tokenizer.bos_token)
-    assert on == off + "<think>\n"
-    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<pad>"
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
-    assert tokenizer.convert_tokens_to_ids("<|im_start|>") in ids
-
-
 def test_registry_validates_and_records_lineage(zoo):
     registry = ModelRegistry.load([zoo.registry_path])
     assert registry.ids() == sorted(zoo.models) and len(zoo.models) == 9
@@ -121,15 +106,6 @@ def test_second_demo_build_is_a_cache_hit(zoo):
     again = build_zoo(default_zoo_config().model_copy(update={"zoo_dir": str(zoo.zoo_dir)}))
     assert again.cache_hit and again.built == [] and again.models == zoo.models
     assert time.monotonic() - started < 10
-
-
-def test_corpus_is_bilingual_and_shipped():
-    docs = zoo_train.read_corpus()
-    size = sum(p.stat().st_size for p in zoo_train.CORPUS_DIR.glob("*.txt"))
-    assert 60_000 <= size <= 150_000
-    text = " ".join(d.text or " ".join(c for _, c in d.chat) for d in docs)
-    assert re.search(r"[가-힣]{2,}", text) and re.search(r"[A-Za-z]{4,}", text)
-    assert sum(bool(d.chat) for d in docs) > 100 and sum(bool(d.text) for d in docs) > 50
 
 
 # --- caching and safe writes (tiny zoo) -------------------------------------------------------------

@@ -83,21 +83,6 @@ def test_app_without_vllm_is_a_user_error(zoo):
         build_vllm_app(cfg)
 
 
-def test_api_key_with_vllm_candidates_is_refused_before_starting(zoo, monkeypatch):
-    """Ray Serve LLM's ingress does not check bearer keys: a configured key must not silently
-    leave the vLLM models open. Refused before Ray or Serve starts."""
-    from serve.deploy import start_app
-
-    monkeypatch.delenv("YARD_API_KEY", raising=False)
-    cfg = ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand(vllm_server="ray-serve-llm")],
-                      api_key="k")
-    with pytest.raises(ConfigError, match="api_key: candidates with vllm_server: ray-serve-llm are served by Ray "
-                                          "Serve LLM's own ingress"):
-        start_app(cfg)
-    assert ServeConfig(registry=[str(zoo.registry_path)], candidates=[_cand()], api_key="k",
-                       allow_unauthenticated_vllm=True).allow_unauthenticated_vllm
-
-
 def _has_gpu() -> bool:
     try:
         import torch

@@ -11,7 +11,7 @@ Order of work (seed 001's recipe as a job):
    other through the artifact store, so a stage may land on any node.
 3. The merged model joins the zoo's lineage as a child of its base (a zoo base, a local store).
 4. The probe suite runs on the merged model behind the Serve app, with and without the persona's
-   system prompt.
+   system prompt (tune/persona/probe.py: the sweep's trials run the same step in-process).
 Outputs: store run `persona/<name>/<run>/` with prep_report.md, lengths.png, sft/adapter/,
 dpo/adapter/, model/ (merged), gguf/ (optional), losses.png, report.md, summary.json.
 
@@ -29,11 +29,11 @@ from cluster.config import (ConfigError, UserError, job_config, job_parser, load
                             resolve_config_path)
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
-from cluster.runtime import free_port
 from cluster.storage import ArtifactStore, new_run_name, open_store
 from cluster.zoo import zoo_dir_of
 from tune.persona.config import PersonaConfig, StageResources
 from tune.persona.plan import Plan, make_plan, plan_markdown
+from tune.persona.probe import probe_served
 
 log = logging.getLogger(__name__)
 PERSONA_KIND = "persona"
@@ -195,58 +195,6 @@ def _options(res: StageResources) -> dict:
     return opts
 
 
-def probe_model(cfg: PersonaConfig, store: ArtifactStore, model_path: str, registry_paths: list[str],
-                reporter=None) -> dict:
-    """The probe suite on the merged model (variant "merged", the first candidate) and, with
-    `probe.compare_base`, on its base (variant "base") behind one Serve app (a free port), each with
-    and without the system prompt; the judge as configured (replay: deterministic fake ratings).
-    run_probes' summary."""
-    import contextlib
-
-    import ray
-
-    from serve.config import CandidateConfig, ServeConfig
-    from serve.deploy import shutdown, start_app
-    from serve.judge import JudgeEndpoint
-    from serve.probe_suite import load_suite
-    from serve.probes import CONDITIONS, ProbeCandidate, make_judge, run_probes
-    from serve.replay import ReplayServer
-    suite = load_suite(resolve_relative(cfg.probe.suite, cfg))
-    res = cfg.resources.probe
-    num_cpus, num_gpus = res.num_cpus, res.num_gpus
-    have = ray.cluster_resources()
-    if cfg.probe.compare_base and (2 * num_gpus > have.get("GPU", 0) or 2 * num_cpus > have.get("CPU", 0)):
-        # two replicas on what one was given (check_resources saw room for one), not a Serve app that waits forever
-        num_cpus, num_gpus = num_cpus / 2, num_gpus / 2
-        log.info("probe: base and merged model share %g CPU(s) and %g GPU(s)", res.num_cpus, res.num_gpus)
-    where = {"merged": {"path": model_path}, "base": {"model": cfg.base}}  # variant -> its weights
-    served = {variant: CandidateConfig(id=f"{cfg.name}-{variant}", num_cpus=num_cpus, num_gpus=num_gpus,
-                                       chat_template_kwargs=cfg.chat_template_kwargs, **where[variant])
-              for variant in (["merged", "base"] if cfg.probe.compare_base else ["merged"])}
-    scfg = ServeConfig(storage=cfg.storage, ray=cfg.ray, port=free_port(), probe_suite=None, registry=registry_paths,
-                       candidates=list(served.values()))
-    with contextlib.ExitStack() as stack:
-        judge, judge_params = None, None
-        if cfg.probe.judge is not None:
-            jcfg = JudgeEndpoint.model_validate(cfg.probe.judge)
-            judge_params = {"temperature": jcfg.temperature, "max_tokens": jcfg.max_tokens}
-            if jcfg.replay:
-                server = stack.enter_context(ReplayServer(default="judge", models=["replay-judge"]))
-                log.warning("probe judge: replayed judgments (not a real judge model: its scores measure nothing)")
-                judge = stack.enter_context(make_judge(jcfg, store, server.url, "replay-judge"))
-            else:
-                judge = stack.enter_context(make_judge(jcfg, store))
-        url = start_app(scfg)
-        stack.callback(shutdown)
-        params = {"max_tokens": cfg.probe.max_tokens, "chat_template_kwargs": dict(cfg.chat_template_kwargs)}
-        cands = [ProbeCandidate(id=c.id, base_url=f"{url}/v1", model=c.id, group=cfg.name, variant=variant,
-                                params=params) for variant, c in served.items()]
-        summary = run_probes(suite, cands, judge, store, conditions=CONDITIONS, judge_params=judge_params,
-                             reporter=reporter)
-    summary["judge_replayed"] = bool(cfg.probe.judge and cfg.probe.judge.get("replay"))
-    return summary
-
-
 def run_watched(submit, store: ArtifactStore, job_id: str, task: str, cfg: PersonaConfig, incidents: list[dict]):
     """`submit()` (a Ray task reporting as `task`) to its result; an attempt that stalls is killed
     and submitted again, `cfg.stall_retries` times at most (then TaskStalled ends the job)."""
@@ -344,7 +292,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
         summary["child"] = register(cfg, registry_paths, model_path if local else None, run)
         reporter.phase("probe", item=cfg.name)
         if cfg.probe.enabled:
-            summary["probe"] = probe_model(cfg, store, model_path, registry_paths, reporter=None)
+            summary["probe"] = probe_served(cfg, store, model_path, registry_paths, reporter=None)
         else:
             summary["probe"] = None
         reporter.advance(item="probe")

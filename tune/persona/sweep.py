@@ -11,11 +11,9 @@ of the persona recipe, ranked by probe consistency, then held-out loss.
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
 
 The driver preps the data once (the rows travel to every trial); each trial trains SFT (and DPO),
-merges, and probes the merged model with rule checks only. Probing is in-process: the trial's
-model answers through `serve.engine_hf.HFEngine` behind `EngineClient`, a stand-in for the HTTP
-client that `serve.probes.run_probes` drives. That is cheaper than a Serve app per trial: no
-replica actor competing with concurrent trials for CPUs/GPUs, no app names or ports to keep
-apart, and no second copy of the model. LoRA alpha keeps the persona config's alpha/r ratio.
+merges, and probes the merged model with rule checks only: the job's probe step
+(`tune.persona.probe`), answered in-process instead of by a Serve app. LoRA alpha keeps the
+persona config's alpha/r ratio.
 
 Ranking: `probe_consistency` is the share of probes passed WITHOUT the system prompt (the seed's
 point: the persona must hold unprompted), higher first; ties go to the lower SFT held-out loss.
@@ -29,7 +27,6 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +38,7 @@ from cluster.jobs import REPO_ROOT, run_job
 from cluster.storage import new_run_name, open_store
 from tune.config import Dimension, ResourcesConfig
 from tune.persona.config import PersonaConfig
+from tune.persona.probe import probe_in_process
 
 log = logging.getLogger(__name__)
 SWEEP_KIND = "persona_sweep"
@@ -92,61 +90,12 @@ class PersonaSweepConfig(YardModel):
     stall_after_s: float = Field(1800.0, gt=0)
 
 
-@dataclass(frozen=True)
-class _Reply:  # the fields of serve.client.ChatReply that run_probes reads
-    text: str
-    cached: bool = False
-    attempts: int = 1
-    finish_reason: str | None = None
-
-
-class EngineClient:
-    """A `ChatClient` stand-in answering from an in-process HFEngine: `chat_many` renders each
-    conversation with the template options and generates them as one batch."""
-
-    max_concurrency = 1
-
-    def __init__(self, engine, model: str):
-        self.engine, self.model = engine, model
-
-    def chat_many(self, conversations: list[list[dict]], **params) -> list[_Reply]:
-        from serve.engine_hf import GenRequest
-
-        kwargs = params.get("chat_template_kwargs") or {}
-        reqs = [GenRequest(prompt=self.engine.render_chat(c, kwargs), max_tokens=int(params.get("max_tokens", 64)),
-                           temperature=float(params.get("temperature", 0.0))) for c in conversations]
-        return [_Reply(r.text, finish_reason=r.finish_reason) for r in self.engine.generate(reqs)]
-
-    def chat(self, messages: list[dict], **params) -> _Reply:
-        return self.chat_many([messages], **params)[0]
-
-    def close(self) -> None:
-        pass
-
-
 def trial_config(persona: dict, lora_r: int, sft_lr: float) -> PersonaConfig:
     """The persona config of one trial: rank and learning rate set, alpha at the config's alpha/r."""
     cfg = PersonaConfig.model_validate(persona)
     ratio = cfg.lora.alpha / cfg.lora.r
     lora = cfg.lora.model_copy(update={"r": int(lora_r), "alpha": max(1, round(ratio * lora_r))})
     return cfg.model_copy(update={"lora": lora, "sft": cfg.sft.model_copy(update={"lr": float(sft_lr)})})
-
-
-def probe_in_process(cfg: PersonaConfig, model_dir: str, out_dir: Path) -> dict:
-    """Rule-checked probes of a merged model dir, both conditions, no server: run_probes' summary."""
-    from serve.config import CandidateConfig
-    from serve.engine_hf import HFEngine
-    from serve.probe_suite import load_suite
-    from serve.probes import CONDITIONS, ProbeCandidate, run_probes
-    from tune.persona.job import resolve_relative
-
-    cand_id = f"{cfg.name}-merged"
-    engine = HFEngine(CandidateConfig(id=cand_id, path=model_dir, chat_template_kwargs=cfg.chat_template_kwargs))
-    suite = load_suite(resolve_relative(cfg.probe.suite, cfg))
-    cand = ProbeCandidate(id=cand_id, base_url="http://in-process/v1", params={
-        "max_tokens": cfg.probe.max_tokens, "chat_template_kwargs": dict(cfg.chat_template_kwargs)})
-    return run_probes(suite, [cand], None, None, conditions=CONDITIONS, clients={cand_id: EngineClient(engine, cand_id)},
-                      out_dir=out_dir)
 
 
 def run_persona_trial(config: dict, setup: dict) -> None:

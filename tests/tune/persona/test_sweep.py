@@ -1,5 +1,5 @@
-"""tune/persona/sweep.py: the persona_sweep config, ranking, the leaderboard, the in-process probe
-client, and a two-trial sweep on local Ray."""
+"""tune/persona/sweep.py: the persona_sweep config, ranking, the leaderboard, and a two-trial sweep
+on local Ray (its trials probe in-process: tests/tune/persona/test_probe.py)."""
 import csv
 from pathlib import Path
 
@@ -51,29 +51,6 @@ def test_rank_by_consistency_then_heldout_loss_errors_last(tmp_path):
     table = list(csv.DictReader(paths["csv"].open()))
     assert [r["trial_id"] for r in table] == ["b", "c", "a", "d"] and table[3]["error"] == "boom"
     assert "| 1 | b |" in paths["md"].read_text()
-
-
-class _FakeEngine:
-    def __init__(self):
-        self.seen = []
-
-    def render_chat(self, messages, kwargs):
-        self.seen.append(kwargs)
-        return messages[-1]["content"]
-
-    def generate(self, reqs):
-        from serve.engine_hf import GenResult
-
-        return [GenResult(f"{r.prompt}:{r.max_tokens}:{r.temperature}", 1, 1, "stop", len(reqs)) for r in reqs]
-
-
-def test_engine_client_answers_like_chat_client():
-    engine = _FakeEngine()
-    client = sweep.EngineClient(engine, "m")
-    replies = client.chat_many([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
-                               max_tokens=5, chat_template_kwargs={"enable_thinking": False})
-    assert [r.text for r in replies] == ["a:5:0.0", "b:5:0.0"]
-    assert engine.seen == [{"enable_thinking": False}] * 2
 
 
 def test_two_trial_sweep_publishes_a_ranked_leaderboard(zoo, tmp_path, ray_local):
