@@ -51,10 +51,3 @@ def test_q8_0_export_of_each_zoo_architecture_reads_back(zoo, llama_cpp, tmp_pat
     assert "Q8_0" in got["types"] and got["tensors"] > 10
     vocab = json.loads((zoo.zoo_dir / model / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(got["tokenizer.ggml.tokens"]) == len(vocab)
-
-
-def test_a_tokenizer_that_is_not_gpt2_keeps_llama_cpps_refusal(tmp_path):
-    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "BPE"}, "normalizer": {"type": "NFC"}, '
-                                             '"pre_tokenizer": {"type": "ByteLevel", "use_regex": true}}')
-    assert not gpt2_pretokenizer(tmp_path)
-    assert not gpt2_pretokenizer(tmp_path / "none")
