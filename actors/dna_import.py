@@ -38,7 +38,7 @@ from actors.fingerprint import (
     resolve_encoder,
     write_dna,
 )
-from cluster.config import UserError
+from cluster.config import UserError, read_text
 from cluster.jobs import REPO_ROOT
 from cluster.storage import ArtifactStore, RunInfo
 
@@ -73,7 +73,7 @@ def decoding_from_llm_dna(gc: dict, where: str) -> dict[str, Any]:
             out.update(temperature=float(gc["temperature"]), top_p=float(gc["top_p"]), seed=None)
     except (KeyError, TypeError, ValueError) as exc:
         raise DnaImportError(f"{where}: generation_config: cannot read {exc} (llm-dna writes max_length, "
-                           "temperature, top_p, use_chat_template, do_sample)") from None
+                             "temperature, top_p, use_chat_template, do_sample)") from None
     return out
 
 
@@ -108,11 +108,11 @@ def provenance_from_signature(meta: dict, decoding: dict | None, engine: str, wh
     for key, what in need.items():
         if ec.get(key) is None:
             raise DnaImportError(f"{where}: {what} not recorded (metadata.extractor_config.{key}); only llm-dna "
-                               "text DNA with ordered probes can be compared")
+                                 "text DNA with ordered probes can be compared")
     decoding = recorded.get("decoding") or decoding
     if decoding is None:
         raise DnaImportError(f"{where}: decoding not recorded (no generation_config in its provenance and no "
-                           "responses.json beside it)")
+                             "responses.json beside it)")
     return {
         "pipeline": ec["pipeline_version"],
         "encoder": encoder_id(ec["encoder"]),
@@ -132,12 +132,9 @@ def provenance_from_signature(meta: dict, decoding: dict | None, engine: str, wh
 
 # --- reading files -----------------------------------------------------------------------------
 def _read_json(path: Path) -> Any:
+    text = read_text(path, "file", DnaImportError)  # missing, unreadable, not UTF-8: one line
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DnaImportError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DnaImportError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DnaImportError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
@@ -171,7 +168,7 @@ def read_signature(path: Path, engine: str, allow_pickle: bool = False) -> Incom
         sig = DNASignature.load(path)
     except Exception as exc:  # noqa: BLE001 - llm-dna's loader raises anything on a foreign file
         raise DnaImportError(f"{path}: not an llm-dna DNA signature ({type(exc).__name__}: "
-                           f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+                             f"{(str(exc).splitlines() or [''])[0][:200]})") from None
     meta = json.loads(json.dumps(sig.metadata.__dict__, default=str))
     ec = meta.get("extractor_config") or {}
     responses = _responses_beside(path, meta["model_name"], ec.get("probe_order_sha256") or "")
@@ -229,7 +226,7 @@ def read_incoming(path: Path, cfg_of, encoder_of, engine: str, allow_pickle: boo
         inc = read_signature(path, engine, allow_pickle)
     else:
         raise DnaImportError(f"{path}: unsupported file {path.suffix or '(none)'!r} (allowed: an llm-dna signature "
-                           ".json/.npz, a responses.json)")
+                             ".json/.npz, a responses.json)")
     v = inc.vector
     if v.ndim != 1 or not v.size or not np.all(np.isfinite(v)) or not np.any(v):
         raise DnaImportError(f"{path}: the DNA vector is not a finite, non-zero 1-D vector (shape {v.shape})")

@@ -156,6 +156,18 @@ def _setup_commands(cfg: ClusterConfig) -> list[str]:
     return cmds
 
 
+def worker_groups(cfg: ClusterConfig, groups: dict[str, list[str]]) -> list[tuple[Instance, str, int]]:
+    """(instance type, market, most nodes) of every worker group: per chosen type a spot group, an
+    on-demand group, or both (`spot_with_fallback`, the on-demand one capped by `max_on_demand_workers`)."""
+    markets = {"spot": ["spot"], "on_demand": ["on_demand"], "spot_with_fallback": ["spot", "on_demand"]}[cfg.market]
+    return [(INSTANCES[name], market, cfg.max_workers if market == "spot" or cfg.max_on_demand_workers is None
+             else cfg.max_on_demand_workers) for name in groups for market in markets]
+
+
+def _group_name(inst: Instance, market: str) -> str:
+    return f"{inst.name.replace('.', '-')}-{market.replace('_', '')}"  # e.g. g6e-xlarge-ondemand
+
+
 def _node(instance_type: str, disk_gb: int, spot: bool) -> dict:
     node = {"InstanceType": instance_type, "ImageId": "latest_dlami",
             "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": disk_gb, "VolumeType": "gp3"}}]}
@@ -168,13 +180,9 @@ def launcher_config(cfg: ClusterConfig, groups: dict[str, list[str]]) -> dict:
     """Ray's cluster launcher config for AWS, one worker group per (instance type, market)."""
     types = {"head": {"node_config": _node(cfg.head.instance_type, cfg.head.disk_gb, False), "resources": {},
                       "min_workers": 0, "max_workers": 0}}
-    markets = {"spot": [True], "on_demand": [False], "spot_with_fallback": [True, False]}[cfg.market]
-    for name in groups:
-        for spot in markets:
-            cap = cfg.max_workers if spot or cfg.max_on_demand_workers is None else cfg.max_on_demand_workers
-            types[f"{name.replace('.', '-')}-{'spot' if spot else 'ondemand'}"] = {
-                "node_config": _node(name, cfg.worker_disk_gb, spot), "resources": {},
-                "min_workers": 0, "max_workers": cap}
+    for inst, market, cap in worker_groups(cfg, groups):
+        types[_group_name(inst, market)] = {"node_config": _node(inst.name, cfg.worker_disk_gb, market == "spot"),
+                                            "resources": {}, "min_workers": 0, "max_workers": cap}
     config = {
         "cluster_name": cfg.name,
         "max_workers": sum(t["max_workers"] for t in types.values()),
@@ -217,25 +225,19 @@ def kuberay_manifest(cfg: ClusterConfig, groups: dict[str, list[str]]) -> dict:
     image = cfg.install.image or "rayproject/ray:2.60.0-py312-gpu"
     env = [{"name": "HF_HOME", "value": "/hf-cache"}]
     mounts, volumes = [{"name": "hf-cache", "mountPath": "/hf-cache"}], [{"name": "hf-cache", "emptyDir": {}}]
-    markets = {"spot": ["SPOT"], "on_demand": ["ON_DEMAND"], "spot_with_fallback": ["SPOT", "ON_DEMAND"]}[cfg.market]
     workers = []
-    for name in groups:
-        inst = INSTANCES[name]
-        for capacity in markets:
-            limits = {"nvidia.com/gpu": inst.gpus, "cpu": max(1, inst.vcpus - 2)}
-            workers.append({
-                "groupName": f"{name.replace('.', '-')}-{capacity.lower().replace('_', '')}",
-                "replicas": 0, "minReplicas": 0,
-                "maxReplicas": cfg.max_workers if capacity == "SPOT" or cfg.max_on_demand_workers is None
-                else cfg.max_on_demand_workers,
-                "rayStartParams": {},
-                "template": {"spec": {
-                    "nodeSelector": {"node.kubernetes.io/instance-type": name,
-                                     "eks.amazonaws.com/capacityType": capacity},
-                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    "containers": [{"name": "ray-worker", "image": image, "env": env, "volumeMounts": mounts,
-                                    "resources": {"limits": limits, "requests": limits}}],
-                    "volumes": volumes}}})
+    for inst, market, cap in worker_groups(cfg, groups):
+        limits = {"nvidia.com/gpu": inst.gpus, "cpu": max(1, inst.vcpus - 2)}
+        workers.append({
+            "groupName": _group_name(inst, market), "replicas": 0, "minReplicas": 0, "maxReplicas": cap,
+            "rayStartParams": {},
+            "template": {"spec": {
+                "nodeSelector": {"node.kubernetes.io/instance-type": inst.name,
+                                 "eks.amazonaws.com/capacityType": market.upper()},  # SPOT / ON_DEMAND
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "ray-worker", "image": image, "env": env, "volumeMounts": mounts,
+                                "resources": {"limits": limits, "requests": limits}}],
+                "volumes": volumes}}})
     head = {"rayStartParams": {"dashboard-host": "0.0.0.0"},
             "template": {"spec": {"containers": [{
                 "name": "ray-head", "image": image, "env": env, "volumeMounts": mounts,

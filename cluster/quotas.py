@@ -41,18 +41,14 @@ class Need:
 
 def needs(cfg, groups: dict[str, list[str]]) -> list[Need]:
     """What the plan's worker groups need per (instance family, market)."""
-    from cluster.launch import INSTANCES
+    from cluster.launch import worker_groups
 
-    markets = {"spot": ["spot"], "on_demand": ["on_demand"], "spot_with_fallback": ["spot", "on_demand"]}[cfg.market]
     acc: dict[tuple[str, str], list] = {}
-    for name in groups:
-        inst = INSTANCES[name]
-        for market in markets:
-            cap = cfg.max_workers if market == "spot" or cfg.max_on_demand_workers is None else cfg.max_on_demand_workers
-            entry = acc.setdefault((name[0].upper(), market), [0, 0, name])
-            if inst.vcpus > entry[0]:
-                entry[0], entry[2] = inst.vcpus, name
-            entry[1] += cap * inst.vcpus
+    for inst, market, cap in worker_groups(cfg, groups):
+        entry = acc.setdefault((inst.name[0].upper(), market), [0, 0, inst.name])
+        if inst.vcpus > entry[0]:
+            entry[0], entry[2] = inst.vcpus, inst.name
+        entry[1] += cap * inst.vcpus
     return [Need(fam, market, one, total, largest) for (fam, market), (one, total, largest) in acc.items()]
 
 
@@ -88,13 +84,14 @@ def preflight(cfg, groups: dict[str, list[str]], *, session=None, endpoint_url: 
         if missing:
             raise QuotaError(f"{region}: {', '.join(missing)} not offered in this region (EC2 instance type "
                              f"offerings); choose another region or instance_types")
+        plan = needs(cfg, groups)
         quotas = session.client("service-quotas", region_name=region, endpoint_url=endpoint_url)
-        values = {(n.family, n.market): _quota(quotas, QUOTA_CODES[n.family, n.market][0]) for n in needs(cfg, groups)}
+        values = {(n.family, n.market): _quota(quotas, QUOTA_CODES[n.family, n.market][0]) for n in plan}
     except (BotoCoreError, ClientError) as exc:
         raise QuotaError(f"{region}: cannot read EC2 offerings or quotas ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200]})") from None
     warnings, blocked = [], []
-    for need in needs(cfg, groups):
+    for need in plan:
         code, name = QUOTA_CODES[need.family, need.market]
         value = values[need.family, need.market]
         what = f"quota '{name}' ({code})"

@@ -86,11 +86,10 @@ def export_gguf(merged_dir: str, out_dir, quant: str = "q4_k_m") -> tuple[str | 
     out.mkdir(parents=True, exist_ok=True)
     first = quant if quant in _DIRECT else "f16"
     converted = out / f"model-{first}.gguf"
-    runner = [sys.executable, "-m", "tune.persona.gguf_convert", str(Path(convert).parent)]
-    repo = str(Path(__file__).resolve().parents[2])  # the runner's package, wherever the job runs
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    # the runner imports only the standard library and llama.cpp's files: run as a plain script
+    runner = [sys.executable, str(Path(__file__).with_name("gguf_convert.py")), str(Path(convert).parent)]
     step = subprocess.run([*runner, str(merged_dir), "--outfile", str(converted), "--outtype", first],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True)
     if step.returncode != 0:
         return None, f"failed: convert_hf_to_gguf.py exited {step.returncode}: {_last_line(step)}"
     if quant in _DIRECT:

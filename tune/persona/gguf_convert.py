@@ -1,7 +1,7 @@
 """Run llama.cpp's `convert_hf_to_gguf.py` on a model whose byte-level BPE tokenizer it has never
 seen (a tokenizer trained for the model, like the toy zoo's).
 
-    python -m tune.persona.gguf_convert LLAMA_CPP_DIR MODEL_DIR --outfile OUT.gguf --outtype q8_0
+    python tune/persona/gguf_convert.py LLAMA_CPP_DIR MODEL_DIR --outfile OUT.gguf --outtype q8_0
 
 llama.cpp names a BPE tokenizer's pre-tokenizer by hashing how it tokenizes a fixed text, and
 refuses a hash it does not list (`BPE pre-tokenizer was not recognized`): a new vocabulary always
