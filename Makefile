@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelyard-installed
 
-.PHONY: env demo test bench clean-env
+.PHONY: env demo test bench clean-env browser
 env: $(STAMP)
 
 # torch first: `pip install torch==2.13.0` takes the CPU build where one is provided (this project's
@@ -19,7 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: env
 	$(BIN)/yard demo
 
-test: env
+# The probe console's browser test (tests/serve/test_console.py) drives Debian's chromium: as root with
+# apt-get, install it when missing (quietly, once); anywhere else that test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || [ "$$(id -u)" != 0 ] || \
+		! command -v apt-get >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "browser: could not install chromium; tests/serve/test_console.py will skip its browser test"
+
+test: env browser
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=25
 
 bench: env

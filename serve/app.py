@@ -4,10 +4,10 @@
     POST /v1/chat/completions   chat, `stream: true` answers SSE chunks then `data: [DONE]`
     POST /v1/completions        raw prompt completion (stream too)
 
-Each candidate is a `CandidateServer` deployment (num_cpus/num_gpus, replicas or autoscaling):
-HF batches with `@serve.batch`, vLLM continuously. The ingress checks key, body size, JSON and
-fields; the candidate renders the prompt and checks token limits; a refusal is an OpenAI-style
-error body with 400/401/404/413, never a crashed replica. Building and starting: serve/deploy.py.
+Each candidate is a `CandidateServer` deployment (num_cpus/num_gpus, replicas or autoscaling): HF batches with
+`@serve.batch`, vLLM continuously. The ingress checks key, body size, JSON and fields; the candidate renders the
+prompt and checks token limits; a refusal is an OpenAI-style error body with 400/401/404/413, never a crashed
+replica. Building and starting: serve/deploy.py. The probe console (GET /, /console/...): serve/console.py.
 """
 
 import asyncio
@@ -27,9 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.client import ChatClient, ChatError, ChatReply
 from serve.config import CandidateConfig, LimitsConfig
-from serve.requests import (BadRequest, check_origin, error_body, json_depth_exceeds, parse_chat,
-                            parse_completion)
-from serve.requests import number as _number
+from serve.console import ProbeConsole, console_routes
+from serve.requests import (BadRequest, check_origin, error_body, json_depth_exceeds, number as _number,
+                            parse_chat, parse_completion)
 
 log = logging.getLogger(__name__)
 APP_NAME = "yard"
@@ -226,6 +226,7 @@ def _new_id(chat: bool) -> str:
 
 
 api = FastAPI(title="modelyard serve", docs_url=None, redoc_url=None)
+api.include_router(console_routes)  # the probe console's routes: methods of ProbeConsole below
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -241,7 +242,7 @@ async def _crash(request: Request, exc: Exception):
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
-class OpenAIIngress:
+class OpenAIIngress(ProbeConsole):
     """Auth, limits, JSON and field checks; routes each request to its candidate's deployment."""
 
     def __init__(self, settings: dict, servers: dict):
@@ -272,25 +273,24 @@ class OpenAIIngress:
             raise BadRequest(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'", None,
                              "invalid_api_key")
 
-    async def _read_json(self, request: Request) -> dict:
+    async def _read_json(self, request: Request, max_bytes: int = 0) -> dict:
         self._check_auth(request)
+        limit = max_bytes or self.limits.max_body_bytes  # the console's saved session may be bigger
         check_origin(self.api_key, request.headers.get("origin"))
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise BadRequest(415, f"content-type: {ctype[:60] or 'none'!r}; send application/json", None,
                              "unsupported_media_type")
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
-            raise BadRequest(413, f"body: {declared} bytes; the limit is {self.limits.max_body_bytes}", None,
-                             "request_too_large")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BadRequest(413, f"body: {declared} bytes; the limit is {limit}", None, "request_too_large")
         # read as it arrives: a chunked body (no Content-Length) is cut off at the limit, not
         # read whole into memory first
         raw = bytearray()
         async for part in request.stream():
             raw += part
-            if len(raw) > self.limits.max_body_bytes:
-                raise BadRequest(413, f"body: more than {self.limits.max_body_bytes} bytes (the limit)", None,
-                                 "request_too_large")
+            if len(raw) > limit:
+                raise BadRequest(413, f"body: more than {limit} bytes (the limit)", None, "request_too_large")
         raw = bytes(raw)
         try:
             body = json.loads(raw)
