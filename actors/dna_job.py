@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from actors.config import DnaConfig
+from actors.dna_cost import DnaMeter, cost_section, plan_cost, plan_table_markdown
 from actors.planner import HostPlan, Plan, node_kinds_from_ray, plan_hosts
 from cluster.config import job_config, job_parser, load_config
 from cluster.engine import check_engine
@@ -80,7 +81,8 @@ class HostSlot:
 class Scheduler:
     """Feeds each host its models one at a time and applies the retry rules."""
 
-    def __init__(self, cfg: DnaConfig, plan: Plan, registry_paths: list[str], job_id: str | None, probes, host_cls=None):
+    def __init__(self, cfg: DnaConfig, plan: Plan, registry_paths: list[str], job_id: str | None, probes, host_cls=None,
+                 ledger=None):
         import ray
 
         from actors.host import ModelHost
@@ -92,6 +94,7 @@ class Scheduler:
         self.attempts: dict[str, list[dict]] = {}
         self.outcomes: dict[str, dict] = {}
         self.incidents: list[dict] = []  # hosts the job killed: {host, model, reason}
+        self.meter = DnaMeter(ledger)  # a ledger row per attempt (actors/dna_cost.py)
         self.store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
         limits = (cfg.hosts.stall_after_s, cfg.hosts.load_stall_after_s)
         self.poll_s = max(0.5, min(5.0, min(limits) / 4))
@@ -119,10 +122,16 @@ class Scheduler:
         if slot.actor is None:
             self._start(slot)
         mid = slot.queue.popleft()
+        self.meter.submitted(mid)
         ref = slot.actor.run_model.remote(mid, self.probes.probes, self.probes.probe_set_id, self.probes.sha256)
         inflight[ref] = (slot, mid)
 
     def _record(self, slot: HostSlot, mid: str, outcome: dict) -> None:
+        final = self._decide(slot, mid, outcome)
+        self.meter.attempt(slot, mid, outcome, final, len(self.attempts[mid]))
+
+    def _decide(self, slot: HostSlot, mid: str, outcome: dict) -> dict | None:
+        """The model's final outcome after this attempt, or None when it goes back to the queue."""
         tries = self.attempts.setdefault(mid, [])
         tries.append(outcome)
         status = outcome["status"]
@@ -131,7 +140,7 @@ class Scheduler:
             if len(tries) < max_attempts:
                 log.warning("%s: host failed (%s); retrying on a fresh host", mid, outcome["reason"])
                 slot.queue.appendleft(mid)
-                return
+                return None
             outcome = {**outcome, "status": "failed", "reason": f"model {mid}: {len(tries)} host failures: {outcome['reason']}"}
         elif status == "error":
             signatures = [t.get("error_signature") for t in tries if t["status"] == "error"]
@@ -141,11 +150,12 @@ class Scheduler:
             elif len(tries) < max_attempts:
                 log.warning("%s: %s; retrying once to tell flaky from deterministic", mid, outcome.get("reason"))
                 slot.queue.appendleft(mid)
-                return
+                return None
             else:
                 outcome = {**outcome, "status": "failed"}
         outcome["attempts"] = len(tries)
         self.outcomes[mid] = outcome
+        return outcome
 
     def run(self) -> list[dict]:
         ray = self.ray
@@ -193,6 +203,7 @@ class Scheduler:
         for slot in self.slots:
             if slot.actor is not None:
                 self._retire(slot)
+        self.meter.finish()
         return [self.outcomes[m] for m in sorted(self.outcomes)]
 
     def _kill_stalled(self, inflight: dict) -> None:
@@ -219,7 +230,7 @@ class Scheduler:
                                    "heartbeat_age_s": round(late[0], 1), "limit_s": late[1], "reason": reason})
             del inflight[ref]
             slot.actor = None
-            self._record(slot, mid, {"model_id": mid, "status": "infra", "reason": reason})
+            self._record(slot, mid, {"model_id": mid, "status": "infra", "reason": reason, "stalled": True, "phase": phase})
             self._submit(slot, inflight)
 
     def _retire(self, slot: HostSlot) -> None:
@@ -238,7 +249,7 @@ class Scheduler:
 
 
 def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_reports, accept_suspicious: bool,
-            incidents: list[dict] | None = None):
+            incidents: list[dict] | None = None, cost_md: list[str] | None = None):
     """Distances, tree, gates e (latest-wins) and f (outliers), report. Returns (published, report, summary)."""
     from actors import analysis
     from actors.report import write_report
@@ -266,7 +277,7 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
         cfg_summary={"gates": cfg.gates.model_dump(), "generation": cfg.generation.model_dump(), "dna": cfg.dna.model_dump(),
                      "encoder": cfg.encoder.name, "accept_suspicious": accept_suspicious, "missing": missing,
                      "analysis": cfg.analysis.model_dump()},
-        published=published, incidents=incidents,
+        published=published, incidents=incidents, cost_md=cost_md,
     )
     summary = {"published": published, "suspicious": [list(p) for p in suspicious], "missing": missing, "report": report,
                "incidents": incidents or [], "imported": sorted(imported), "imports_left_out": left_out}
@@ -282,6 +293,7 @@ def run_dna(
 ) -> tuple[int, dict]:
     """The whole job; `host_cls` swaps the host class (tests inject failures through it)."""
     from actors.fingerprint import load_probes
+    from cluster.prices import job_prices
     from cluster.runtime import connect
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
@@ -291,6 +303,7 @@ def run_dna(
     source = config_path or "dna config"
     registry.check_ids(model_ids, source)  # before Ray starts: exit 2, not a failed job
     probes = load_probes(cfg.probes)  # an unreadable probe file stops everything, with one line
+    prices = job_prices(cfg)  # a bad price table too
     if cfg.ray.address is None:  # a local cluster: this node's GPUs
         check_engine(cfg.engine, "engine", source=source)
     connect(cfg.ray)
@@ -300,22 +313,26 @@ def run_dna(
         check_engine(cfg.engine, "engine", gpus=int(ray.cluster_resources().get("GPU", 0)), source=source)
     plan = make_plan(cfg, registry, model_ids)
     print_plan(plan)
+    cost_plan = plan_cost(cfg, plan, registry, store, len(probes.probes))
+    print(plan_table_markdown(cost_plan, prices))
     if dry_run:
-        return 0, {"status": "ok", "plan": plan.table(), "report": None}
+        return 0, {"status": "ok", "plan": plan.table(), "cost_plan": cost_plan, "report": None}
     with run_job("dna", cfg, store, config_path=config_path, stall_after_s=cfg.hosts.stall_after_s) as job:
         t0 = time.time()
-        scheduler = Scheduler(cfg, plan, registry_paths, job.job_id, probes, host_cls)
+        job.plan = cost_plan
+        scheduler = Scheduler(cfg, plan, registry_paths, job.job_id, probes, host_cls, ledger=job.ledger)
         outcomes = scheduler.run()
         outcomes += [{"model_id": m, "status": "rejected", "reason": r, "attempts": 0} for m, r in plan.rejected.items()]
         for o in outcomes:
             if o.get("artifact"):
                 job.add_artifact(o["artifact"])
+        cost_md = cost_section(job, prices, time.time() - t0)
         published, report, summary = analyse(cfg, store, registry, outcomes, scheduler.host_reports(), accept_suspicious,
-                                             scheduler.incidents)
+                                             scheduler.incidents, cost_md)
         job.add_artifact(report)
         bad = [o for o in outcomes if o["status"] != "ok"]
         summary.update(models=len(outcomes), failed=len(bad), seconds=round(time.time() - t0, 1),
-                       outcomes={o["model_id"]: o["status"] for o in outcomes})
+                       outcomes={o["model_id"]: o["status"] for o in outcomes}, cost=cost_md[-1])
         job.summary = summary
         print_outcomes(outcomes, summary)
         missing = summary.get("missing") or {}
@@ -369,6 +386,8 @@ def print_outcomes(outcomes: list[dict], summary: dict) -> None:
     if summary["suspicious"]:
         console.print(f"[bold red]suspicious pairs (outlier gate):[/] {summary['suspicious']}")
     console.print(f"tree {'published' if summary['published'] else 'NOT published'}; report: {summary['report']}")
+    if summary.get("cost"):
+        console.print(summary["cost"], markup=False)
 
 
 def main(argv: list[str]) -> int:

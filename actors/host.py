@@ -174,7 +174,9 @@ class ModelHost:
         timings = {"load_s": 0.0, "gate_s": 0.0, "generate_s": 0.0, "embed_s": 0.0, "unload_s": 0.0}
         out = {"model_id": model_id, "host_id": self.host_id, "status": "ok", "gate": None, "reason": "",
                "error_signature": None, "phase": None, "stats": None, "timings": timings, "memory": {},
-               "artifact": None}
+               "artifact": None,
+               # the host's start, reported with its first model (the job's cost ledger shares it out)
+               "host_start_s": 0.0 if self.models else self.start["host_start_total_s"]}
         try:
             run = self.store.new_run("dna", model_id)
         except StoreError as exc:  # an id no storage key can hold: nothing to load, nothing to keep

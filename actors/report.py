@@ -138,6 +138,7 @@ def write_report(
     cfg_summary: dict,
     published: bool,
     incidents: list[dict] | None = None,
+    cost_md: list[str] | None = None,
 ) -> str:
     """One `reports/dna` run: distances.csv, tree.nwk (only when published), heatmap.png,
     dendrogram.png, report.md and summary.json. Complete "ok" when published, else "failed"
@@ -235,6 +236,8 @@ def write_report(
             md += ["```", tree.newick(), "```"]
     prov = next(iter(fps.values())).provenance if fps else {}
     md += ["", "## Settings", "", "```json", json.dumps({"provenance": prov, **cfg_summary}, indent=1, default=str), "```", ""]
+    if cost_md:  # last: every job's report ends with its own cost line
+        md += [*cost_md, ""]
 
     # files
     if have_D:

@@ -15,7 +15,7 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -101,6 +101,12 @@ class RayConfig(YardModel):
     num_gpus: int | None = None
 
 
+class CostConfig(YardModel):
+    """How a job's ledger is priced (cluster/prices.py): the price table and the market it runs on."""
+
+    prices: str | None = Field(None, description="price table file (kind: prices); null: configs/prices.yaml")
+    market: Literal["on_demand", "spot"] | None = Field(None, description="null: the price table's market")
+
 
 class JobConfig(YardModel):
     """The block every job config shares (chat, dna, sweep, persona, serve): where artifacts go
@@ -113,6 +119,7 @@ class JobConfig(YardModel):
     zoo: str | None = Field(None, description="zoo config to build or reuse; its models join the registry")
     registry: list[str] = Field(default_factory=lambda: ["configs/models.yaml"], description="model registry "
                                 "files (kind: models)")
+    cost: CostConfig = Field(default_factory=CostConfig, description="price table and market of the job's ledger")
 
     def registry_paths(self) -> list[str]:
         """The registry files plus the zoo's registry when `zoo` names a zoo config (the zoo is

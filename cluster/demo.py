@@ -44,4 +44,5 @@ def main(argv: list[str]) -> int:
     for name, code, summary, seconds in steps:
         print(f"  {name:<10} {'ok' if code == 0 else 'FAILED':<7} {seconds:4.0f}s  report: {summary.get('report')}")
     print(f"  total {time.time() - t0:.0f}s; progress and history: yard status --store {store.uri}")
+    print(f"  cost, waste and plan vs actual: yard cost --store {store.uri}")
     return 0 if all(code == 0 for _, code, _, _ in steps) else 1

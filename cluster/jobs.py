@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cluster.config import YardModel
+from cluster.ledger import LEDGER_FILE, PLAN_FILE, Ledger
 from cluster.progress import DEFAULT_STALL_AFTER_S, END_STATUSES, ProgressReporter
 from cluster.storage import ArtifactStore, StoreError, check_part
 
@@ -177,6 +178,10 @@ class JobContext:
     artifacts: list[str] = field(default_factory=list)
     failed_reason: str | None = None
     summary: dict = field(default_factory=dict)
+    # what the work held and became (cluster/ledger.py) and the plan made before it started;
+    # both are written beside the manifest
+    ledger: Ledger | None = None
+    plan: dict | None = None
 
     def reporter(self, task: str = "main", total: int | None = None, **kwargs) -> ProgressReporter:
         return ProgressReporter(self.store, self.job_id, task=task, total=total, **kwargs)
@@ -225,6 +230,10 @@ def write_manifest(ctx: JobContext, status: str, message: str) -> str:
     }
     run = ctx.store.new_run("jobs", ctx.name)
     key = run.put_json("manifest.json", manifest)
+    if ctx.ledger is not None and ctx.ledger.entries:
+        run.put_bytes(LEDGER_FILE, ctx.ledger.to_jsonl().encode())
+    if ctx.plan is not None:
+        run.put_json(PLAN_FILE, ctx.plan)
     run.complete(status="ok" if status == "succeeded" else "failed", job_id=ctx.job_id)
     return key
 
@@ -241,9 +250,11 @@ def run_job(
     """Run a job: job record first, manifest and final status last, whatever happens between."""
     from cluster.joblog import open_job_log, quiet_progress_bars
     from cluster.live import LiveView
+    from cluster.prices import job_market
 
+    market = job_market(config)  # a bad price table stops the job before its record: exit 2
     job_id = start_job(store, name, config_path=config_path, stall_after_s=stall_after_s)
-    ctx = JobContext(name, job_id, store, config, config_path)
+    ctx = JobContext(name, job_id, store, config, config_path, ledger=Ledger(job_id, name, market))
     joblog = open_job_log(store, job_id).open()
     quiet_progress_bars()
     log.info("job %s started; its log: %s; progress: yard status --store %s", job_id, joblog.where, store.uri,

@@ -66,9 +66,10 @@ def publish(store: ArtifactStore, cfg: SweepConfig, run: str, rows: list[dict], 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_leaderboard(rows, baseline, Path(tmp), title=f"sweep {cfg.name} ({run}) on {cfg.base}")
         killed = incidents_markdown(summary.get("incidents") or [])
-        if killed:
+        cost = "\n".join(summary.get("cost_md") or [])  # last: the leaderboard ends with its cost line
+        if killed or cost:
             with open(paths["md"], "a", encoding="utf-8") as md:
-                md.write(killed)
+                md.write(killed + cost)
         for path in paths.values():
             writer.put_file(Path(path).name, path)
     writer.put_json("rows.json", rows)

@@ -33,6 +33,7 @@ from cluster.registry import ModelRegistry
 from cluster.storage import ArtifactStore, new_run_name, open_store
 from tune.config import SweepConfig
 from tune.publish import print_rows, publish, register_candidates
+from tune.sweep_cost import print_plan, record_sweep, sweep_plan
 from tune.timing import apply_timing, time_candidates, timing_summary
 from tune.watchdog import killed_reasons, trial_watchdog
 
@@ -223,7 +224,7 @@ def rows_from_results(grid, asha: bool = True) -> list[dict]:
         for key in ("layers", "perf", "sec_per_token", "perf_norm", "speed_norm", "score", "size_mb", "kd_loss",
                     "val_loss", "candidate", "seconds"):
             row[key] = metrics.get(key)
-        row.update({k: v for k, v in metrics.items() if k.startswith("perf.")})
+        row.update({k: v for k, v in metrics.items() if k.startswith("perf.")}, wall_s=metrics.get("time_total_s"))
         if result.error is not None:
             row["status"], row["error"] = "error", str(result.error).strip().splitlines()[-1][:300]
         elif metrics.get("score") is not None or metrics.get("stage") == "evaluate":
@@ -302,6 +303,7 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
     import ray
     from ray import tune
 
+    from cluster.prices import job_prices
     from cluster.progress import ProgressReporter
     from cluster.runtime import connect
     from tune.trial import TrialSetup, run_trial
@@ -310,6 +312,7 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     check_engine(cfg.eval.engine, "eval.engine", source=config_path or "sweep config")
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
+    prices = job_prices(cfg)  # a bad price table: one line, before Ray
     # absolute: Tune runs each trial in its own working directory
     registry_paths = [str(Path(p).resolve()) for p in cfg.registry_paths()]
     if cfg.resources.gpus_per_trial == 0:  # every check reads files and the registry: before Ray
@@ -353,7 +356,7 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
             tuner._local_tuner.get_run_config().callbacks = [_Progress(reporter), watchdog]
         else:
             tuner = _tuner(cfg, trainable, storage_path, filesystem, experiment, reporter, [watchdog])
-        t_trials = time.time()
+        t_trials, job.plan = time.time(), sweep_plan(cfg, store)
         grid = tuner.fit()
         trial_seconds = time.time() - t_trials
         rows = killed_reasons(rows_from_results(grid, asha=cfg.search.asha.enabled), incidents)
@@ -366,6 +369,7 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
         elif cfg.timing.enabled and candidates:
             reporter.phase("timing")
             timing = time_candidates(cfg, registry_paths, store, checked.benchmarks, candidates, job.job_id)
+            summary_timing_s = time.time() - t_trials - trial_seconds
             rows = apply_timing(rows, baseline, timing)
         seconds = time.time() - t0
         ok = [r for r in rows if r["status"] == "ok"]
@@ -383,6 +387,8 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
                    "best": max(scored, key=lambda r: r["score"])["trial_id"] if scored else None,
                    "timing": timing_summary(timing)}
         reporter.phase("publish")
+        summary["cost_md"] = record_sweep(job, rows, cfg, prices, prepare_s=t_trials - t0, incidents=incidents,
+                                          timing_s=summary_timing_s if timing else 0.0)
         prefix = publish(store, cfg, run, rows, baseline, summary, timing)
         summary["report"] = store.locate(f"{prefix}/leaderboard.md")
         summary["registered"] = register_candidates(store, rows, cfg, registry_paths)
@@ -409,6 +415,7 @@ def main(argv: list[str]) -> int:
     parser = job_parser("yard sweep", "compression recipe sweep with Ray Tune", DEMO_CONFIG)
     parser.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this sweep")
     parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
+    parser.add_argument("--plan", "--dry-run", dest="plan", action="store_true", help="print trials, time and cost; run nothing")
     args = parser.parse_intermixed_args(argv)
     from cluster.config import job_source, read_yaml
 
@@ -418,6 +425,8 @@ def main(argv: list[str]) -> int:
 
         return persona_main(argv)
     cfg = job_config(args, SweepConfig)
+    if args.plan:
+        return print_plan(cfg)
     code, _ = run_sweep(cfg, config_path=args.config, resume=args.resume, restart_errored=args.restart_errored)
     return code
 

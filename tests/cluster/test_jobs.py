@@ -55,6 +55,35 @@ def test_job_fail_marks_failed_without_raising(tmp_path):
     assert rec["status"] == "failed" and "2 of 3" in rec["message"]
 
 
+def test_the_ledger_and_plan_are_written_beside_the_manifest(tmp_path):
+    store = open_store(str(tmp_path))
+    with run_job("unit", None, store) as job:
+        job.plan = {"kind": "unit", "units": []}
+        job.ledger.add(unit="a", node_type="cpu", accelerator=None, gpus=0, cpus=1, phases={"generate": 1.5},
+                       outcome="kept")
+    (run,) = store.runs("jobs", "unit")
+    assert sorted(run.marker["files"]) == ["ledger.jsonl", "manifest.json", "plan.json"]
+    (row,) = [line for line in store.get_bytes(f"{run.prefix}/ledger.jsonl").decode().splitlines()]
+    assert f'"job_id": "{job.job_id}"' in row and '"market": "on_demand"' in row
+    assert store.get_json(f"{run.prefix}/plan.json") == {"kind": "unit", "units": []}
+    with run_job("bare", None, store):  # nothing recorded: no empty files
+        pass
+    (bare,) = store.runs("jobs", "bare")
+    assert bare.marker["files"] == ["manifest.json"]
+
+
+def test_a_bad_price_table_stops_the_job_before_its_record(tmp_path):
+    from cluster.config import ConfigError, JobConfig
+
+    store = open_store(str(tmp_path / "store"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: prices\ncpu: {on_demand: -1, spot: 0}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: cpu.on_demand: -1"):
+        with run_job("unit", JobConfig(kind="x", cost={"prices": str(bad)}), store):
+            pass
+    assert records(store) == []
+
+
 @pytest.fixture
 def store(tmp_path):
     """A store for the job-record tests (a run_job test makes its own)."""

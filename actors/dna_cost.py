@@ -1,0 +1,204 @@
+"""The DNA job's cost: a plan priced before launch, and a ledger row per attempt while it runs.
+
+    cost_plan = plan_cost(cfg, plan, registry, store, probes=40)   # units, expected seconds, basis
+    print(plan_table_markdown(cost_plan, table))                    # per node type: seconds, $ on-demand / spot
+    meter = DnaMeter(job.ledger); meter.submitted(mid); meter.attempt(slot, mid, raw, final, attempt)
+
+Plan: each model's expected seconds come from its latest fingerprint in the store (`timings.json`:
+load, generate scaled to this job's probe count, embed) when there is one, else from the stated
+assumptions below; a host's start from the last DNA ledger in the store that measured one, else
+an assumption. A host runs its models one after another, so a host's wall time is its start plus
+its models', and the job's expected wall time is its slowest host's. A measured time holds for the
+node type it was measured on: the plan prices the planner's placement, not other GPU types.
+
+Ledger: the scheduler measures each attempt's wall time (submit to result, a fresh host's start
+included); the host's own timings split it into phases: start (the host's imports, CUDA, encoder),
+load (load + unload), generate (sanity gate + generation), evaluate (validation + embedding), idle
+(the rest: scheduling, store writes). A host's start is shared evenly by the attempts it ran once
+the job is done (`DnaMeter.finish`): the amortization the seed's lesson 6 is about, and a first
+model that fails is not charged the whole start that its successors used. An attempt whose host
+died or was killed has only its wall time, booked under the phase it was last seen in.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from cluster.ledger import Ledger, node_type_facts
+
+log = logging.getLogger(__name__)
+
+# Stated assumptions where the store has no measurement (the plan prints them).
+ASSUMED_START_S = {"gpu": 60.0, "cpu": 20.0}  # imports, CUDA init, encoder load
+ASSUMED_LOAD_S = {"gpu": (10.0, 2.0), "cpu": (2.0, 30.0)}  # fixed s + s per billion parameters
+ASSUMED_TOKENS_PER_S = {"gpu": 25.0, "cpu": 40.0}  # per sequence of a batch; CPU: the toy zoo's size
+ASSUMED_EMBED_S_PER_PROMPT = 0.05
+PHASE_OF = {"starting": "start", "loading": "load", "unloading": "load", "gate": "generate",
+            "generating": "generate", "validating": "evaluate", "embedding": "evaluate", "idle": "idle"}
+
+
+def _device(node_kind: str) -> str:
+    return "gpu" if node_type_facts(node_kind)[0] else "cpu"
+
+
+def _measured_model(store, mid: str, probes: int) -> dict | None:
+    """Phases of the model's latest fingerprint (generation scaled to `probes`), or None."""
+    try:
+        art = store.latest("dna", mid, prefer=("timings.json",))
+        t = store.get_json(art.key) if art is not None and art.name == "timings.json" else None
+    except Exception as exc:  # noqa: BLE001 - a plan must not fail on an odd old run
+        log.debug("no measured timings for %s: %s", mid, exc)
+        return None
+    if not t:
+        return None
+    scale = probes / max(int(t.get("prompts") or probes), 1)
+    return {"load": float(t.get("load_s", 0)) + float(t.get("unload_s", 0)),
+            "generate": float(t.get("gate_s", 0)) + float(t.get("generate_s", 0)) * scale,
+            "evaluate": float(t.get("embed_s", 0)) * scale, "run": art.run.name}
+
+
+def _measured_start(store) -> float | None:
+    """The mean host start of the newest DNA job ledger in the store that has one."""
+    from cluster.cost import read_jobs
+
+    try:
+        jobs = read_jobs(store, ["dna"])
+    except Exception as exc:  # noqa: BLE001
+        log.debug("no DNA ledgers: %s", exc)
+        return None
+    for job in reversed(jobs):
+        starts = [e.phases["start"] for e in job.entries if e.phases.get("start")]
+        if starts:
+            return sum(starts) / len(starts)
+    return None
+
+
+def plan_cost(cfg, plan, registry, store, probes: int) -> dict:
+    """The job's plan as ledger-shaped units (outcome "planned"): per model its node type,
+    resources and expected phases; `basis` says per model where its figures come from."""
+    gen = cfg.generation
+    start_measured = _measured_start(store)
+    units, basis, walls, assumed = [], {}, [], set()
+    for host in plan.hosts:
+        device = _device(host.node_kind)
+        accel, _ = node_type_facts(host.node_kind)
+        start = start_measured if start_measured is not None else ASSUMED_START_S[device]
+        if start_measured is None:
+            assumed.add(f"host start {ASSUMED_START_S[device]:.0f} s on {device} (imports, CUDA, encoder)")
+        wall = 0.0
+        for mid in host.models:
+            measured = _measured_model(store, mid, probes)
+            if measured is not None:
+                phases = {k: measured[k] for k in ("load", "generate", "evaluate")}
+                basis[mid] = f"measured (run {measured['run']})"
+            else:
+                fixed, per_b = ASSUMED_LOAD_S[device]
+                params_b = registry.get(mid).params_b
+                batches = math.ceil(probes / gen.batch_size)
+                phases = {"load": fixed + per_b * params_b,
+                          "generate": batches * gen.max_new_tokens / ASSUMED_TOKENS_PER_S[device],
+                          "evaluate": probes * ASSUMED_EMBED_S_PER_PROMPT}
+                basis[mid] = "assumed"
+                assumed.add(f"load {fixed:.0f} s + {per_b:.0f} s per billion parameters on {device}")
+                assumed.add(f"{ASSUMED_TOKENS_PER_S[device]:.0f} new tokens/s per sequence on {device}, "
+                            f"batches of {gen.batch_size}, {gen.max_new_tokens} new tokens each")
+                assumed.add(f"embedding {ASSUMED_EMBED_S_PER_PROMPT} s per probe")
+            phases["start"] = start / len(host.models)  # shared by the host's models, as in the ledger
+            wall += sum(phases.values())
+            units.append({"job_id": "", "kind": "dna", "unit": mid, "node_type": host.node_kind, "accelerator": accel,
+                          "gpus": host.num_gpus, "cpus": host.num_cpus, "market": "", "phases": phases,
+                          "outcome": "planned", "where": host.host_id})
+        walls.append(wall)
+    if start_measured is not None:
+        basis["(host start)"] = f"measured {start_measured:.1f} s (a previous DNA job's ledger)"
+    return {"kind": "dna", "units": units, "basis": basis, "wall_s": round(max(walls, default=0.0), 1),
+            "hosts": len(plan.hosts), "probes": probes, "assumptions": sorted(assumed),
+            "rejected": dict(plan.rejected)}
+
+
+def plan_table_markdown(cost_plan: dict, table) -> str:
+    """Per node type of the placement: hosts, models, expected seconds and GPU-hours, cost on
+    demand and on spot; then the job's expected wall time and the assumptions."""
+    from cluster.cost import entry_usd, money, plan_entries
+
+    by_type: dict[str, list] = {}
+    for e in plan_entries(cost_plan):
+        by_type.setdefault(e.node_type, []).append(e)
+    lines = ["| node type | hosts | models | work s | GPU-h | on demand | spot |", "|---|---|---|---|---|---|---|"]
+    total = {"on_demand": 0.0, "spot": 0.0}
+    for node_type, rows in by_type.items():
+        usd = {m: sum(entry_usd(e, table, m) for e in rows) for m in total}
+        total = {m: total[m] + usd[m] for m in total}
+        lines.append(f"| {node_type} | {len({e.where for e in rows})} | {len(rows)} | {sum(e.seconds for e in rows):.1f} | "
+                     f"{sum(e.gpus * e.seconds for e in rows) / 3600:.4f} | {money(usd['on_demand'])} | {money(usd['spot'])} |")
+    lines.append(f"| total | {cost_plan.get('hosts', 0)} | {sum(len(r) for r in by_type.values())} | "
+                 f"{sum(e.seconds for r in by_type.values() for e in r):.1f} | | {money(total['on_demand'])} | "
+                 f"{money(total['spot'])} |")
+    lines += ["", f"Expected wall time {cost_plan.get('wall_s', 0):.0f} s (the slowest host). Prices: {table.source}."]
+    measured = [f"{u}: {b}" for u, b in (cost_plan.get("basis") or {}).items() if b != "assumed"]
+    if measured:
+        lines.append("Measured: " + "; ".join(measured) + ".")
+    for note in cost_plan.get("assumptions") or []:
+        lines.append(f"- assumed: {note}")
+    return "\n".join(lines)
+
+
+def cost_section(job, prices, wall_s: float) -> list[str]:
+    """The report's last section: the plan beside the ledger, then the job's cost line (last)."""
+    from cluster.cost import JobCost
+    from cluster.cost_report import report_section
+
+    this = JobCost(job.job_id, "dna", "running", "", round(wall_s, 1), job.ledger.entries, job.plan)
+    return report_section(this, prices, "Plan beside what ran (work seconds and cost per model; `yard cost` "
+                                        "has the rest):")
+
+
+class DnaMeter:
+    """Writes one ledger row per attempt the scheduler records (nothing without a ledger)."""
+
+    def __init__(self, ledger: Ledger | None):
+        self.ledger = ledger
+        self.started: dict[str, float] = {}
+
+    def finish(self) -> None:
+        """Share each host's start evenly among the attempts it ran (their total is unchanged)."""
+        if self.ledger is None:
+            return
+        hosts: dict[str, list] = {}
+        for e in self.ledger.entries:
+            hosts.setdefault(e.where, []).append(e)
+        for entries in hosts.values():
+            start = sum(e.phases.get("start", 0.0) for e in entries)
+            if start > 0:
+                for e in entries:
+                    e.phases["start"] = round(start / len(entries), 4)
+
+    def submitted(self, mid: str) -> None:
+        self.started[mid] = time.time()
+
+    def attempt(self, slot, mid: str, raw: dict, final: dict | None, attempt: int) -> None:
+        """`raw`: the attempt's own outcome; `final`: the model's outcome when this attempt ended
+        it, None when the model goes back to the queue."""
+        if self.ledger is None:
+            return
+        wall = time.time() - self.started.pop(mid, time.time())
+        timings = raw.get("timings") or {}
+        if timings:
+            phases = {"start": float(raw.get("host_start_s") or 0.0),
+                      "load": timings.get("load_s", 0.0) + timings.get("unload_s", 0.0),
+                      "generate": timings.get("gate_s", 0.0) + timings.get("generate_s", 0.0),
+                      "evaluate": timings.get("embed_s", 0.0)}
+            phases["idle"] = max(wall - sum(phases.values()), 0.0)
+        else:  # the host died or was killed: only the wall time is known
+            phases = {PHASE_OF.get(raw.get("phase") or "", "generate"): wall}
+        if raw.get("stalled"):
+            outcome = "stalled"
+        elif final is None:
+            outcome = "retried"
+        else:
+            outcome = {"ok": "kept", "skipped": "skipped"}.get(final["status"], "failed")
+        accel, _ = node_type_facts(slot.plan.node_kind)
+        self.ledger.add(unit=mid, node_type=slot.plan.node_kind, accelerator=accel, gpus=slot.plan.num_gpus,
+                        cpus=slot.plan.num_cpus, phases=phases, outcome=outcome, attempt=attempt,
+                        where=slot.host_id or slot.plan.host_id, reason=str((final or raw).get("reason") or ""))

@@ -1,0 +1,47 @@
+"""The persona job's ledger and plan in `yard cost`'s terms: one row per stage (sft, dpo, merge).
+
+    job.plan = cost_plan(plan, cfg)                     # the projection at the chosen GPU type
+    line = record_stages(job, cfg, actual_s, prices, kept=True)   # the report's last line
+
+The persona plan (tune/persona/plan.py) projects each stage's seconds per GPU type with its own
+step-time table; here the chosen type's seconds become planned units on the resources each stage
+asks for, so `yard cost` prices plan and actual at one rate and the difference is time. A stage
+holds its task's GPUs (`resources.<stage>`) at their accelerator type (the configured one, else
+the cluster's); its Ray task's wall time, model load included, is booked as "train". A run whose
+probe failed is not kept (its store run is completed "failed"), so its stages are waste.
+"""
+from __future__ import annotations
+
+from cluster.ledger import cluster_accelerator
+
+PARTS = ("sft", "dpo", "merge")
+
+
+def _resources(cfg, stage: str) -> dict:
+    res = getattr(cfg.resources, stage)
+    accel = (res.accelerator_type or cluster_accelerator()) if res.num_gpus else None
+    node = f"1x{accel}" if accel else ("gpu" if res.num_gpus else "cpu")
+    return {"node_type": node, "accelerator": accel, "gpus": res.num_gpus, "cpus": res.num_cpus}
+
+
+def cost_plan(plan, cfg) -> dict:
+    """Planned units (outcome "planned") from the projection at the plan's chosen GPU type."""
+    proj = plan.projection(plan.gpu_type)
+    units = [{"job_id": "", "kind": "persona", "unit": part, "market": "", "where": "", "phases": {"train": seconds},
+              **_resources(cfg, part)} for part, seconds in proj.seconds.items() if part in PARTS]
+    basis = {u["unit"]: f"projected for {plan.gpu_type} (persona plan table)" for u in units}
+    return {"kind": "persona", "units": units, "basis": basis, "wall_s": round(proj.total_s, 1),
+            "assumptions": [f"step times of `plan.sec_per_step` for {plan.gpu_type}; actual seconds are this "
+                            f"run's hardware"]}
+
+
+def record_stages(job, cfg, actual_s: dict[str, float], prices, *, kept: bool) -> str:
+    """A ledger row per stage that ran; returns the job's cost line (or why it is not priced)."""
+    from cluster.cost import JobCost
+    from cluster.cost_report import report_section
+
+    for part in PARTS:
+        if part in actual_s:
+            job.ledger.add(unit=part, phases={"train": actual_s[part]}, outcome="kept" if kept else "failed",
+                           where=part, **_resources(cfg, part))
+    return report_section(JobCost(job.job_id, "persona", "running", "", None, job.ledger.entries, None), prices)[-1]
