@@ -31,8 +31,8 @@ def physical_gpu_ids(visible_indices, cuda_visible_devices: str | None = None) -
 
 
 def gpu_facts() -> tuple[list[int | str], list[float]]:
-    """(GPU ids, reserved GiB per GPU) for this process, cheaply: torch is consulted only when
-    already imported, Ray only when initialized. Without torch, the ids Ray assigned or the ids
+    """(GPU ids, GiB this process reserved on each) cheaply: torch is consulted only when already
+    imported, Ray only when initialized. In a Ray task the ids are every GPU Ray assigned to it. Without torch, the ids Ray assigned or the ids
     CUDA_VISIBLE_DEVICES names are reported, with no memory figures."""
     ids: list[int | str] = []
     ray = sys.modules.get("ray")
@@ -45,10 +45,13 @@ def gpu_facts() -> tuple[list[int | str], list[float]]:
     if torch is not None and torch.cuda.is_available():
         count = torch.cuda.device_count()
         reserved = [torch.cuda.memory_reserved(i) for i in range(count)]
+        if ids and len(ids) == count:
+            # Ray gave this task exactly these GPUs: all are its own, also those only its child
+            # processes use (vLLM's tensor-parallel workers; measured on 2 x H200, issue 15)
+            return ids, [round(r / 2**30, 2) for r in reserved]
         # the devices this process holds memory on; else the current one
         used = [i for i in range(count) if reserved[i] > 0] or [torch.cuda.current_device()]
-        mapped = [ids[i] for i in used] if len(ids) == count else physical_gpu_ids(used)
-        return mapped, [round(reserved[i] / 2**30, 2) for i in used]
+        return physical_gpu_ids(used), [round(reserved[i] / 2**30, 2) for i in used]
     if not ids:
         env = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
         if env and env != "-1":

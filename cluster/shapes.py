@@ -14,7 +14,7 @@ with unreachable entries up to the architecture's size, so every id the model ca
     yard zoo shape qwen3-8b --out /nvme/shapes --device cuda
 
     >>> sorted(SHAPES)
-    ['exaone-4.0-1.2b', 'llama-3.1-8b', 'qwen3-8b']
+    ['exaone-4.0-1.2b', 'llama-3.1-8b', 'qwen3-1.7b', 'qwen3-4b', 'qwen3-8b']
 """
 from __future__ import annotations
 
@@ -52,6 +52,14 @@ SHAPES: dict[str, Shape] = {
         rope_parameters=_rope(1_000_000.0, rope_type="llama3", factor=16.0, low_freq_factor=1.0, high_freq_factor=4.0,
                               original_max_position_embeddings=8192),
         sliding_window=None, layer_types=["full_attention"] * 30), "LGAI-EXAONE/EXAONE-4.0-1.2B"),
+    "qwen3-1.7b": Shape("qwen3", "Qwen3Config", "Qwen3ForCausalLM", dict(
+        vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, rope_parameters=_rope(1_000_000.0)), "Qwen/Qwen3-1.7B"),
+    "qwen3-4b": Shape("qwen3", "Qwen3Config", "Qwen3ForCausalLM", dict(
+        vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, rope_parameters=_rope(1_000_000.0)), "Qwen/Qwen3-4B"),
     "qwen3-8b": Shape("qwen3", "Qwen3Config", "Qwen3ForCausalLM", dict(
         vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
         num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
@@ -107,9 +115,10 @@ def padded_tokenizer(vocab_size: int):
     return padded
 
 
-def build_shape(name: str, out_dir: str | Path, *, seed: int = 0, device: str = "auto", model_id: str | None = None) -> ModelSpec:
+def build_shape(name: str, out_dir: str | Path, *, seed: int = 0, device: str = "auto", model_id: str | None = None,
+                num_gpus: int = 1) -> ModelSpec:
     """Write `<out_dir>/<model_id>/` (config, bf16 random weights, tokenizer) and register it in
-    `<out_dir>/models.yaml` (other entries kept). Returns the registry entry."""
+    `<out_dir>/models.yaml` (other entries kept), needing `num_gpus` GPUs. Returns the registry entry."""
     import torch
     import transformers
 
@@ -140,7 +149,7 @@ def build_shape(name: str, out_dir: str | Path, *, seed: int = 0, device: str = 
         shutil.rmtree(target)
     tmp.rename(target)
     spec = ModelSpec(source=f"./{model_id}", family=shape.family, params_b=float(f"{params / 1e9:.4g}"), dtype="bf16",
-                     load_in="bf16", derivation="base", lineage_family=model_id,
+                     load_in="bf16", derivation="base", lineage_family=model_id, num_gpus=num_gpus,
                      notes=f"random weights in the shape of {shape.reference} (seed {seed}): speed work only")
     _register(out, model_id, spec)
     log.info("shape %s: %s parameters written to %s in %.1fs", name, f"{params:,}", target, time.perf_counter() - started)

@@ -70,7 +70,8 @@ def _list(args: argparse.Namespace, console: Console) -> int:
 def _shape(args: argparse.Namespace, console: Console) -> int:
     from cluster.shapes import build_shape
 
-    spec = build_shape(args.name, args.out, seed=args.seed, device=args.device, model_id=args.id)
+    spec = build_shape(args.name, args.out, seed=args.seed, device=args.device, model_id=args.id,
+                       num_gpus=args.num_gpus)
     console.print(f"{args.id or args.name + '-shape'}: {spec.params_b} B parameters, random weights "
                   f"(speed work only); registry: {args.out}/models.yaml")
     return 0
@@ -85,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     listing = sub.add_parser("list", help="table of the zoo's registered models")
     listing.add_argument("--zoo-dir", default=None, help="zoo directory (default: the demo config's zoo_dir)")
     shape = sub.add_parser("shape", help="a random-weight model of a real architecture's shape (speed work)")
-    shape.add_argument("name", help="exaone-4.0-1.2b, qwen3-8b or llama-3.1-8b")
+    shape.add_argument("name", help="exaone-4.0-1.2b, qwen3-1.7b, qwen3-4b, qwen3-8b or llama-3.1-8b")
     shape.add_argument("--out", default=".yard/shapes", help="folder; its models.yaml registers the model")
     shape.add_argument("--id", default=None, help="model id (default NAME-shape)")
     shape.add_argument("--seed", type=int, default=0)
     shape.add_argument("--device", default="auto", help="where the weights are initialised (auto, cpu, cuda)")
+    shape.add_argument("--num-gpus", type=int, default=1,
+                       help="GPUs the registry entry asks for (2: device_map='auto' on HF, tensor parallel on vLLM)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     _setup_logging()

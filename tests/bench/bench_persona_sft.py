@@ -3,6 +3,10 @@
     .venv/bin/python tests/bench/bench_persona_sft.py                      # zoo qwen3-b, CPU or GPU
     .venv/bin/python tests/bench/bench_persona_sft.py --model-path /models/Qwen3-8B --backend peft
     .venv/bin/python tests/bench/bench_persona_sft.py --model-path /models/Qwen3-8B --backend unsloth
+    .venv/bin/python tests/bench/bench_persona_sft.py --model-path /models/Qwen3-8B --backend peft --no-qlora
+
+`--no-qlora` trains the adapter over 16-bit base weights instead of 4-bit NF4 (the seed's QLoRA).
+Run one backend per process: importing unsloth patches transformers and trl for the whole process.
 
 Synthetic persona conversations of about `--tokens-per-row` tokens each (the seed's data has p50
 ~100, p99 ~250) train for `--steps` optimizer steps with the seed's LoRA and batch settings unless
@@ -44,6 +48,8 @@ def main() -> None:
     parser.add_argument("--r", type=int, default=64)
     parser.add_argument("--tokens-per-row", type=int, default=128, help="approximate assistant words per row")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-qlora", action="store_true", help="16-bit base weights instead of 4-bit NF4")
+    parser.add_argument("--json", default=None, help="append the result row to this JSON-lines file")
     args = parser.parse_args()
 
     import torch
@@ -65,7 +71,7 @@ def main() -> None:
     rows = synthetic_rows(batch * args.grad_accum * args.steps, args.tokens_per_row)
     cfg = SftSettings(batch_size=batch, grad_accum=args.grad_accum, max_steps=args.steps, max_length=1024,
                       logging_steps=1)
-    lora = LoraSettings(r=args.r, alpha=2 * args.r)
+    lora = LoraSettings(r=args.r, alpha=2 * args.r, qlora=not args.no_qlora)
 
     class StepClock(TrainerCallback):
         def __init__(self):
@@ -84,12 +90,24 @@ def main() -> None:
         result = _run(trainer, "sft", Path(tmp), backend, False, None)
     steady = (clock.ends[-1] - clock.ends[0]) / (len(clock.ends) - 1) if len(clock.ends) > 1 else result.seconds
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"model {model_path}  backend {backend}  device {device}")
-    print(f"batch {batch} x accum {args.grad_accum}, r {args.r}, {args.steps} steps, load {load_s:.1f} s")
-    print(f"{'tokens':>10}{'seconds':>10}{'tokens/s':>12}{'s/step':>10}{'s/step (steady)':>18}")
+    weights = "4-bit NF4" if lora.qlora and cuda else ("bf16" if cuda else "fp32")
+    print(f"model {model_path}  backend {backend}  base weights {weights}  device {device}")
+    print(f"batch {batch} x accum {args.grad_accum}, r {args.r}, {args.steps} steps, load {load_s:.1f} s, "
+          f"optimizer {result.optim}, checkpointing {result.gradient_checkpointing}")
+    peak = f"{result.peak_gpu_mem_gib:.1f}" if result.peak_gpu_mem_gib is not None else "-"
+    print(f"{'tokens':>10}{'seconds':>10}{'tokens/s':>12}{'s/step':>10}{'s/step (steady)':>18}{'peak GiB':>10}")
     print(f"{result.tokens:>10}{result.seconds:>10.2f}{result.tokens_per_s:>12.0f}"
-          f"{result.seconds / max(result.steps, 1):>10.3f}{steady:>18.3f}")
+          f"{result.seconds / max(result.steps, 1):>10.3f}{steady:>18.3f}{peak:>10}")
+    if args.json:
+        import json
 
+        row = dict(model=model_path, backend=backend, weights=weights, device=device, batch=batch,
+                   grad_accum=args.grad_accum, r=args.r, steps=result.steps, load_s=load_s, tokens=result.tokens,
+                   seconds=result.seconds, tokens_per_s=result.tokens_per_s, sec_per_step_steady=steady,
+                   peak_gpu_mem_gib=result.peak_gpu_mem_gib, optim=result.optim,
+                   gradient_checkpointing=result.gradient_checkpointing)
+        with open(args.json, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 if __name__ == "__main__":
     main()

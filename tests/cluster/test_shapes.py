@@ -14,6 +14,8 @@ def test_shapes_have_their_published_parameter_counts():
     # EXAONE-4.0-1.2B (tied embeddings), Qwen3-8B, Llama-3.1-8B: counts from their model cards
     assert shape_params("exaone-4.0-1.2b") == pytest.approx(1.279e9, rel=0.002)
     assert shape_params("qwen3-8b") == pytest.approx(8.19e9, rel=0.002)
+    assert shape_params("qwen3-4b") == pytest.approx(4.02e9, rel=0.002)
+    assert shape_params("qwen3-1.7b") == pytest.approx(1.72e9, rel=0.002)
     assert shape_params("llama-3.1-8b") == pytest.approx(8.03e9, rel=0.002)
     with pytest.raises(ConfigError, match="unknown"):
         shape_params("gpt-9")
@@ -41,9 +43,10 @@ def test_a_shape_is_built_registered_and_loaded_like_any_model(tmp_path, monkeyp
         num_key_value_heads=2, head_dim=16, max_position_embeddings=512, tie_word_embeddings=False), "test")
     monkeypatch.setitem(shapes.SHAPES, "tiny-qwen3", tiny)
     spec = shapes.build_shape("tiny-qwen3", tmp_path, seed=1)
-    spec2 = shapes.build_shape("tiny-qwen3", tmp_path, seed=2, model_id="other")
+    spec2 = shapes.build_shape("tiny-qwen3", tmp_path, seed=2, model_id="other", num_gpus=2)
     reg = ModelRegistry.load([tmp_path / "models.yaml"])
     assert reg.ids() == ["other", "tiny-qwen3-shape"]
+    assert (reg.get("other").num_gpus, reg.get("tiny-qwen3-shape").num_gpus) == (2, 1)
     assert spec.family == "qwen3" and spec.params_b == spec2.params_b and "random weights" in spec.notes
     model, tok, plan = load_model("tiny-qwen3-shape", reg)
     assert model.config.vocab_size == len(tok) == 5000

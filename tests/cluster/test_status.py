@@ -68,7 +68,7 @@ def test_healthy_finished_and_failed_jobs(store):
 
 
 def test_job_without_tasks_stalls_on_its_own_heartbeat(store):
-    job_id = start_job(store, "driver", stall_after_s=10, now=100.0)
+    start_job(store, "driver", stall_after_s=10, now=100.0)
     job = _one(status.collect(store, now=105.0), "driver")
     assert job.status == "RUNNING" and status.rows(job)[0][1] == "(job)"
     assert _one(status.collect(store, now=111.0), "driver").status == "STALLED"

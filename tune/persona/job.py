@@ -32,7 +32,7 @@ from cluster.registry import ModelRegistry
 from cluster.storage import ArtifactStore, new_run_name, open_store
 from cluster.zoo import zoo_dir_of
 from tune.persona.config import PersonaConfig, StageResources
-from tune.persona.plan import Plan, make_plan, plan_markdown
+from tune.persona.plan import Plan, make_plan, measured_step_times, plan_markdown
 from tune.persona.probe import probe_served
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ def run_merge(*, registry_paths: list[str], base: str, adapter_key: str, dtype: 
               store_uri: str, endpoint_url: str | None, prefix: str) -> dict:
     """Merge the final adapter into the base (`model/`) and export GGUF quants (`gguf/`) where
     llama.cpp is found. Returns {"files", "gguf": [{quant, file, message}], "wall_s"}."""
-    from tune.persona.train import export_gguf, merge_adapter
+    from tune.persona.gguf import export_gguf
+    from tune.persona.merge import merge_adapter
 
     t0 = time.time()
     store = open_store(store_uri, endpoint_url)
@@ -216,7 +217,9 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
     for bad input. `stage_fn`: the training stage task (default `run_stage`; tests pass one that hangs)."""
     import ray
 
+    from cluster.prices import job_prices
     from cluster.runtime import connect
+    from tune.persona.cost import cost_plan, record_stages
     from tune.persona.data import write_prep_report
     from tune.persona.report import write_report
 
@@ -229,8 +232,9 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
         t0 = time.time()
         prep, _ = prepare_data(cfg, registry_paths)
         prep_s = time.time() - t0
-        plan = make_plan(cfg, len(prep.sft), len(prep.dpo))
+        prices = job_prices(cfg)
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
+    plan = make_plan(cfg, len(prep.sft), len(prep.dpo), measured_step_times(store, cfg))
     connect(cfg.ray)
     check_resources(cfg)
     run = new_run_name()
@@ -238,9 +242,11 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
     writer = store.new_run(PERSONA_KIND, cfg.name, name=run)
     common = dict(registry_paths=registry_paths, base=cfg.base, store_uri=store.uri, endpoint_url=cfg.storage.endpoint_url,
                   prefix=prefix)
-    summary: dict = {"name": cfg.name, "base": cfg.base, "run": run, "prefix": prefix, "plan": plan.to_dict()}
+    summary: dict = {"name": cfg.name, "base": cfg.base, "run": run, "prefix": prefix, "plan": plan.to_dict(),
+                     "lora": cfg.lora.model_dump()}
     with run_job("persona", cfg, store, config_path=config_path, stall_after_s=cfg.stall_after_s) as job:
         reporter = job.reporter("main", total=5)
+        job.plan = cost_plan(plan, cfg)  # `yard cost` shows it beside the ledger
         reporter.phase("prep", item=cfg.base)
         with tempfile.TemporaryDirectory(prefix="yard-persona-") as tmp:
             for path in write_prep_report(prep, Path(tmp)).values():
@@ -297,6 +303,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
             summary["probe"] = None
         reporter.advance(item="probe")
         failed = summary["probe"] is not None and summary["probe"]["status"] != "ok"
+        summary["cost"] = record_stages(job, cfg, actual_s, prices, kept=not failed)
         with tempfile.TemporaryDirectory(prefix="yard-persona-report-") as tmp:
             files = write_report(cfg, summary, plan, stages, Path(tmp))
             for path in files.values():
@@ -344,7 +351,8 @@ def main(argv: list[str]) -> int:
     cfg = job_config(args, PersonaConfig)
     if args.plan:
         prep, _ = prepare_data(cfg, resolve_registry(cfg))
-        print_plan(cfg, prep, make_plan(cfg, len(prep.sft), len(prep.dpo)))
+        measured = measured_step_times(open_store(cfg.storage.uri, cfg.storage.endpoint_url), cfg)
+        print_plan(cfg, prep, make_plan(cfg, len(prep.sft), len(prep.dpo), measured))
         return 0
     code, summary = run_persona(cfg, config_path=args.config)
     probe = summary.get("probe")

@@ -10,7 +10,9 @@ trainer rounds per epoch, so its count can differ by one per epoch; the report s
 the trainer really ran beside the projection.
 
 A step's time is the price table's `sec_per_step` for the recipe's batch shape (SFT 16 x 2 x 1024
-tokens, DPO 4 x 2 x 1024), scaled linearly in tokens per optimizer step for other shapes.
+tokens, DPO 4 x 2 x 1024), scaled linearly in tokens per optimizer step for other shapes. Where the
+store holds a finished run of the same base and LoRA on a GPU of a priced type, that run's measured
+step time replaces the table's for that type (`measured_step_times`), and the plan says so.
 """
 from __future__ import annotations
 
@@ -69,10 +71,21 @@ class Projection:
 
 
 @dataclass
+class Measured:
+    """A stage's step time measured in an earlier run, at the seed's batch shape."""
+
+    sec_per_step: float
+    run: str      # the run's store prefix
+    device: str   # the CUDA device it ran on
+    backend: str
+
+
+@dataclass
 class Plan:
     stages: list[StagePlan]
     projections: list[Projection]
     gpu_type: str  # the type the run's actual cost is priced at
+    measured: dict[str, dict[str, Measured]] = field(default_factory=dict)  # GPU type -> stage -> measurement
 
     def stage(self, name: str) -> StagePlan | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -82,12 +95,50 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {"gpu_type": self.gpu_type, "stages": [asdict(s) for s in self.stages],
+                "measured": {gpu: {st: asdict(m) for st, m in by.items()} for gpu, by in self.measured.items()},
                 "projections": [{**asdict(p), "total_s": round(p.total_s, 1), "cost_usd": round(p.cost_usd, 2)}
                                 for p in self.projections]}
 
 
-def make_plan(cfg: PersonaConfig, sft_examples: int, dpo_pairs: int) -> Plan:
-    """Steps per stage from the dataset size after prep, and each priced GPU type's projection."""
+def gpu_type_of(device: str, gpu_types) -> str | None:
+    """The priced GPU type a CUDA device name is: every word of the type in the name ("NVIDIA H100
+    PCIe" is "H100 PCIe"), else the one type whose first word is in it ("NVIDIA H200" is "H200 SXM5")."""
+    words = device.upper().split()
+    full = [t for t in gpu_types if all(w in words for w in t.upper().split())]
+    first = [t for t in gpu_types if t.upper().split()[0] in words]
+    return full[0] if len(full) == 1 else first[0] if len(first) == 1 else None
+
+
+def measured_step_times(store, cfg: PersonaConfig) -> dict[str, dict[str, Measured]]:
+    """{GPU type: {stage: Measured}} from the newest finished persona runs in `store` with the same
+    base, LoRA rank and QLoRA setting as `cfg`, on a GPU of a type `cfg.plan` prices. Step times are
+    brought to the seed's batch shape with the run's own scale, as the price table's are."""
+    found: dict[str, dict[str, tuple[str, Measured]]] = {}
+    for name in store.model_ids("persona"):
+        for run in store.runs("persona", name):
+            if not run.ok or not store.exists(f"{run.prefix}/summary.json"):
+                continue
+            summary = store.get_json(f"{run.prefix}/summary.json")
+            lora = summary.get("lora") or {}
+            if (summary.get("base") != cfg.base or lora.get("r") != cfg.lora.r
+                    or lora.get("qlora", True) != cfg.lora.qlora):
+                continue
+            scales = {s["stage"]: s["step_scale"] for s in summary.get("plan", {}).get("stages", [])}
+            for st in summary.get("stages") or []:
+                gpu = gpu_type_of(st.get("device") or "cpu", cfg.plan.prices)
+                if gpu is None or not st.get("steps") or not scales.get(st["stage"]):
+                    continue
+                m = Measured(st["seconds"] / st["steps"] / scales[st["stage"]], run.prefix, st["device"],
+                             st.get("backend", ""))
+                if run.name >= found.get(gpu, {}).get(st["stage"], ("",))[0]:
+                    found.setdefault(gpu, {})[st["stage"]] = (run.name, m)
+    return {gpu: {stage: m for stage, (_, m) in by.items()} for gpu, by in found.items()}
+
+
+def make_plan(cfg: PersonaConfig, sft_examples: int, dpo_pairs: int,
+              measured: dict[str, dict[str, Measured]] | None = None) -> Plan:
+    """Steps per stage from the dataset size after prep, and each priced GPU type's projection;
+    `measured` step times (`measured_step_times`) replace the price table's where given."""
     stages = []
     settings = {"sft": cfg.sft, "dpo": cfg.dpo}
     counts = {"sft": sft_examples, "dpo": dpo_pairs}
@@ -108,13 +159,15 @@ def make_plan(cfg: PersonaConfig, sft_examples: int, dpo_pairs: int) -> Plan:
                 continue
             # the first stage loads (and downloads) the base; later stages find it cached on the node
             load = table.load_s if i == 0 else table.reload_s
-            seconds[st.stage] = st.steps * table.sec_per_step[gpu][st.stage] * st.step_scale + load
+            got = (measured or {}).get(gpu, {}).get(st.stage)
+            per_step = got.sec_per_step if got else table.sec_per_step[gpu][st.stage]
+            seconds[st.stage] = st.steps * per_step * st.step_scale + load
         merge = table.merge_s
         if cfg.gguf.enabled:
             merge += table.gguf_setup_s + table.gguf_s * len(cfg.gguf.quants)
         seconds["merge"] = merge
         projections.append(Projection(gpu, price, seconds))
-    return Plan(stages, projections, table.gpu_type)
+    return Plan(stages, projections, table.gpu_type, dict(measured or {}))
 
 
 def _minutes(seconds: float | None) -> str:
@@ -136,6 +189,11 @@ def plan_markdown(plan: Plan) -> str:
         cells = " | ".join(_minutes(p.seconds.get(k)) for k in parts)
         lines.append(f"| {p.gpu_type}{mark} | {p.usd_per_hour:.2f} | {cells} | {_minutes(p.total_s)} | "
                      f"${p.cost_usd:.2f} |")
+    for gpu, by in plan.measured.items():
+        for stage, m in by.items():
+            lines.append(f"\n{gpu} {stage}: {m.sec_per_step:.2f} s per step at the seed's batch shape, measured in "
+                         f"`{m.run}` ({m.device}, {m.backend})")
+    lines.append("\nOther step times: the config's `plan.sec_per_step` (default: seed 001's 9B QLoRA figures).")
     return "\n".join(lines)
 
 

@@ -79,13 +79,16 @@ def write_report(cfg: PersonaConfig, summary: dict, plan: Plan, stages: list[dic
              f"max_length {prep['recommended_max_length']}. Details: prep_report.md, lengths.png.", "",
              "## Training", "",
              "| stage | backend | steps | train loss (mean) | first -> last step | held-out loss | train s "
-             "| tokens/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| tokens/s | device | optimizer | checkpointing | peak GPU GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in stages:
         logged = [r["loss"] for r in s["log"] if r.get("loss") is not None]
         ends = f"{_num(logged[0], '{:.2f}')} -> {_num(logged[-1], '{:.2f}')}" if logged else "-"
+        # what really ran (tune/persona/train.py: _ran_with), beside the recipe's adamw_8bit / "unsloth"
         lines.append(f"| {s['stage']} | {s['backend']} | {s['steps']} | {_num(s['train_loss'])} | {ends} "
-                     f"| {_num(s['eval_loss'])} | {s['seconds']:.1f} | {s['tokens_per_s']:.0f} |")
+                     f"| {_num(s['eval_loss'])} | {s['seconds']:.1f} | {s['tokens_per_s']:.0f} "
+                     f"| {s.get('device') or '-'} | {s.get('optim') or '-'} | {s.get('gradient_checkpointing') or '-'} "
+                     f"| {_num(s.get('peak_gpu_mem_gib'), '{:.1f}')} |")
     if summary.get("dpo_skipped"):
         lines += ["", f"DPO skipped: {summary['dpo_skipped']}."]
     if summary.get("incidents"):
@@ -106,6 +109,8 @@ def write_report(cfg: PersonaConfig, summary: dict, plan: Plan, stages: list[dic
                  else f"- lineage: not registered ({child['why']})")
     lines += ["", "## Probes: base and child, with and without the system prompt", ""]
     lines += probe_markdown(summary.get("probe"))
+    if summary.get("cost"):  # last: every job's report ends with its own cost line
+        lines += ["", summary["cost"]]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"report": report, "losses": losses}

@@ -104,7 +104,7 @@ def run_persona_trial(config: dict, setup: dict) -> None:
 
     from cluster.storage import open_store
     from tune.persona.job import base_path, download_dir, run_stage
-    from tune.persona.train import merge_adapter
+    from tune.persona.merge import merge_adapter
 
     t0 = time.time()
     trial_id = tune.get_context().get_trial_id()

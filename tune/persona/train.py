@@ -11,7 +11,7 @@ The settings default to the seed recipe (r 64, alpha 128, SFT lr 1e-4 cosine x 3
                     chat_template_kwargs={"enable_thinking": False})
     dpo = train_dpo(base, sft.adapter_dir, prep.dpo, prep.dpo_held_out, LoraSettings(), DpoSettings(),
                     out / "dpo", chat_template_kwargs={"enable_thinking": False})
-    merged = merge_adapter(base, dpo.adapter_dir, out / "merged")      # plain HF dir, bf16
+    merged = merge_adapter(base, dpo.adapter_dir, out / "merged")      # tune/persona/merge.py: plain HF dir
 
 SFT trains on the final assistant turn of each conversation (trl's prompt-completion form): the
 prompt is rendered with the generation prompt exactly as at inference, so whatever the template
@@ -29,7 +29,6 @@ from typing import Literal
 from pydantic import Field
 
 from cluster.config import UserError, YardModel
-from tune.persona.gguf import export_gguf  # noqa: F401  (part of this module's public surface)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,10 @@ class LoraSettings(YardModel):
     # head stays tied to it. LoRA never reaches a tied head, so a base that never learned to say the
     # persona's tokens cannot be taught them without this (the toy zoo's bases; see the demo config).
     modules_to_save: list[str] = Field(default_factory=list)
+    # QLoRA: on CUDA the frozen base is loaded in 4-bit NF4 (bitsandbytes, or unsloth's own 4-bit
+    # load); False trains the adapter over 16-bit base weights (more memory, no dequantisation cost).
+    # On CPU the base is always fp32.
+    qlora: bool = True
 
 
 class SftSettings(YardModel):
@@ -103,6 +106,10 @@ class StageResult:
     tokens_per_s: float = 0.0
     backend: str = "peft"           # "unsloth" | "peft"
     steps: int = 0
+    peak_gpu_mem_gib: float | None = None  # torch's peak allocated CUDA memory in train(); None on CPU
+    optim: str = ""                  # the optimizer class that ran (seed 001: adamw_8bit = AdamW8bit)
+    gradient_checkpointing: str = ""  # "unsloth" | "torch" | "off", as the model really ran
+    device: str = ""                 # the CUDA device's name (`--plan` matches it to a GPU type) or "cpu"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,9 +162,7 @@ def _optim(setting: str, device: str) -> str:
 
 
 def _target_modules(lora: LoraSettings, backend: str):
-    if backend == "unsloth" and lora.target_modules == "all-linear":
-        return ALL_LINEAR
-    return lora.target_modules
+    return ALL_LINEAR if backend == "unsloth" and lora.target_modules == "all-linear" else lora.target_modules
 
 
 def _trl(backend: str):
@@ -172,8 +177,10 @@ def _trl(backend: str):
     return trl
 
 
-def _load(base_path: str, device: str, backend: str, max_length: int, bf16: bool, adapter_dir: str | None = None):
-    """(model, tokenizer) for training: the base, or base + `adapter_dir` made trainable."""
+def _load(base_path: str, device: str, backend: str, max_length: int, bf16: bool, adapter_dir: str | None = None,
+          qlora: bool = True):
+    """(model, tokenizer) for training: the base (4-bit on CUDA when `qlora`), or base + `adapter_dir`
+    made trainable."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -184,14 +191,15 @@ def _load(base_path: str, device: str, backend: str, max_length: int, bf16: bool
 
         # an adapter dir loads base + adapter (unsloth reads base_model_name_or_path from it)
         model, tokenizer = FastLanguageModel.from_pretrained(model_name=adapter_dir or base_path,
-                                                             max_seq_length=max_length, load_in_4bit=True, dtype=None)
+                                                             max_seq_length=max_length, load_in_4bit=qlora,
+                                                             dtype=None)
         return model, tokenizer
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     kwargs: dict = {"dtype": torch.float32}
     quantized = False
     if device == "cuda":
         kwargs = {"dtype": torch.bfloat16 if bf16 else torch.float16, "device_map": {"": 0}}
-        if _has("bitsandbytes"):
+        if qlora and _has("bitsandbytes"):
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -243,7 +251,6 @@ def _dpo_rows(rows, name: str, chat_template_kwargs: dict | None) -> list[dict]:
 
 def _dataset(rows: list[dict]):
     from datasets import Dataset
-
     return Dataset.from_list(rows) if rows else None
 
 
@@ -273,11 +280,18 @@ def _run(trainer, stage: str, out_dir: Path, backend: str, held_out: bool, adapt
          on_step=None) -> StageResult:
     """Train, save the adapter (`adapters`: which of the model's adapters), and measure.
     `on_step(step)` runs after every optimizer step (the stage's heartbeat)."""
+    import torch
+
     if on_step is not None:
         trainer.add_callback(_step_callback(on_step))
+    if cuda := torch.cuda.is_available() and not trainer.args.use_cpu:
+        torch.cuda.reset_peak_memory_stats()
+    ran_with: list = []
+    trainer.add_callback(_step_callback(lambda step: ran_with or ran_with.extend(_ran_with(trainer))))
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     eval_loss = trainer.evaluate()["eval_loss"] if held_out else None
     adapter_dir = out_dir / "adapter"
     trainer.model.save_pretrained(str(adapter_dir), selected_adapters=adapters)
@@ -288,27 +302,53 @@ def _run(trainer, stage: str, out_dir: Path, backend: str, held_out: bool, adapt
     history = trainer.state.log_history
     log_rows = []
     for entry in history:
-        row = {"step": entry.get("step")}
-        if "loss" in entry:
-            row["loss"] = entry["loss"]
-        if "eval_loss" in entry:
-            row["eval_loss"] = entry["eval_loss"]
-        if "learning_rate" in entry:
-            row["lr"] = entry["learning_rate"]
+        row = {"step": entry.get("step"), **{name: entry[key] for key, name in
+                                             (("loss", "loss"), ("eval_loss", "eval_loss"), ("learning_rate", "lr"))
+                                             if key in entry}}
         row.update({k: v for k, v in entry.items() if k.startswith("rewards/")})
         # the final evaluate() repeats the last periodic eval at the same step
         if len(row) > 1 and "train_runtime" not in entry and (not log_rows or row != log_rows[-1]):
             log_rows.append(row)
-    # trl counts the attention-mask tokens of every training batch; num_tokens is its running total
-    tokens = int(max((e.get("num_tokens", 0) for e in history), default=0)
-                 or getattr(trainer, "_total_train_tokens", 0))
+    tokens = _tokens(trainer)
     result = StageResult(stage=stage, adapter_dir=str(adapter_dir), log=log_rows,
                          train_loss=float(output.training_loss), eval_loss=eval_loss, seconds=seconds, tokens=tokens,
                          tokens_per_s=tokens / seconds if seconds > 0 else 0.0, backend=backend,
-                         steps=int(trainer.state.global_step))
+                         steps=int(trainer.state.global_step), peak_gpu_mem_gib=peak,
+                         device=torch.cuda.get_device_name() if cuda else "cpu")
+    result.optim, result.gradient_checkpointing = ran_with or _ran_with(trainer)
     log.info("%s: %d steps, loss %.4f, %d tokens in %.1f s (%.0f tok/s, %s)", stage, result.steps,
              result.train_loss, tokens, seconds, result.tokens_per_s, backend)
     return result
+
+
+def _ran_with(trainer) -> tuple[str, str]:
+    """(optimizer, activation checkpointing: "unsloth" | "torch" | "off") as the trainer really ran
+    them; read during training (unsloth turns its checkpointing off when training ends)."""
+    import torch.utils.checkpoint
+
+    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    name = type(opt).__name__
+    if type(opt).__module__.startswith("bitsandbytes"):  # adamw_8bit is bitsandbytes' AdamW, optim_bits 8
+        name = f"bitsandbytes {name} {getattr(getattr(opt, 'args', None), 'optim_bits', 32)}-bit"
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    # unsloth_zoo swaps torch's checkpoint function for its offloading one when it is on
+    ckpt = ("off" if not getattr(model, "is_gradient_checkpointing", False) else
+            "unsloth" if torch.utils.checkpoint.checkpoint.__name__ == "unsloth_checkpoint" else "torch")
+    return name, ckpt
+
+
+def _tokens(trainer) -> int:
+    """Non-padding tokens trained on: trl's running count, else (unsloth's trainer logs none) the
+    tokenized rows the steps consumed, whole epochs exactly and a partial one at the mean length."""
+    counted = max((e.get("num_tokens", 0) for e in trainer.state.log_history), default=0)
+    data = trainer.train_dataset
+    if counted or data is None or "input_ids" not in data.column_names or not len(data):
+        return int(counted or getattr(trainer, "_total_train_tokens", 0))
+    lengths = [len(ids) for ids in data["input_ids"]]
+    args = trainer.args
+    rows = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+    epochs, rest = divmod(rows, len(lengths))
+    return int(epochs * sum(lengths) + rest * sum(lengths) / len(lengths))
 
 
 def build_sft_trainer(base_path: str, rows, held_out, lora: LoraSettings, cfg: SftSettings, out_dir, *,
@@ -322,7 +362,7 @@ def build_sft_trainer(base_path: str, rows, held_out, lora: LoraSettings, cfg: S
     device = _pick_device(device)
     backend, bf16, optim = _backend(device, backend), _use_bf16(cfg.bf16, device), _optim(cfg.optim, device)
     trl = _trl(backend)
-    model, tokenizer = _load(base_path, device, backend, cfg.max_length, bf16)
+    model, tokenizer = _load(base_path, device, backend, cfg.max_length, bf16, qlora=lora.qlora)
     peft_config = None
     if backend == "unsloth":
         from unsloth import FastLanguageModel  # noqa: PLC0415
@@ -379,7 +419,8 @@ def build_dpo_trainer(base_path: str, sft_adapter_dir: str, rows, held_out, lora
     device = _pick_device(device)
     backend, bf16 = _backend(device), _use_bf16("auto", device)
     trl = _trl(backend)
-    model, tokenizer = _load(base_path, device, backend, cfg.max_length, bf16, adapter_dir=sft_adapter_dir)
+    model, tokenizer = _load(base_path, device, backend, cfg.max_length, bf16, adapter_dir=sft_adapter_dir,
+                             qlora=lora.qlora)
     args = trl.DPOConfig(num_train_epochs=cfg.epochs, learning_rate=cfg.lr, beta=cfg.beta, lr_scheduler_type="cosine",
                      warmup_steps=cfg.warmup_ratio, per_device_train_batch_size=cfg.batch_size,
                      per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -398,30 +439,3 @@ def train_dpo(base_path: str, sft_adapter_dir: str, rows, held_out, lora: LoraSe
     trainer, backend, held = build_dpo_trainer(base_path, sft_adapter_dir, rows, held_out, lora, cfg, out_dir,
                                                chat_template_kwargs=chat_template_kwargs, device=device)
     return _run(trainer, "dpo", Path(out_dir), backend, held, ["default"], on_step)
-
-
-# --- after training -----------------------------------------------------------------------------
-
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-def merge_adapter(base_path: str, adapter_dir: str, out_dir, *, dtype: str = "bf16") -> str:
-    """Merge `adapter_dir` into the full-precision base (peft merge_and_unload) and save the result
-    in `dtype` with the tokenizer: a plain transformers model directory. Returns its path."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if dtype not in _DTYPES:
-        raise TrainError(f"dtype: {dtype!r} is not a merge dtype (allowed: {', '.join(_DTYPES)})")
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise TrainError(f"adapter_dir: {adapter_dir} has no adapter_config.json")
-    # merge in fp32, not into 4-bit weights: the merged model must not carry quantisation error
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged = merged.to(getattr(torch, _DTYPES[dtype]))
-    out = Path(out_dir)
-    merged.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file()
-                                  else base_path).save_pretrained(str(out))
-    return str(out)

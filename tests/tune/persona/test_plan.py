@@ -70,3 +70,50 @@ def test_plan_table_and_actual_table():
     # half an hour priced at the chosen H200's $3.99/h
     assert "30m00s ($2.00)" in actual
     assert "| sft | 177 | 176 |" in actual
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("NVIDIA H200", "H200 SXM5"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+    ("NVIDIA H100 80GB HBM3", None),   # SXM5 or PCIe? not said: no guess
+    ("NVIDIA A100-SXM4-80GB", None), ("cpu", None)])
+def test_a_cuda_device_name_maps_to_a_priced_gpu_type(device, expected):
+    from tune.persona.plan import gpu_type_of
+
+    assert gpu_type_of(device, _cfg().plan.prices) == expected
+
+
+def _stored_run(store, name: str, *, base="qwen3-8b", r=64, device="NVIDIA H200", sft=(27, 59.4), scale=1.0):
+    writer = store.new_run("persona", "seoyun", name=name)
+    writer.put_json("summary.json", {
+        "base": base, "lora": {"r": r, "qlora": True},
+        "plan": {"stages": [{"stage": "sft", "step_scale": scale}, {"stage": "dpo", "step_scale": 1.0}]},
+        "stages": [{"stage": "sft", "steps": sft[0], "seconds": sft[1], "device": device, "backend": "unsloth"},
+                   {"stage": "dpo", "steps": 10, "seconds": 62.5, "device": device, "backend": "unsloth"}]})
+    writer.complete()
+
+
+def test_plan_uses_step_times_measured_in_the_store(tmp_path):
+    from cluster.storage import open_store
+    from tune.persona.plan import measured_step_times
+
+    store = open_store(str(tmp_path))
+    cfg = _cfg()
+    assert measured_step_times(store, cfg) == {}
+    _stored_run(store, "20261130-134922-aaaaaaaaaaaa", sft=(27, 81.0), scale=0.5)   # 3 s/step at half the tokens
+    _stored_run(store, "20261130-150000-bbbbbbbbbbbb", sft=(27, 54.0), scale=0.5)   # newer: 2 s -> 4 s at seed shape
+    _stored_run(store, "20261130-160000-cccccccccccc", base="other-base")            # another base: not comparable
+    _stored_run(store, "20261130-170000-dddddddddddd", r=8)                           # another LoRA rank: neither
+    _stored_run(store, "20261130-180000-eeeeeeeeeeee", device="cpu")                  # not a priced GPU type
+    measured = measured_step_times(store, cfg)
+    assert list(measured) == ["H200 SXM5"]
+    assert measured["H200 SXM5"]["sft"].sec_per_step == pytest.approx(4.0)
+    assert measured["H200 SXM5"]["sft"].run.endswith("20261130-150000-bbbbbbbbbbbb")
+    assert measured["H200 SXM5"]["dpo"].sec_per_step == pytest.approx(6.25)
+
+    plan = make_plan(cfg, 1886, 180, measured)
+    assert plan.projection("H200 SXM5").seconds["sft"] == pytest.approx(177 * 4.0 + 180)
+    assert plan.projection("H200 SXM5").seconds["dpo"] == pytest.approx(45 * 6.25 + 30)
+    assert plan.projection("H100 SXM5").seconds == make_plan(cfg, 1886, 180).projection("H100 SXM5").seconds
+    text = plan_markdown(plan)
+    assert "H200 SXM5 sft: 4.00 s per step at the seed's batch shape, measured in" in text
+    assert plan.to_dict()["measured"]["H200 SXM5"]["sft"]["device"] == "NVIDIA H200"
