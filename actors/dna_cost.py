@@ -8,7 +8,8 @@ Plan: each model's expected seconds come from its latest fingerprint in the stor
 load, generate scaled to this job's probe count, embed) when there is one, else from the stated
 assumptions below; a host's start from the last DNA ledger in the store that measured one, else
 an assumption. A host runs its models one after another, so a host's wall time is its start plus
-its models', and the job's expected wall time is its slowest host's. A measured time holds for the
+its models', and the job's expected wall time is its slowest host's (or, where hosts queue for
+GPUs, the GPU-seconds over the GPUs). A measured time holds for the
 node type it was measured on: the plan prices the planner's placement, not other GPU types.
 
 Ledger: the scheduler measures each attempt's wall time (submit to result, a fresh host's start
@@ -109,12 +110,24 @@ def plan_cost(cfg, plan, registry, store, probes: int) -> dict:
             units.append({"job_id": "", "kind": "dna", "unit": mid, "node_type": host.node_kind, "accelerator": accel,
                           "gpus": host.num_gpus, "cpus": host.num_cpus, "market": "", "phases": phases,
                           "outcome": "planned", "where": host.host_id})
-        walls.append(wall)
+        walls.append((host, wall))
     if start_measured is not None:
         basis["(host start)"] = f"measured {start_measured:.1f} s (a previous DNA job's ledger)"
-    return {"kind": "dna", "units": units, "basis": basis, "wall_s": round(max(walls, default=0.0), 1),
+    return {"kind": "dna", "units": units, "basis": basis, "wall_s": round(expected_wall_s(walls, plan.kinds), 1),
             "hosts": len(plan.hosts), "probes": probes, "assumptions": sorted(assumed),
             "rejected": dict(plan.rejected)}
+
+
+def expected_wall_s(walls: list[tuple], kinds) -> float:
+    """The slowest host's wall time, or, where a node kind's hosts want more GPUs than it has (they
+    queue: a 2-GPU host and two 1-GPU hosts on one 2-GPU node), its GPU-seconds over its GPUs."""
+    gpus = {k.name: k.count * k.gpus for k in kinds}
+    bound = max((w for _, w in walls), default=0.0)
+    for name, total in gpus.items():
+        on = [(h, w) for h, w in walls if h.node_kind == name and h.num_gpus > 0]
+        if total and sum(h.num_gpus for h, _ in on) > total:
+            bound = max(bound, sum(h.num_gpus * w for h, w in on) / total)
+    return bound
 
 
 def plan_table_markdown(cost_plan: dict, table) -> str:
@@ -135,7 +148,7 @@ def plan_table_markdown(cost_plan: dict, table) -> str:
     lines.append(f"| total | {cost_plan.get('hosts', 0)} | {sum(len(r) for r in by_type.values())} | "
                  f"{sum(e.seconds for r in by_type.values() for e in r):.1f} | | {money(total['on_demand'])} | "
                  f"{money(total['spot'])} |")
-    lines += ["", f"Expected wall time {cost_plan.get('wall_s', 0):.0f} s (the slowest host). Prices: {table.source}."]
+    lines += ["", f"Expected wall time {cost_plan.get('wall_s', 0):.0f} s (the slowest host; GPU-seconds over GPUs where hosts queue). Prices: {table.source}."]
     measured = [f"{u}: {b}" for u, b in (cost_plan.get("basis") or {}).items() if b != "assumed"]
     if measured:
         lines.append("Measured: " + "; ".join(measured) + ".")

@@ -50,6 +50,7 @@ class HostPlan:
 class Plan:
     hosts: list[HostPlan]
     rejected: dict[str, str]  # model id -> one-line reason
+    kinds: list[NodeKind] = field(default_factory=list)  # the cluster it was planned for
 
     def table(self) -> list[list[str]]:
         rows = [
@@ -173,4 +174,4 @@ def plan_hosts(
             host.models.append(mid)
             host.expected_mem_gib = max(host.expected_mem_gib, expected_memory_gib(spec))
             loads[i] += spec.params_b
-    return Plan(hosts, rejected)
+    return Plan(hosts, rejected, list(kinds))

@@ -1,7 +1,8 @@
 """`yard chat`: every model loads on a Ray actor and answers a chat prompt (`yard demo` runs it first).
 
 The chat job is the foundation's smoke test of the whole path a real job takes: registry ->
-explicit load decision -> Ray actor -> generation -> store -> progress -> report.
+explicit load decision -> Ray actor -> generation -> store -> progress -> report. Each model is a
+ledger row (`record_models`) and the report ends with the job's cost line.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class ChatWorker:
     """Plain class, scheduled as a Ray actor: loads each model in turn, answers, unloads."""
 
     def __init__(self, registry_paths: list[str], store_uri: str, endpoint_url: str | None, job_id: str, task: str):
+        t0 = time.perf_counter()
         import torch  # noqa: F401  (paid once per actor, not per model)
         import transformers  # noqa: F401
 
@@ -47,12 +49,14 @@ class ChatWorker:
         self.node = node_facts()
         self.store = open_store(store_uri, endpoint_url)
         self.reporter = ProgressReporter(self.store, job_id, task=task)
+        self.start_s = time.perf_counter() - t0  # the actor's imports and setup: shared by its models
 
     def answer_all(self, model_ids: list[str], prompt: str, max_new_tokens: int) -> list[dict]:
         self.reporter.set_total(len(model_ids))
         results = []
         for mid in model_ids:
             results.append(self.answer(mid, prompt, max_new_tokens))
+            results[-1]["start_s"] = round(self.start_s / len(model_ids), 3)
             self.reporter.advance(item=mid)
         self.reporter.finish("succeeded" if all(r["status"] == "ok" for r in results) else "failed")
         return results
@@ -63,6 +67,7 @@ class ChatWorker:
         from cluster.loading import chat_prompt, load_model, release_memory
 
         out = {"model_id": model_id, "status": "failed", "node": self.node.hostname}
+        t_answer = time.perf_counter()
         try:
             self.reporter.phase("loading", item=model_id)
             t0 = time.perf_counter()
@@ -85,6 +90,7 @@ class ChatWorker:
         except Exception as exc:  # one model's failure never stops the others
             out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log.error("model %s failed: %s", model_id, out["error"])
+        out["wall_s"] = round(time.perf_counter() - t_answer, 3)  # a failure's time, too, was held
         run = self.store.new_run("chat", model_id)
         run.put_json("reply.json", out)
         run.complete(status=out["status"] if out["status"] == "ok" else "failed")
@@ -96,6 +102,8 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
     """The chat job; returns (exit code, summary with the report location)."""
     import ray
 
+    from cluster.cost_report import job_cost_line
+    from cluster.prices import job_prices
     from cluster.registry import ModelRegistry
     from cluster.runtime import connect
 
@@ -106,6 +114,7 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
     model_ids = cfg.models or registry.ids()
     for mid in model_ids:
         registry.get(mid)  # unknown ids fail now, with the list of known ones
+    prices = job_prices(cfg)  # a bad price table fails here too, before Ray
     with run_job("chat", cfg, store, config_path=config_path, stall_after_s=cfg.stall_after_s) as job:
         connect(cfg.ray)
         n = min(cfg.workers, len(model_ids))
@@ -115,6 +124,7 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
             Worker.remote(registry_paths, cfg.storage.uri, cfg.storage.endpoint_url, job.job_id, f"worker-{i}")
             for i in range(n)
         ]
+        t_submit = time.perf_counter()
         futures = [a.answer_all.remote(share, cfg.prompt, cfg.max_new_tokens) for a, share in zip(actors, shares)]
         results: list[dict] = []
         for share, fut in zip(shares, futures):
@@ -122,10 +132,12 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
                 results.extend(ray.get(fut))
             except ray.exceptions.RayError as exc:  # the worker died: its models failed, the rest stand
                 reason = f"worker died: {str(exc).splitlines()[0]}"
-                results.extend({"model_id": m, "status": "failed", "error": reason} for m in share)
+                waited = round((time.perf_counter() - t_submit) / len(share), 3)
+                results.extend({"model_id": m, "status": "failed", "error": reason, "wall_s": waited} for m in share)
         for a in actors:
             ray.kill(a)
-        report = write_chat_report(store, registry, results, cfg)
+        record_models(job, cfg, results)
+        report = write_chat_report(store, registry, results, cfg, cost_line=job_cost_line(job, prices))
         job.add_artifact(report)
         failed = [r for r in results if r["status"] != "ok"]
         job.summary = {"models": len(results), "failed": len(failed), "report": report}
@@ -133,6 +145,28 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
         if failed:
             job.fail(f"{len(failed)} of {len(results)} model(s) failed: " + ", ".join(r["model_id"] for r in failed))
     return (1 if failed else 0), {"status": "failed" if failed else "ok", "report": report}
+
+
+def record_models(job, cfg: ChatJobConfig, results: list[dict]) -> None:
+    """A ledger row per model on its worker's resources: its share of the worker's start, its load
+    and the rest of its answer (template, generation) as the worker timed them; ok -> kept, else
+    failed. A model whose worker died has only the time the driver waited, booked as "generate"."""
+    from cluster.ledger import cluster_accelerator
+
+    accel = cluster_accelerator() if cfg.gpus_per_worker else None
+    res = {"node_type": f"1x{accel}" if accel else ("gpu" if cfg.gpus_per_worker else "cpu"), "accelerator": accel,
+           "gpus": cfg.gpus_per_worker, "cpus": cfg.cpus_per_worker}
+    for r in results:
+        wall = float(r.get("wall_s") or 0.0)
+        if "load_s" in r:
+            phases = {"load": r["load_s"], "generate": max(wall - r["load_s"], r.get("gen_s", 0.0))}
+        elif "node" in r:  # the worker answered without a load time: the load itself failed
+            phases = {"load": wall}
+        else:
+            phases = {"generate": wall}
+        job.ledger.add(unit=r["model_id"], phases={"start": r.get("start_s", 0.0), **phases},
+                       outcome="kept" if r["status"] == "ok" else "failed", where=r.get("node", ""),
+                       reason=r.get("error", ""), **res)
 
 
 def print_chat_table(results: list[dict], registry) -> None:
@@ -153,8 +187,10 @@ def print_chat_table(results: list[dict], registry) -> None:
     console().print(table)
 
 
-def write_chat_report(store: ArtifactStore, registry, results: list[dict], cfg: ChatJobConfig) -> str:
-    """report.md, results.json and timings.png in `reports/chat/<run>/`; returns the report's location."""
+def write_chat_report(store: ArtifactStore, registry, results: list[dict], cfg: ChatJobConfig,
+                      cost_line: str = "") -> str:
+    """report.md, results.json and timings.png in `reports/chat/<run>/`; returns the report's location.
+    The report ends with `cost_line` (the job's ledger priced) when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +227,7 @@ def write_chat_report(store: ArtifactStore, registry, results: list[dict], cfg: 
         fig.savefig(png, dpi=100)
         plt.close(fig)
         run.put_file("timings.png", png)
-    lines += ["", "![timings](timings.png)"]
+    lines += ["", "![timings](timings.png)"] + (["", cost_line] if cost_line else [])
     key = run.put_bytes("report.md", "\n".join(lines).encode())
     run.complete()
     return store.locate(key)

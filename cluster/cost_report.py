@@ -72,6 +72,18 @@ def report_section(job: JobCost, table: PriceTable, intro: str = "") -> list[str
         return ["## Cost", "", f"Cost: not priced ({exc})"]
 
 
+def job_cost_line(job, table: PriceTable | None, *, none_booked: str = "the job booked no work") -> str:
+    """The cost line that ends a running job's report: its ledger so far priced (`report_section`'s
+    last line, so an unpriced GPU type reads "Cost: not priced (...)"). A job that booked nothing
+    (it only called endpoints it did not start) says so rather than pricing an empty ledger at $0."""
+    if not job.ledger.entries:
+        return f"Cost: no GPU time on this cluster ({none_booked})."
+    if table is None:
+        return "Cost: not priced (no price table given)"
+    this = JobCost(job.job_id, job.name, "running", "", None, job.ledger.entries, job.plan)
+    return report_section(this, table)[-1]
+
+
 def render_markdown(jobs: list[JobCost], table: PriceTable, market: str | None = None, title: str = "yard cost") -> str:
     summaries = [summarise(j.entries, table, j.job_id, market) for j in jobs]
     total = summarise([e for j in jobs for e in j.entries], table, "all", market)

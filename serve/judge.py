@@ -44,6 +44,9 @@ MIN_LETTERS = 10
 # MT-Bench's answer temperatures per category (creative categories sample, exact ones do not).
 CATEGORY_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+# Why `yard judge` and `yard probe` book no ledger rows: they call endpoints, they start none; the
+# Serve app behind them (`yard serve`, `yard demo`) is a job of its own and books its replicas.
+ENDPOINTS_ONLY = "it calls endpoints and starts none; the Serve app it calls books its own replicas"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
 
@@ -299,10 +302,10 @@ def judge_candidates(candidates: list[CandidateEndpoint], judge: ChatClient, que
                      mode: str = "single", language_penalty: bool = False, prompts: dict | None = None,
                      answer: AnswerConfig | None = None, judge_params: dict | None = None,
                      store: ArtifactStore | None = None, name: str = "judge", replayed_judge: bool = False,
-                     questions_path: str = "") -> JudgeResult:
+                     questions_path: str = "", cost_line: str = "") -> JudgeResult:
     """Answer every question with every candidate, judge the answers, summarise, and (with a
-    store) write results.json, answers.json, judgments.json, report.md and the charts as one
-    run of kind "judge" named `name`."""
+    store) write results.json, answers.json, judgments.json, report.md (ending with `cost_line`
+    when given) and the charts as one run of kind "judge" named `name`."""
     from serve.judge_report import candidate_chart, comparison_chart, markdown_report, summarize_pairwise, summarize_single
 
     answer = answer or AnswerConfig()
@@ -341,7 +344,7 @@ def judge_candidates(candidates: list[CandidateEndpoint], judge: ChatClient, que
                                   "judge_requests": result.judge_requests})
     report = markdown_report(summary, mode=mode, name=name, questions_path=questions_path, n_questions=len(questions),
                              judge_model=judge.model, replayed=replayed_judge, language_penalty=language_penalty,
-                             charts=charts)
+                             charts=charts, cost_line=cost_line)
     key = run.put_bytes("report.md", report.encode("utf-8"))
     run.complete(mode=mode, candidates=ids, replayed_judge=replayed_judge)
     result.run_prefix, result.report = run.prefix, store.locate(key)
@@ -360,6 +363,7 @@ def _judge_client(cfg: JudgeConfig, store: ArtifactStore, base_url: str, model: 
 def run_judge(cfg: JudgeConfig, config_path: str | None = None) -> tuple[int, JudgeResult]:
     """`yard judge`: the whole run inside a job record; exit code 1 when any judgment is missing
     or none parsed (a report of only unparseable judgments measures nothing)."""
+    from cluster.cost_report import job_cost_line
     from serve.replay import ReplayServer
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
@@ -377,7 +381,7 @@ def run_judge(cfg: JudgeConfig, config_path: str | None = None) -> tuple[int, Ju
                 cfg.candidates, judge, questions, mode=cfg.mode, language_penalty=cfg.language_penalty,
                 prompts=prompts, answer=cfg.answer, store=store, name=cfg.name, replayed_judge=replay is not None,
                 judge_params={"temperature": cfg.judge.temperature, "max_tokens": cfg.judge.max_tokens},
-                questions_path=cfg.questions)
+                questions_path=cfg.questions, cost_line=job_cost_line(job, None, none_booked=ENDPOINTS_ONLY))
             job.add_artifact(f"{result.run_prefix}/report.md")
             missing = sum(s["n_judge_failed"] + s["n_no_answer"] for s in result.summary.values())
             # pairwise "inconsistent": both orders parsed, they only disagreed

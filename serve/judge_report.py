@@ -72,8 +72,10 @@ def _fmt(x) -> str:
 
 
 def markdown_report(summary: dict[str, dict], *, mode: str, name: str, questions_path: str, n_questions: int,
-                    judge_model: str, replayed: bool, language_penalty: bool, charts: dict[str, str]) -> str:
-    """The report: a comparison table, then one section per candidate with its chart."""
+                    judge_model: str, replayed: bool, language_penalty: bool, charts: dict[str, str],
+                    cost_line: str = "") -> str:
+    """The report: a comparison table, then one section per candidate with its chart; `cost_line`
+    (the job's, when it runs as one) last."""
     lines = [f"# Judge report: {name}", "",
              f"- mode: {mode}; questions: {questions_path} ({n_questions}); judge: {judge_model}",
              f"- KoMT non-Korean penalty (score -> sqrt(score)): {'on' if language_penalty else 'off'}", ""]
@@ -109,6 +111,8 @@ def markdown_report(summary: dict[str, dict], *, mode: str, name: str, questions
         if s["n_unparseable"]:
             lines.append(f"\n{s['n_unparseable']} judgment(s) had no parseable rating: left out of the means, "
                          "listed in judgments.json with status 'unparseable'.")
+    if cost_line:
+        lines += ["", cost_line]
     return "\n".join(lines) + "\n"
 
 

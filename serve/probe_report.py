@@ -87,6 +87,7 @@ def comparison_markdown(summary: dict) -> str:
     lines += ["", "Probe groups: " + "; ".join(f"`{g}` {GROUP_HELP[g]}" for g in GROUPS) + "."]
     lines += ["", "## Candidates", ""]
     lines += [f"- [{c['id']}]({file_stem(c['id'])}.md)" for c in _ordered(summary["candidates"])]
+    lines += ["", summary["cost"]] if summary.get("cost") else []  # the job's cost line, last
     return "\n".join(lines) + "\n"
 
 

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from cluster.config import ConfigError, StorageConfig, YardModel, job_config, job_parser
 from serve.client import ChatClient, ChatError, ResponseCache
-from serve.judge import JudgeEndpoint
+from serve.judge import ENDPOINTS_ONLY, JudgeEndpoint
 from serve.judge_prompts import parse_rating
 from serve.probe_rules import RULES, check_reply, matched_answers
 from serve.probe_suite import GROUPS, Probe, ProbeSuite, load_suite
@@ -262,9 +262,10 @@ def probe_candidate(suite: ProbeSuite, cand: ProbeCandidate, client: ChatClient,
 
 def run_probes(suite: ProbeSuite, candidates: list[ProbeCandidate], judge_client: ChatClient | None = None,
                store=None, *, conditions=CONDITIONS, clients: dict[str, ChatClient] | None = None,
-               judge_params: dict | None = None, out_dir: str | Path | None = None, reporter=None) -> dict:
-    """Probe every candidate, write the report, publish it in `store` (kind "probe", model id =
-    suite name) when given. `clients` maps candidate ids to ready ChatClients (the Serve app's
+               judge_params: dict | None = None, out_dir: str | Path | None = None, reporter=None,
+               cost_line: str = "") -> dict:
+    """Probe every candidate, write the report (ending with `cost_line` when given), publish it in
+    `store` (kind "probe", model id = suite name) when given. `clients` maps candidate ids to ready ChatClients (the Serve app's
     own); the rest are built from the candidates. Returns the summary: {"suite", "status",
     "candidates": [{id, model, group, variant, error, conditions: {condition: {pass_rate, rules,
     groups, facts, judge}}}], "report", "files", "run"}."""
@@ -291,7 +292,7 @@ def run_probes(suite: ProbeSuite, candidates: list[ProbeCandidate], judge_client
     judge_failed = any(r.get("judge_error") for r in records)
     summary = {"suite": suite.name, "persona": suite.persona.name, "conditions": list(conditions),
                "judge": judge_client.model if judge_client is not None else None, "candidates": results,
-               "status": "failed" if judge_failed or any(c["error"] for c in results) else "ok"}
+               "status": "failed" if judge_failed or any(c["error"] for c in results) else "ok", "cost": cost_line}
     with contextlib.ExitStack() as stack:
         # Without out_dir the files live in the store only (a temporary folder stages them).
         out = Path(out_dir) if out_dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="yard-probe-")))
@@ -322,6 +323,7 @@ def make_judge(cfg: JudgeEndpoint, store, base_url: str | None = None, model: st
 
 def run_probe_job(cfg: ProbeJobConfig, *, config_path: str | None = None) -> tuple[int, dict]:
     """`yard probe` without the argument parsing: (exit code, summary)."""
+    from cluster.cost_report import job_cost_line
     from cluster.jobs import run_job
     from cluster.storage import open_store
     from serve.replay import ReplayServer
@@ -346,7 +348,8 @@ def run_probe_job(cfg: ProbeJobConfig, *, config_path: str | None = None) -> tup
         with run_job("probe", cfg, store, config_path=config_path) as job:
             reporter = job.reporter("probe", total=len(cfg.candidates))
             summary = run_probes(suite, cfg.candidates, judge, store, conditions=tuple(cfg.conditions),
-                                 clients=clients, judge_params=judge_params, reporter=reporter)
+                                 clients=clients, judge_params=judge_params, reporter=reporter,
+                                 cost_line=job_cost_line(job, None, none_booked=ENDPOINTS_ONLY))
             job.summary.update({k: summary[k] for k in ("suite", "status", "report", "run")})
             job.add_artifact(summary["run"])
             if summary["status"] != "ok":

@@ -72,21 +72,58 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise ConfigError(f"--from-leaderboard: {str(exc).splitlines()[-1].strip()}") from None
 
+    from cluster.jobs import run_job
+    from cluster.storage import open_store
     from serve.deploy import shutdown, start_app
 
-    url = start_app(cfg)
-    print(f"serving at {url}/v1  (OpenAI-compatible; Ctrl-C stops)")
-    for cand in cfg.candidates:
-        print(f"  {', '.join(cand.served_ids()):40s} engine={cand.engine} "
-              f"{'model=' + cand.model if cand.model else 'path=' + str(cand.path)}")
-    if cfg.resolved_api_key():
-        print("  API key required: Authorization: Bearer $YARD_API_KEY")
-    try:
-        deadline = None if args.duration_s is None else time.monotonic() + args.duration_s
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
-    except KeyboardInterrupt:
-        print("stopping")
-    finally:
-        shutdown()
+    store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
+    # a job like any other: `yard status` shows it serving, `yard cost` prices its replica-hours
+    with run_job("serve", cfg, store, config_path=args.config, stall_after_s=HEARTBEAT_S * 6) as job:
+        reporter = job.reporter("serve")
+        reporter.phase("starting", item=", ".join(c.id for c in cfg.candidates))
+        t0 = time.monotonic()
+        start_s = serve_s = 0.0
+        try:
+            url = start_app(cfg)
+            start_s = time.monotonic() - t0
+            reporter.phase("serving", item=f"{url}/v1")
+            print(f"serving at {url}/v1  (OpenAI-compatible; Ctrl-C stops)")
+            for cand in cfg.candidates:
+                print(f"  {', '.join(cand.served_ids()):40s} engine={cand.engine} "
+                      f"{'model=' + cand.model if cand.model else 'path=' + str(cand.path)}")
+            if cfg.resolved_api_key():
+                print("  API key required: Authorization: Bearer $YARD_API_KEY")
+            deadline = None if args.duration_s is None else time.monotonic() + args.duration_s
+            beat = time.monotonic()
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+                if time.monotonic() - beat >= HEARTBEAT_S:
+                    reporter.heartbeat()
+                    beat = time.monotonic()
+        except KeyboardInterrupt:
+            print("stopping")
+        finally:
+            if start_s:
+                serve_s = time.monotonic() - t0 - start_s
+            shutdown()
+            record_replicas(job, cfg, start_s or time.monotonic() - t0, serve_s, started=bool(start_s))
+            reporter.finish("succeeded" if start_s else "failed")
     return 0
+
+
+HEARTBEAT_S = 10.0
+
+
+def record_replicas(job, cfg: ServeConfig, start_s: float, serve_s: float, *, started: bool = True) -> None:
+    """A ledger row per candidate: its replicas' GPUs and CPUs for the app's start ("start") and
+    the time it served ("generate": a replica holds its GPUs serving, busy or not). A start that
+    failed is a failed row."""
+    from cluster.ledger import cluster_accelerator
+
+    for cand in cfg.candidates:
+        gpus, cpus = cand.num_gpus * cand.num_replicas, cand.num_cpus * cand.num_replicas
+        accel = (cand.accelerator_type or cluster_accelerator()) if gpus else None
+        node = f"{max(1, round(cand.num_gpus))}x{accel}" if accel else ("gpu" if gpus else "cpu")
+        phases = {"start": start_s, **({"generate": serve_s} if started else {})}
+        job.ledger.add(unit=cand.id, node_type=node, accelerator=accel, gpus=gpus, cpus=cpus, phases=phases,
+                       outcome="kept" if started else "failed", where=f"{cand.num_replicas} replica(s)")

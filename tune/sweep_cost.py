@@ -30,7 +30,8 @@ ASSUMED_TRIAL_S = {"gpu": 900.0, "cpu": 60.0}
 ASSUMED_PREPARE_S = {"gpu": 300.0, "cpu": 30.0}
 
 
-def _resources(cfg) -> dict:
+def trial_resources(cfg) -> dict:
+    """What one trial holds (`resources.*_per_trial`) as ledger fields, at the cluster's GPU type."""
     gpus = cfg.resources.gpus_per_trial
     accel = cluster_accelerator() if gpus else None
     return {"node_type": f"1x{accel}" if accel else ("gpu" if gpus else "cpu"), "accelerator": accel,
@@ -51,7 +52,7 @@ def _measured_trial_s(store, name: str) -> tuple[float | None, str]:
 
 def sweep_plan(cfg, store) -> dict:
     """Ledger-shaped planned units: the prepare step and each trial, with the basis of each figure."""
-    res = _resources(cfg)
+    res = trial_resources(cfg)
     device = "gpu" if res["gpus"] else "cpu"
     trials = cfg.search.trial_count()
     measured, run = _measured_trial_s(store, cfg.name)
@@ -97,7 +98,7 @@ def record_sweep(job, rows: list[dict], cfg, prices, *, prepare_s: float, timing
 
     from tune.trial import trial_task
 
-    res = _resources(cfg)
+    res = trial_resources(cfg)
     stalled = {i.get("trial_id") for i in incidents or [] if "stall" in str(i.get("kind", "")) and not i.get("retried")}
     attempts = _attempt_records(job.store, job.job_id)
     job.ledger.add(unit="prepare", phases={"evaluate": prepare_s}, outcome="kept", **res)

@@ -162,3 +162,18 @@ def test_meter_books_phases_and_outcomes():
     meter.finish()  # the host's 5 s start, shared by its three attempts
     assert [e.phases["start"] for e in ledger.entries] == [pytest.approx(5 / 3, abs=1e-3)] * 3
     assert sum(e.seconds for e in ledger.entries) == pytest.approx(seconds, abs=1e-3)
+
+
+def test_expected_wall_time_counts_hosts_queueing_for_gpus():
+    """Seen on 2 x H200: a 2-GPU host and two 1-GPU hosts cannot all run at once; the plan said the
+    slowest host's time (93 s) while the job took 122 s."""
+    from actors.dna_cost import expected_wall_s
+    from actors.planner import NodeKind
+
+    node = NodeKind("2xH200", 1, 32, 2, 9.0, 139.8, 256)
+    big, a, b = (HostPlan(h, "2xH200", 4, g, []) for h, g in (("host-0", 2), ("host-1", 1), ("host-2", 1)))
+    # 2 GPUs x 90 s + 60 s + 60 s = 300 GPU-seconds on 2 GPUs: 150 s at best, not 90
+    assert expected_wall_s([(big, 90.0), (a, 60.0), (b, 60.0)], [node]) == 150.0
+    # hosts that fit side by side: the slowest one
+    assert expected_wall_s([(a, 60.0), (b, 80.0)], [node]) == 80.0
+    assert expected_wall_s([(a, 60.0)], []) == 60.0   # no cluster facts: the slowest host

@@ -8,6 +8,13 @@ from cluster.storage import open_store
 pytestmark = pytest.mark.slow
 
 
+def ledger_rows(store) -> list[dict]:
+    import json
+
+    (key,) = [k for k in store.list_keys("jobs/") if k.endswith("/ledger.jsonl")]
+    return [json.loads(line) for line in store.get_bytes(key).decode().splitlines()]
+
+
 def chat_cfg(tmp_path, zoo, *overrides):
     return load_config(
         DEFAULT_CHAT_CONFIG, ChatJobConfig,
@@ -26,6 +33,12 @@ def test_chat_job_answers_with_every_model_and_reports(ray_local, zoo, tmp_path)
         assert reply["plan"]["dtype"] == "float32" and reply["plan"]["device_map"] is None
     report = (tmp_path / summary["report"].split(str(tmp_path) + "/", 1)[1]).read_text()
     assert report.count("| ok |") == len(models)
+    # a ledger row per model on the worker's CPU, timed by the worker; the report ends with its cost
+    rows = ledger_rows(store)
+    assert sorted(r["unit"] for r in rows) == models and {r["outcome"] for r in rows} == {"kept"}
+    assert all(r["node_type"] == "cpu" and r["cpus"] == 1.0 and r["phases"]["load"] > 0
+               and r["phases"]["generate"] > 0 and r["phases"]["start"] > 0 for r in rows), rows
+    assert [ln for ln in report.splitlines() if ln.strip()][-1].startswith("Cost: $")
     assert (tmp_path / summary["report"].rsplit("/", 1)[0].split(str(tmp_path) + "/", 1)[1] / "timings.png").stat().st_size > 1000
     # progress records: every worker finished, the job succeeded
     jobs = [store.get_state(k) for k in store.list_state("jobs/")]
@@ -50,6 +63,9 @@ def test_one_broken_model_fails_the_job_but_keeps_the_others(ray_local, zoo, tmp
     (failed_run,) = store.runs("chat", "broken")
     err = store.get_json(f"{failed_run.prefix}/reply.json")["error"]
     assert "local path" in err and "does not exist" in err
+    assert {r["unit"]: r["outcome"] for r in ledger_rows(store)} == {good: "kept", "broken": "failed"}
+    report = (tmp_path / summary["report"].split(str(tmp_path) + "/", 1)[1]).read_text()
+    assert [ln for ln in report.splitlines() if ln.strip()][-1].startswith("Cost: $")
     (job,) = [store.get_state(k) for k in store.list_state("jobs/")]
     assert job["status"] == "failed" and "broken" in job["message"]
 

@@ -61,3 +61,21 @@ def test_a_job_report_section_ends_with_the_cost_line_or_says_why_not(jobs, tabl
     unknown.add(unit="trial a", node_type="gpu", accelerator=None, gpus=1, cpus=1, phases={"train": 5}, outcome="kept")
     lines = report_section(JobCost("j", "sweep", "running", "", None, unknown.entries, None), table)
     assert lines[-1].startswith("Cost: not priced (") and "unknown type" in lines[-1] and len(lines) == 3
+
+
+def test_a_running_jobs_cost_line_prices_its_ledger_or_says_it_booked_nothing(table, tmp_path):
+    from cluster.cost_report import job_cost_line
+    from cluster.jobs import JobContext
+    from cluster.storage import open_store
+
+    job = JobContext("judge", "j-1", open_store(str(tmp_path)), None, None, ledger=Ledger("j-1", "judge"))
+    # an endpoints-only job: no ledger rows, no table needed, and the line says why nothing is priced
+    assert job_cost_line(job, None, none_booked="it starts none") == \
+        "Cost: no GPU time on this cluster (it starts none)."
+    job.ledger.add(unit="m", node_type="1xH100", accelerator="H100", gpus=1, cpus=1, phases={"generate": 3600},
+                   outcome="kept")
+    assert job_cost_line(job, table).startswith("Cost: $4.00 (1.000 GPU-h, 1 attempt)")
+    assert job_cost_line(job, None).startswith("Cost: not priced (")
+    job.ledger.add(unit="n", node_type="1xB200", accelerator="B200", gpus=1, cpus=1, phases={"train": 5},
+                   outcome="failed")
+    assert job_cost_line(job, table).startswith("Cost: not priced (") and "B200" in job_cost_line(job, table)

@@ -145,8 +145,13 @@ def test_cli_main_runs_with_the_replay_judge(tmp_path, capsys):
         code = main([str(path)])
     out = capsys.readouterr().out
     assert code == 0 and "judge requests: 4" in out and "report.md" in out
-    report = out.split("report: ")[1].strip()
-    assert "Replayed judge" in open(report, encoding="utf-8").read()
+    report = open(out.split("report: ")[1].strip(), encoding="utf-8").read()
+    assert "Replayed judge" in report
+    # it called endpoints and started nothing: no ledger rows, and its cost line says so, last
+    store = open_store(str(tmp_path / "store"))
+    assert [k for k in store.list_keys("jobs/") if k.endswith("/ledger.jsonl")] == []
+    last = [ln for ln in report.splitlines() if ln.strip()][-1]
+    assert last.startswith("Cost: no GPU time on this cluster (") and "starts none" in last
 
 
 def test_cli_reports_missing_judgments_with_exit_1(tmp_path, capsys):

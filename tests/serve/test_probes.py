@@ -194,6 +194,10 @@ def test_yard_probe_main(persona_server, tmp_path, capsys):
     summary = store.get_json(f"{run.prefix}/summary.json")
     judge = summary["candidates"][0]["conditions"]["with_system"]["judge"]
     assert summary["judge"] == "replay-judge" and judge["scored"] + judge["unparseable"] == 8
+    # it called endpoints and started nothing: no ledger rows, and the report's cost line says so, last
+    assert [k for k in store.list_keys("jobs/") if k.endswith("/ledger.jsonl")] == []
+    report = store.get_bytes(f"{run.prefix}/report.md").decode()
+    assert [ln for ln in report.splitlines() if ln.strip()][-1].startswith("Cost: no GPU time on this cluster (")
     # judge=null: rules only; a failing candidate makes the exit code 1
     bad = [{"id": "gone", "base_url": persona_server.url, "model": "broken"}]
     assert main([_job_config(tmp_path, persona_server.url, judge=None, candidates=bad)]) == 1

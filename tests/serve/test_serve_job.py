@@ -1,5 +1,5 @@
-"""serve/serve_job.py: `yard serve` bad input fails before anything starts (the app itself is
-tested in test_app.py; a full start is what `yard serve ... --duration-s` does)."""
+"""serve/serve_job.py: `yard serve` bad input fails before anything starts, and a full start and stop
+(`--duration-s`) is a job with a ledger; the app itself is tested in test_app.py."""
 import pytest
 
 from cluster.config import ConfigError, UserError
@@ -68,3 +68,49 @@ def test_overrides_are_key_value_arguments_as_in_every_job_and_set_is_an_alias(c
         assert yard(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "configs/serve.demo.yaml" in err[0] and "port" in err[0], err
+
+
+def test_each_candidate_books_its_replicas_on_the_ledger():
+    from types import SimpleNamespace
+
+    from cluster.ledger import Ledger
+    from serve.serve_job import record_replicas
+
+    cfg = ServeConfig(candidates=[{"id": "big", "path": "/m/big", "num_gpus": 1, "num_replicas": 2,
+                                   "accelerator_type": "H100", "num_cpus": 4},
+                                  {"id": "small", "path": "/m/small"}])
+    job = SimpleNamespace(ledger=Ledger("serve-1", "serve"))
+    record_replicas(job, cfg, 40.0, 3600.0)
+    big, small = job.ledger.entries
+    assert (big.unit, big.node_type, big.accelerator, big.gpus, big.cpus, big.outcome) == (
+        "big", "1xH100", "H100", 2.0, 8.0, "kept")
+    assert big.phases == {"start": 40.0, "generate": 3600.0} and big.cold_seconds == 40.0
+    assert (small.node_type, small.gpus, small.cpus) == ("cpu", 0.0, 1.0)
+    failed = SimpleNamespace(ledger=Ledger("serve-2", "serve"))
+    record_replicas(failed, cfg, 12.0, 0.0, started=False)   # the app never came up: its start is waste
+    assert [(e.outcome, e.phases) for e in failed.ledger.entries] == [("failed", {"start": 12.0})] * 2
+
+
+@pytest.mark.slow
+def test_yard_serve_is_a_job_whose_replica_hours_yard_cost_prices(zoo, tmp_path, capsys):
+    """`yard serve ... --duration-s` end to end: the app starts, serves, stops; the job's record
+    and ledger are in the store, and `yard cost` prices both candidates' replicas."""
+    import json
+
+    from cluster.cli import main as yard
+    from cluster.runtime import free_port
+    from cluster.storage import open_store
+
+    store_dir = tmp_path / "store"
+    assert yard(["serve", "configs/serve.demo.yaml", "zoo=null", f"registry=[{zoo.registry_path}]",
+                 f"storage.uri={store_dir}", f"port={free_port()}", "--duration-s", "2"]) == 0
+    assert "serving at http://127.0.0.1:" in capsys.readouterr().out
+    store = open_store(str(store_dir))
+    (key,) = [k for k in store.list_keys("jobs/") if k.endswith("/ledger.jsonl")]
+    rows = [json.loads(line) for line in store.get_bytes(key).decode().splitlines()]
+    assert sorted(r["unit"] for r in rows) == ["llama-a", "qwen3-b"]
+    assert all(r["outcome"] == "kept" and r["phases"]["start"] > 0 and r["phases"]["generate"] >= 2.0 for r in rows)
+    assert yard(["cost", "--store", str(store_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "**1 job, $" in out
+    assert "| llama-a | 1 | kept |" in out and "| qwen3-b | 1 | kept |" in out  # per model: attempts, outcome

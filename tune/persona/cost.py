@@ -1,7 +1,9 @@
-"""The persona job's ledger and plan in `yard cost`'s terms: one row per stage (sft, dpo, merge).
+"""The persona job's ledger and plan in `yard cost`'s terms: one row per stage (sft, dpo, merge),
+and for a persona sweep one row per trial.
 
     job.plan = cost_plan(plan, cfg)                     # the projection at the chosen GPU type
     line = record_stages(job, cfg, actual_s, prices, kept=True)   # the report's last line
+    line = record_trials(job, rows, sweep_cfg, prices)             # the persona sweep's leaderboard's
 
 The persona plan (tune/persona/plan.py) projects each stage's seconds per GPU type with its own
 step-time table; here the chosen type's seconds become planned units on the resources each stage
@@ -45,3 +47,19 @@ def record_stages(job, cfg, actual_s: dict[str, float], prices, *, kept: bool) -
             job.ledger.add(unit=part, phases={"train": actual_s[part]}, outcome="kept" if kept else "failed",
                            where=part, **_resources(cfg, part))
     return report_section(JobCost(job.job_id, "persona", "running", "", None, job.ledger.entries, None), prices)[-1]
+
+
+def record_trials(job, rows: list[dict], sweep_cfg, prices) -> str:
+    """A ledger row per persona sweep trial on `resources.*_per_trial`: its wall time as Tune saw
+    it (`wall_s`) as "train" (SFT, DPO, merge and probe are one process). ok -> kept, error ->
+    failed; the sweep runs no early-stopping scheduler, so no trial is "stopped". Returns the
+    leaderboard's cost line (or why it is not priced)."""
+    from cluster.cost_report import job_cost_line
+    from tune.sweep_cost import trial_resources
+
+    res = trial_resources(sweep_cfg)
+    for r in rows:
+        job.ledger.add(unit=f"trial {r['trial_id']}", phases={"train": r.get("wall_s") or 0.0},
+                       outcome="kept" if r["status"] == "ok" else "failed", where=str(r["trial_id"]),
+                       reason=str(r.get("error") or ""), **res)
+    return job_cost_line(job, prices)

@@ -189,11 +189,12 @@ def plan_markdown(plan: Plan) -> str:
         cells = " | ".join(_minutes(p.seconds.get(k)) for k in parts)
         lines.append(f"| {p.gpu_type}{mark} | {p.usd_per_hour:.2f} | {cells} | {_minutes(p.total_s)} | "
                      f"${p.cost_usd:.2f} |")
+    lines.append("")
     for gpu, by in plan.measured.items():
-        for stage, m in by.items():
-            lines.append(f"\n{gpu} {stage}: {m.sec_per_step:.2f} s per step at the seed's batch shape, measured in "
-                         f"`{m.run}` ({m.device}, {m.backend})")
-    lines.append("\nOther step times: the config's `plan.sec_per_step` (default: seed 001's 9B QLoRA figures).")
+        lines += [f"- {gpu} {stage}: {m.sec_per_step:.2f} s per step at the seed's batch shape, measured in "
+                  f"`{m.run}` ({m.device}, {m.backend})" for stage, m in by.items()]
+    lines.append(f"- {'other' if plan.measured else 'all'} step times: the config's `plan.sec_per_step` "
+                 "(default: seed 001's 9B QLoRA figures)")
     return "\n".join(lines)
 
 

@@ -17,8 +17,9 @@ persona config's alpha/r ratio.
 
 Ranking: `probe_consistency` is the share of probes passed WITHOUT the system prompt (the seed's
 point: the persona must hold unprompted), higher first; ties go to the lower SFT held-out loss.
-Output: store run `persona_sweep/<name>/<run>/` with leaderboard.md, leaderboard.csv, rows.json,
-and each trial's adapters under `trials/<trial>/`.
+Output: store run `persona_sweep/<name>/<run>/` with leaderboard.md (ending with the job's cost
+line: a ledger row per trial, `tune.persona.cost.record_trials`), leaderboard.csv, rows.json, and
+each trial's adapters under `trials/<trial>/`.
 """
 from __future__ import annotations
 
@@ -155,13 +156,16 @@ def rank_persona_rows(rows: list[dict]) -> list[dict]:
     return ok + rest
 
 
-def persona_rows(grid) -> list[dict]:
-    """Tune's results as ranked leaderboard rows (ok, or error with its last line)."""
+def persona_rows(grid, walls: dict[str, float] | None = None) -> list[dict]:
+    """Tune's results as ranked leaderboard rows (ok, or error with its last line). `walls`: a
+    trial's wall seconds by its folder name (`_TrialClock`), else Tune's or the trial's own time."""
     rows = []
     for result in grid:
         m, c = dict(result.metrics or {}), dict(result.config or {})
         row = {k: m.get(k) for k in LEADERBOARD_COLUMNS if k not in ("rank", "status", "error")}
-        row.update(lora_r=c.get("lora_r"), sft_lr=c.get("sft_lr"), trial_id=m.get("trial_id") or Path(str(result.path)).name)
+        folder = Path(str(result.path)).name
+        row.update(lora_r=c.get("lora_r"), sft_lr=c.get("sft_lr"), trial_id=m.get("trial_id") or folder,
+                   wall_s=(walls or {}).get(folder) or m.get("time_total_s") or m.get("seconds"))
         if result.error is not None:
             row["status"], row["error"] = "error", str(result.error).strip().splitlines()[-1][:300]
         else:
@@ -170,8 +174,31 @@ def persona_rows(grid) -> list[dict]:
     return rank_persona_rows(rows)
 
 
-def write_persona_leaderboard(rows: list[dict], out_dir: Path, title: str) -> dict[str, Path]:
-    """leaderboard.md and leaderboard.csv, ranked rows first."""
+class _TrialClock:
+    """A Tune callback timing each trial from its start to its end or error, in the driver: an
+    errored trial reports no metrics, yet held its resources (walls: trial folder -> seconds)."""
+
+    def __new__(cls, walls: dict[str, float]):
+        from ray import tune
+
+        started: dict[str, float] = {}
+
+        class Callback(tune.Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                started[Path(str(trial.path)).name] = time.monotonic()
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                folder = Path(str(trial.path)).name
+                if folder in started:
+                    walls[folder] = round(time.monotonic() - started[folder], 3)
+
+            on_trial_error = on_trial_complete
+
+        return Callback()
+
+
+def write_persona_leaderboard(rows: list[dict], out_dir: Path, title: str, cost_line: str = "") -> dict[str, Path]:
+    """leaderboard.md and leaderboard.csv, ranked rows first; leaderboard.md ends with `cost_line`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "leaderboard.csv"
     with csv_path.open("w", newline="") as f:
@@ -183,6 +210,7 @@ def write_persona_leaderboard(rows: list[dict], out_dir: Path, title: str) -> di
              "SFT held-out loss. Probes are rule checks only (no judge).", "",
              "| " + " | ".join(LEADERBOARD_COLUMNS) + " |", "|" + "---|" * len(LEADERBOARD_COLUMNS)]
     lines += ["| " + " | ".join(fmt(r.get(k)) for k in LEADERBOARD_COLUMNS) + " |" for r in rows]
+    lines += ["", cost_line] if cost_line else []
     md = out_dir / "leaderboard.md"
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"md": md, "csv": csv_path}
@@ -193,7 +221,9 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
     scored, 1 otherwise (the scored ones are still published)."""
     from ray import tune
 
+    from cluster.prices import job_prices
     from cluster.runtime import connect
+    from tune.persona.cost import record_trials
     from tune.persona.job import prepare_data, resolve_registry
 
     persona = cfg.persona
@@ -201,6 +231,7 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
         persona._config_file = config_path  # relative paths resolve against the sweep file
     registry_paths = resolve_registry(persona)
     prep, _ = prepare_data(persona, registry_paths)  # PrepError on zero rows: before Ray starts
+    prices = job_prices(persona)  # a bad price table: one line, before Ray
     store = open_store(persona.storage.uri, persona.storage.endpoint_url)
     connect(persona.ray)
     run = new_run_name()
@@ -220,24 +251,28 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
         from tune.sweep import tune_storage
 
         storage_path, filesystem = tune_storage(store, persona.storage.endpoint_url)
+        walls: dict[str, float] = {}
         tuner = tune.Tuner(trainable, param_space=cfg.search.space.to_tune(),
                            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=cfg.search.num_samples,
                                                        max_concurrent_trials=cfg.search.max_concurrent_trials),
                            run_config=tune.RunConfig(name=f"{cfg.name}-{run}", storage_path=storage_path,
                                                      storage_filesystem=filesystem, verbose=1 if joblog_verbose() else 0,
-                                                     failure_config=tune.FailureConfig(max_failures=0)))
-        rows = persona_rows(tuner.fit())
+                                                     failure_config=tune.FailureConfig(max_failures=0),
+                                                     callbacks=[_TrialClock(walls)]))
+        rows = persona_rows(tuner.fit(), walls)
         reporter.advance(len(rows))
         ok = [r for r in rows if r["status"] == "ok"]
         writer = store.new_run(SWEEP_KIND, cfg.name, name=run)
         with tempfile.TemporaryDirectory() as tmp:
             title = f"persona sweep {cfg.name} ({run}) on {persona.base}"
-            for p in write_persona_leaderboard(rows, Path(tmp), title).values():
+            cost = record_trials(job, rows, cfg, prices)
+            for p in write_persona_leaderboard(rows, Path(tmp), title, cost).values():
                 writer.put_file(p.name, p)
         writer.put_json("rows.json", rows)
         writer.files += [k[len(writer.prefix) + 1:] for k in store.list_keys(f"{writer.prefix}/trials/")]
         summary = {"sweep": cfg.name, "run": run, "base": persona.base, "trials": len(rows), "ok": len(ok),
-                   "best": ok[0]["trial_id"] if ok else None, "report": store.locate(writer.key("leaderboard.md"))}
+                   "best": ok[0]["trial_id"] if ok else None, "report": store.locate(writer.key("leaderboard.md")),
+                   "cost": cost}
         writer.put_json("summary.json", summary)
         writer.complete(status="ok" if ok else "failed", trials=len(rows))
         job.add_artifact(writer.prefix)

@@ -42,3 +42,21 @@ def test_stages_become_ledger_rows_and_a_cost_line(tmp_path, kept, outcome):
     assert line.startswith("Cost: $0.7993 (0.200 GPU-h + 0.028 CPU-core-h, 2 attempts)")
     rows = {r[0]: r for r in plan_vs_actual(job.plan, job.ledger.entries, load_prices())}
     assert rows["dpo"][2] == "-" and rows["sft"][2] == "720.0"
+
+
+def test_persona_sweep_trials_become_ledger_rows_and_a_cost_line(tmp_path):
+    from tune.persona.cost import record_trials
+    from tune.persona.sweep import PersonaSweepConfig
+
+    sweep_cfg = validate({"kind": "persona_sweep", "persona": {"base": "qwen3-b", "prep": {"data_dir": "x"}},
+                          "resources": {"cpus_per_trial": 2, "gpus_per_trial": 0}}, PersonaSweepConfig, "test")
+    job = JobContext("sweep", "s-1", open_store(str(tmp_path)), sweep_cfg, None, ledger=Ledger("s-1", "sweep"))
+    rows = [{"trial_id": "a", "status": "ok", "wall_s": 3600.0},
+            {"trial_id": "b", "status": "error", "error": "OOM", "wall_s": 1800.0},
+            {"trial_id": "c", "status": "error", "error": "lost", "wall_s": None}]  # never timed: 0 s, still a row
+    line = record_trials(job, rows, sweep_cfg, load_prices())
+    assert [(e.unit, e.outcome, e.phases, e.node_type, e.cpus) for e in job.ledger.entries] == [
+        ("trial a", "kept", {"train": 3600.0}, "cpu", 2.0), ("trial b", "failed", {"train": 1800.0}, "cpu", 2.0),
+        ("trial c", "failed", {"train": 0.0}, "cpu", 2.0)]
+    assert job.ledger.entries[1].reason == "OOM"
+    assert line.startswith("Cost: $") and "3 attempts" in line and "(1 kept)" in line

@@ -115,5 +115,5 @@ def test_plan_uses_step_times_measured_in_the_store(tmp_path):
     assert plan.projection("H200 SXM5").seconds["dpo"] == pytest.approx(45 * 6.25 + 30)
     assert plan.projection("H100 SXM5").seconds == make_plan(cfg, 1886, 180).projection("H100 SXM5").seconds
     text = plan_markdown(plan)
-    assert "H200 SXM5 sft: 4.00 s per step at the seed's batch shape, measured in" in text
+    assert "- H200 SXM5 sft: 4.00 s per step at the seed's batch shape, measured in" in text
     assert plan.to_dict()["measured"]["H200 SXM5"]["sft"]["device"] == "NVIDIA H200"

@@ -73,3 +73,13 @@ def test_two_trial_sweep_publishes_a_ranked_leaderboard(zoo, tmp_path, ray_local
     assert {f"{prefix}/leaderboard.md", f"{prefix}/leaderboard.csv", f"{prefix}/_COMPLETE.json"} <= keys
     # the job's own stages wrote them: trials/<id>/sft/adapter, as the job's sft/adapter
     assert sum(k.endswith("/sft/adapter/adapter_config.json") and "/trials/" in k for k in keys) == 2
+    # a ledger row per trial, timed by Tune as the driver saw it; the leaderboard ends with the cost line
+    import json
+
+    (ledger,) = [k for k in store.list_keys("jobs/") if k.endswith("/ledger.jsonl")]
+    entries = [json.loads(line) for line in store.get_bytes(ledger).decode().splitlines()]
+    assert sorted(e["unit"] for e in entries) == sorted(f"trial {r['trial_id']}" for r in summary["rows"])
+    assert all(e["outcome"] == "kept" and e["node_type"] == "cpu" and e["phases"]["train"] > 0 for e in entries)
+    board = store.get_bytes(f"{prefix}/leaderboard.md").decode()
+    last = [ln for ln in board.splitlines() if ln.strip()][-1]
+    assert last == summary["cost"] and last.startswith("Cost: $") and "(2 kept)" in last
