@@ -136,6 +136,24 @@ def start_app(cfg: ServeConfig) -> str:
     returns the base URL (clients use URL + "/v1"). HF candidates answer at `/`; vLLM candidates
     through Ray Serve LLM at `/` when all are vLLM, else at `/vllm` (the HF ingress lists their ids
     and redirects their requests there with 307)."""
+    check_app(cfg)
+    from cluster.runtime import connect
+
+    connect(cfg.ray)
+    _start_serve(cfg.host, cfg.port)
+    has_hf = any(not on_serve_llm(c) for c in cfg.candidates)
+    if any(on_serve_llm(c) for c in cfg.candidates):
+        from serve.serve_llm import build_vllm_app
+
+        serve.run(build_vllm_app(cfg), name=VLLM_APP_NAME, route_prefix=VLLM_ROUTE if has_hf else "/")
+    if has_hf:
+        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    return f"http://{host}:{cfg.port}"
+
+
+def check_app(cfg: ServeConfig) -> None:
+    """Everything `start_app` refuses, checked before Ray or Serve starts (ConfigError, one line)."""
     if cfg.host not in LOCAL_HOSTS and not cfg.resolved_api_key() and not cfg.allow_public_without_key:
         raise ConfigError(f"host: {cfg.host} without api_key: anyone who reaches port {cfg.port} could run the "
                           "models; set api_key (or YARD_API_KEY), or allow_public_without_key: true on purpose")
@@ -157,19 +175,6 @@ def start_app(cfg: ServeConfig) -> str:
         _probe_suite(cfg.probe_suite)
     except UserError as exc:
         raise ConfigError(f"{_source(cfg)}: probe_suite: {exc}") from None
-    from cluster.runtime import connect
-
-    connect(cfg.ray)
-    _start_serve(cfg.host, cfg.port)
-    has_hf = any(not on_serve_llm(c) for c in cfg.candidates)
-    if any(on_serve_llm(c) for c in cfg.candidates):
-        from serve.serve_llm import build_vllm_app
-
-        serve.run(build_vllm_app(cfg), name=VLLM_APP_NAME, route_prefix=VLLM_ROUTE if has_hf else "/")
-    if has_hf:
-        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
-    return f"http://{host}:{cfg.port}"
 
 
 def candidate_info(candidate_id: str) -> dict:

@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.jobs import run_job
     from cluster.storage import open_store
-    from serve.deploy import shutdown, start_app
+    from serve.deploy import check_app, shutdown, start_app
 
+    check_app(cfg)  # bad input: one line, before the job record, Ray or Serve
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     # a job like any other: `yard status` shows it serving, `yard cost` prices its replica-hours
     with run_job("serve", cfg, store, config_path=args.config, stall_after_s=HEARTBEAT_S * 6) as job:
@@ -103,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("stopping")
         finally:
+            import ray
+
             if start_s:
                 serve_s = time.monotonic() - t0 - start_s
-            shutdown()
+            if ray.is_initialized():  # a start that failed before Ray came up has nothing to stop
+                shutdown()
             record_replicas(job, cfg, start_s or time.monotonic() - t0, serve_s, started=bool(start_s))
             reporter.finish("succeeded" if start_s else "failed")
     return 0

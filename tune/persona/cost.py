@@ -44,8 +44,9 @@ def record_stages(job, cfg, actual_s: dict[str, float], prices, *, kept: bool) -
 
     for part in PARTS:
         if part in actual_s:
+            killed = sum(1 for e in job.ledger.entries if e.unit == part and e.outcome == "stalled")
             job.ledger.add(unit=part, phases={"train": actual_s[part]}, outcome="kept" if kept else "failed",
-                           where=part, **_resources(cfg, part))
+                           attempt=killed + 1, where=part, **_resources(cfg, part))
     return report_section(JobCost(job.job_id, "persona", "running", "", None, job.ledger.entries, None), prices)[-1]
 
 
@@ -63,3 +64,14 @@ def record_trials(job, rows: list[dict], sweep_cfg, prices) -> str:
                        outcome="kept" if r["status"] == "ok" else "failed", where=str(r["trial_id"]),
                        reason=str(r.get("error") or ""), **res)
     return job_cost_line(job, prices)
+
+
+def record_stall(job, cfg, incident: dict) -> None:
+    """A stage attempt the job killed for a late heartbeat: a "stalled" row (waste) for the time it
+    held its resources, booked when it is killed, so a job that then gives up still has it."""
+    stage = incident["task"]
+    job.ledger.add(unit=stage, phases={"train": incident.get("wall_s", 0.0)}, outcome="stalled",
+                   attempt=incident.get("attempt", 1), where=stage,
+                   reason=f"no heartbeat for {incident['heartbeat_age_s']} s (limit {incident['limit_s']:g} s)",
+                   **_resources(cfg, stage))
+

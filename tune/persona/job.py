@@ -196,17 +196,23 @@ def _options(res: StageResources) -> dict:
     return opts
 
 
-def run_watched(submit, store: ArtifactStore, job_id: str, task: str, cfg: PersonaConfig, incidents: list[dict]):
+def run_watched(submit, store: ArtifactStore, job_id: str, task: str, cfg: PersonaConfig, incidents: list[dict],
+                on_stall=None):
     """`submit()` (a Ray task reporting as `task`) to its result; an attempt that stalls is killed
-    and submitted again, `cfg.stall_retries` times at most (then TaskStalled ends the job)."""
+    and submitted again, `cfg.stall_retries` times at most (then TaskStalled ends the job).
+    `on_stall(incident)` runs for each killed attempt (the ledger's "stalled" row), before a rerun."""
     from cluster.watch import TaskStalled, wait_watched
 
     for attempt in range(1, cfg.stall_retries + 2):
+        started = time.time()
         try:
             return wait_watched(submit(), store, job_id, task, cfg.stall_after_s, attempt=attempt)
         except TaskStalled as exc:
             retry = attempt <= cfg.stall_retries
-            incidents.append(exc.incident(retried=retry))
+            incidents.append({**exc.incident(retried=retry), "attempt": attempt,
+                              "wall_s": round(time.time() - started, 1)})
+            if on_stall is not None:
+                on_stall(incidents[-1])
             if not retry:
                 raise
     raise AssertionError("unreachable")
@@ -219,7 +225,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
 
     from cluster.prices import job_prices
     from cluster.runtime import connect
-    from tune.persona.cost import cost_plan, record_stages
+    from tune.persona.cost import cost_plan, record_stages, record_stall
     from tune.persona.data import write_prep_report
     from tune.persona.report import write_report
 
@@ -262,7 +268,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
         sft = run_watched(lambda: stage_task.options(**_options(cfg.resources.sft)).remote(
             "sft", rows=prep.sft, held_out=prep.sft_held_out, lora=cfg.lora.model_dump(), settings=cfg.sft.model_dump(),
             chat_template_kwargs=cfg.chat_template_kwargs, job_id=job.job_id, stall_after_s=cfg.stall_after_s, **common),
-            store, job.job_id, "sft", cfg, incidents)
+            store, job.job_id, "sft", cfg, incidents, on_stall=lambda i: record_stall(job, cfg, i))
         writer.files += sft["files"]
         stages.append(sft["result"])
         actual_s["sft"] = sft["wall_s"]
@@ -274,7 +280,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
                 "dpo", rows=prep.dpo, held_out=prep.dpo_held_out, lora=cfg.lora.model_dump(),
                 settings=cfg.dpo.model_dump(), chat_template_kwargs=cfg.chat_template_kwargs,
                 sft_adapter_key=adapter_key, job_id=job.job_id, stall_after_s=cfg.stall_after_s, **common),
-                store, job.job_id, "dpo", cfg, incidents)
+                store, job.job_id, "dpo", cfg, incidents, on_stall=lambda i: record_stall(job, cfg, i))
             writer.files += dpo["files"]
             stages.append(dpo["result"])
             actual_s["dpo"] = dpo["wall_s"]

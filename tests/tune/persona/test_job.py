@@ -1,6 +1,7 @@
 """tune/persona/job.py: --plan without training, bad input refused before Ray, a tiny job on S3.
 The demo job as shipped (prep -> SFT -> DPO -> merge -> lineage -> probe of base and child, the
 child beating its base) runs as `yard demo`'s persona step: tests/cluster/test_demo.py."""
+import json
 import os
 import signal
 import sys
@@ -151,3 +152,10 @@ def test_a_stalled_stage_is_killed_and_rerun(zoo_registry, tmp_path, ray_local):
     tasks = {t.task: t for t in status.tasks}
     assert tasks["sft.killed1"].status == "FAILED" and "stalled" in tasks["sft.killed1"].message
     assert tasks["sft"].status == "SUCCEEDED" and status.status == "SUCCEEDED"
+    # the killed attempt is on the ledger as waste, the rerun as the kept attempt 2
+    store = open_store(str(tmp_path / "store"))
+    rows = [row for k in store.list_keys("jobs/") if k.endswith("/ledger.jsonl")
+            for row in map(json.loads, store.get_bytes(k).decode().splitlines()) if row["job_id"] == status.job_id]
+    sft = sorted((r["attempt"], r["outcome"]) for r in rows if r["unit"] == "sft")
+    assert sft == [(1, "stalled"), (2, "kept")]
+    assert [r["phases"]["train"] for r in rows if r["outcome"] == "stalled"][0] > 20  # it held its CPU that long
