@@ -32,8 +32,9 @@ def physical_gpu_ids(visible_indices, cuda_visible_devices: str | None = None) -
 
 def gpu_facts() -> tuple[list[int | str], list[float]]:
     """(GPU ids, GiB this process reserved on each) cheaply: torch is consulted only when already
-    imported, Ray only when initialized. In a Ray task the ids are every GPU Ray assigned to it. Without torch, the ids Ray assigned or the ids
-    CUDA_VISIBLE_DEVICES names are reported, with no memory figures."""
+    imported, Ray only when initialized. In a Ray task the ids are every GPU Ray assigned to it.
+    Without torch, the ids Ray assigned or the ids CUDA_VISIBLE_DEVICES names are reported, with no
+    memory figures."""
     ids: list[int | str] = []
     ray = sys.modules.get("ray")
     try:
