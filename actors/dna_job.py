@@ -280,7 +280,10 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
         published=published, incidents=incidents, cost_md=cost_md,
     )
     summary = {"published": published, "suspicious": [list(p) for p in suspicious], "missing": missing, "report": report,
-               "incidents": incidents or [], "imported": sorted(imported), "imports_left_out": left_out}
+               "incidents": incidents or [], "imported": sorted(imported), "imports_left_out": left_out,
+               # one fingerprint (with nothing in the store to set beside it) has no distances: no tree
+               # to publish, and nothing the outlier gate refused
+               "no_tree": None if dist is not None else f"{len(fps)} fingerprint(s); a tree needs 2 or more"}
     if dist is not None and len(set(families.values())) > 1:
         acc, _ = analysis.nearest_family_accuracy(ids, lineage_D, families)
         summary["nearest_family_accuracy"] = acc
@@ -341,6 +344,8 @@ def run_dna(
                      + "; ".join([f"{o['model_id']} {o['status']}" for o in bad]
                                  + [f"{m} finished but unreadable at analysis ({r})" for m, r in missing.items()]))
             code = EXIT_FAILED
+        elif summary["no_tree"]:
+            code = 0  # the vectors are stored; there was nothing to draw
         elif not published:
             job.fail(f"refused to publish: suspicious pairs {summary['suspicious']} (rerun with --accept-suspicious after checking)")
             code = EXIT_REFUSED
@@ -385,7 +390,10 @@ def print_outcomes(outcomes: list[dict], summary: dict) -> None:
         console.print(f"[yellow]imported run left out:[/] {mid}: {why}")
     if summary["suspicious"]:
         console.print(f"[bold red]suspicious pairs (outlier gate):[/] {summary['suspicious']}")
-    console.print(f"tree {'published' if summary['published'] else 'NOT published'}; report: {summary['report']}")
+    if summary.get("no_tree"):
+        console.print(f"no tree: {summary['no_tree']}; report: {summary['report']}")
+    else:
+        console.print(f"tree {'published' if summary['published'] else 'NOT published'}; report: {summary['report']}")
     if summary.get("cost"):
         console.print(summary["cost"], markup=False)
 

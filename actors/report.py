@@ -141,7 +141,8 @@ def write_report(
     cost_md: list[str] | None = None,
 ) -> str:
     """One `reports/dna` run: distances.csv, tree.nwk (only when published), heatmap.png,
-    dendrogram.png, report.md and summary.json. Complete "ok" when published, else "failed"
+    dendrogram.png, report.md and summary.json. Complete "ok" when published (or when its one
+    model's fingerprint is all there is: no tree to draw), else "failed"
     (kept for reading, never latest). Returns where report.md can be found.
 
     An outcome: {model_id, status, reason, attempts, stats: {valid_fraction, avg_chars},
@@ -155,8 +156,12 @@ def write_report(
     md: list[str] = ["# LLM-DNA report", ""]
 
     # status
+    # one fingerprint, every model fine: nothing to draw, nothing refused (the vector is stored)
+    lone = not have_D and len(ids) == 1 and all(o["status"] == "ok" for o in outcomes)
     if published:
         md.append(f"**Status: published** — {len(ids)} fingerprints, {tree_kind.upper()} tree in `tree.nwk`.")
+    elif lone:
+        md.append("**Status: one fingerprint** — no tree: a tree needs 2 or more fingerprints made the same way.")
     elif suspicious:
         threshold = (cfg_summary.get("gates") or {}).get("outlier_distance", cfg_summary.get("outlier_distance"))
         pairs = ", ".join(f"{a} ~ {b} ({d:.4f})" for a, b, d in suspicious)
@@ -253,7 +258,8 @@ def write_report(
             run.put_file(name, Path(tmp) / name)
     report_key = run.put_bytes("report.md", "\n".join(md).encode())
     run.put_json("summary.json", {
-        "status": "published" if published else "refused", "published": published, "tree_kind": tree_kind,
+        "status": "published" if published else "one fingerprint" if lone else "refused", "published": published,
+        "tree_kind": tree_kind,
         "models": ids, "distances": D.tolist() if have_D else None,
         "suspicious": [list(p) for p in suspicious], "missing": missing,
         "runs": {m: fp.run for m, fp in fps.items()}, "newick": tree.newick() if (published and tree) else None,
@@ -261,5 +267,5 @@ def write_report(
         "outcomes": [{k: o.get(k) for k in ("model_id", "status", "reason", "attempts")} for o in outcomes],
         "incidents": incidents or [],
     })
-    run.complete(status="ok" if published else "failed")
+    run.complete(status="ok" if published or lone else "failed")
     return store.locate(report_key)

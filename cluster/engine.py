@@ -60,6 +60,10 @@ class VllmSettings(YardModel):
     reuse_engine: bool = Field(True, description="a model with the previous one's architecture config, tokenizer and "
                                "generation config gets its weights loaded into the running engine (seconds) instead "
                                "of a new engine (30-90 s); every cached prefix is dropped first")
+    multicast_all_reduce: bool = Field(False, description="tensor parallel only: let vLLM fuse all-reduce with "
+                                       "RMSNorm through FlashInfer's multicast ('mnnvl') all-reduce; off by default: "
+                                       "where NVLink multicast is off (shared machines) it crashed vLLM 0.26's "
+                                       "workers with an illegal memory access")
     seed: int = Field(0, ge=0)
     engine_kwargs: dict = Field(default_factory=dict, description="extra vllm.LLM kwargs (win over derived ones)")
 

@@ -42,6 +42,34 @@ VLLM_ENV_DEFAULTS = {
 }
 
 
+# Tensor parallelism without NVLink multicast. vLLM 0.26's compiled graph fuses all-reduce with
+# RMSNorm through FlashInfer, whose auto-selected "mnnvl" backend needs multicast memory: on
+# 2 x H200 with multicast off (NCCL_NVLS_ENABLE=0 etc., as on shared machines) both workers died
+# with "CUDA error: an illegal memory access" and the engine never came up; in eager mode (no
+# fusion) the same model ran. Plain custom all-reduce (CUDA IPC) and NCCL stay.
+TP_ENV_DEFAULTS = {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
+TP_PASS_CONFIG = {"fuse_allreduce_rms": False}
+
+
+def tensor_parallel_args(kwargs: dict, *, multicast: bool = False) -> dict:
+    """`kwargs` (vLLM engine arguments, the user's own already in) with multicast all-reduce
+    turned off where tensor_parallel_size > 1, unless `multicast` or the user's own
+    `compilation_config` says otherwise; sets TP_ENV_DEFAULTS in this process's environment (vLLM's
+    workers inherit it) where not set. Returns a new dict."""
+    out = dict(kwargs)
+    if int(out.get("tensor_parallel_size") or 1) <= 1 or multicast:
+        return out
+    for name, value in TP_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    user = out.get("compilation_config")
+    if user is None:
+        out["compilation_config"] = {"pass_config": dict(TP_PASS_CONFIG)}
+    elif isinstance(user, dict):
+        passes = {**TP_PASS_CONFIG, **(user.get("pass_config") or {})}
+        out["compilation_config"] = {**user, "pass_config": passes}
+    return out  # a compilation_config object or level the user gave is theirs
+
+
 @dataclass
 class VllmOutput:
     texts: list[str]  # in prompt order, special tokens skipped, stripped
@@ -100,6 +128,7 @@ class VllmModel:
         if quantization:
             kwargs["quantization"] = quantization
         kwargs.update(settings.engine_kwargs)
+        kwargs = tensor_parallel_args(kwargs, multicast=settings.multicast_all_reduce)
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM raises many kinds; the user needs its line

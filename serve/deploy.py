@@ -139,6 +139,7 @@ def start_app(cfg: ServeConfig) -> str:
     check_app(cfg)
     from cluster.runtime import connect
 
+    serve_env(cfg)
     connect(cfg.ray)
     _start_serve(cfg.host, cfg.port)
     has_hf = any(not on_serve_llm(c) for c in cfg.candidates)
@@ -150,6 +151,31 @@ def start_app(cfg: ServeConfig) -> str:
         serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     return f"http://{host}:{cfg.port}"
+
+
+# Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED less two of its parts: direct ingress (each ingress replica
+# would listen on a port of its own, 30000-31000, instead of the proxy's configured port) and the
+# router on the caller's loop (a handle could then be called only from inside an event loop; the
+# probe route calls the candidate's handle from a worker thread)
+THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+                  "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+
+
+def serve_env(cfg: ServeConfig) -> str:
+    """Set Ray Serve's request-path flags for `ray_serve_mode` where this process is about to start
+    a local Ray (its controller, proxy and replicas inherit the environment; Ray reads the flags
+    when each process starts); returns what applies, for the log. A variable the user set wins. A
+    Ray already running, or reached by address, keeps its own flags."""
+    import ray
+
+    if ray.is_initialized() or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return "as the running Ray cluster was started"
+    if cfg.ray_serve_mode == "throughput":
+        for key, value in THROUGHPUT_ENV.items():
+            os.environ.setdefault(key, value)
+    mode = "throughput" if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" else "default"
+    log.info("Ray Serve request path: %s", mode)
+    return mode
 
 
 def check_app(cfg: ServeConfig) -> None:

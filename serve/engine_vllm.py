@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
-from cluster.engine_vllm import VLLM_ENV_DEFAULTS
+from cluster.engine_vllm import VLLM_ENV_DEFAULTS, tensor_parallel_args
 from cluster.loading import LoadError
 from cluster.registry import ModelRegistry
 from serve.config import CandidateConfig
@@ -57,7 +57,7 @@ def engine_args(candidate: CandidateConfig, path: str, dtype: str, *, adapters: 
         kwargs.update(enable_lora=True, max_loras=len(adapters),
                       max_lora_rank=max(_lora_rank(d) for d in adapters.values()))
     kwargs.update(candidate.engine_kwargs)
-    return kwargs
+    return tensor_parallel_args(kwargs)  # no multicast all-reduce (cluster/engine_vllm.py says why)
 
 
 class VllmApi:

@@ -174,3 +174,17 @@ def test_same_model_twice_is_distance_zero_and_the_outlier_gate_refuses_to_publi
     cfg = cfg.model_copy(update={"identical": [["llama-a", "llama-a-twin"]], "storage": cfg.storage.model_copy(update={"uri": str(tmp_path / "b")})})
     code, summary = run_dna(cfg)
     assert code == 0 and summary["published"] and summary["suspicious"] == []
+
+
+def test_one_model_alone_is_kept_and_the_job_succeeds_without_a_tree(ray_local, zoo, tmp_path):
+    # seen on the H200: a one-model job (a tensor-parallel host) exited 3, "refused to publish:
+    # suspicious pairs []", although nothing was refused: one fingerprint has no distances
+    code, summary = run_dna(cfg_for(zoo, tmp_path / "store", ["qwen3-b"]))
+    assert code == 0 and summary["outcomes"] == {"qwen3-b": "ok"}
+    assert not summary["published"] and summary["suspicious"] == []
+    assert "a tree needs 2 or more" in summary["no_tree"]
+    store = open_store(str(tmp_path / "store"))
+    assert store.latest("dna", "qwen3-b", prefer=(".npy",)) is not None
+    report = Path(summary["report"])
+    assert "one fingerprint" in report.read_text() and "REFUSED" not in report.read_text()
+    assert not (report.parent / "tree.nwk").exists()

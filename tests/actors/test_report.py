@@ -124,10 +124,13 @@ def test_write_report_refused_has_no_tree_and_is_not_latest(store):
 
 def test_write_report_with_a_single_fingerprint(store):
     fps = fps_of({"llama-0": [1, 0]})
-    path = write_report(store, outcomes=OUTCOMES[:1], fps=fps, ids=["llama-0"], D=None, tree_kind="upgma",
-                        families={"llama-0": "llama"}, suspicious=[], host_reports=[], cfg_summary={}, published=False)
+    path, run = report(store, published=False, outcomes=OUTCOMES[:1], fps=fps, ids=["llama-0"], D=None,
+                       host_reports=[], cfg_summary={})
     md = open(path, encoding="utf-8").read()
-    assert "REFUSED" in md and "Not enough fingerprints" in md and "No host reports" in md
+    # nothing was refused: one fingerprint has no distances, so no tree (the vector is stored)
+    assert "REFUSED" not in md and "Status: one fingerprint" in md
+    assert "Not enough fingerprints" in md and "No host reports" in md
+    assert store.get_json(f"{run.prefix}/summary.json")["status"] == "one fingerprint"
 
 
 def test_write_report_with_no_fingerprint_at_all(store):

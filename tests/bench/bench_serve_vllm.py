@@ -49,6 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS), help=f"which paths, of {', '.join(PARTS)}")
     p.add_argument("--share", type=float, default=0.25, help="GPU memory share of each engine")
     p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--ray-serve-mode", default="throughput", choices=["throughput", "default"],
+                   help="yard serve's ray_serve_mode (Ray Serve's request-path flags)")
+    p.add_argument("--eager", action="store_true", help="both engines with enforce_eager (no compile, no CUDA graphs)")
+    p.add_argument("--num-gpus", type=int, default=1, help="GPUs per engine: vLLM's tensor_parallel_size, the "
+                   "candidate's num_gpus")
     args = p.parse_args(argv)
     args.parts = [x for x in args.parts.split(",") if x]
     if not args.parts or not set(args.parts) <= set(PARTS):
@@ -135,7 +140,7 @@ def start_vllm_server(args, path: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name",
            args.model, "--port", str(args.port), "--host", "127.0.0.1", "--max-model-len", str(args.max_model_len),
            "--gpu-memory-utilization", str(args.share), "--api-key", KEY, "--dtype", "bfloat16",
-           "--disable-log-stats"]
+           "--disable-log-stats", "--tensor-parallel-size", str(args.num_gpus)] + (["--enforce-eager"] if args.eager else [])
     log = open(Path(os.environ.get("OUT", "/tmp")) / "vllm-server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.time()
@@ -154,9 +159,9 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 def candidate(args) -> dict:
-    return {"id": args.model, "model": args.model, "engine": "vllm", "num_gpus": 1, "num_cpus": 1,
+    return {"id": args.model, "model": args.model, "engine": "vllm", "num_gpus": args.num_gpus, "num_cpus": 1,
             "dtype": "bfloat16", "max_model_len": args.max_model_len,
-            "engine_kwargs": {"gpu_memory_utilization": args.share}}
+            "engine_kwargs": {"gpu_memory_utilization": args.share, **({"enforce_eager": True} if args.eager else {})}}
 
 
 LIMITS = {"max_tokens": 1024, "max_prompt_tokens": 1024, "max_concurrent_requests": 512}
@@ -168,6 +173,7 @@ def start_yard(args) -> str:
 
     cfg = ServeConfig.model_validate({"kind": "serve", "registry": [args.registry], "port": args.port + 1,
                                       "api_key": KEY, "ray": {"dashboard": False}, "limits": LIMITS,
+                                      "ray_serve_mode": args.ray_serve_mode,
                                       "candidates": [candidate(args)]})
     t0 = time.time()
     url = start_app(cfg)
@@ -262,7 +268,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     rows = asyncio.run(run(args))
     print(f"\n{args.model}, {args.requests} greedy chat requests per row, max_tokens {args.max_tokens}, "
-          f"{args.rounds} rounds")
+          f"{args.rounds} rounds, {args.num_gpus} GPU(s) per engine, "
+          f"yard's ray_serve_mode {args.ray_serve_mode}")
     print(f"{'path':6s} {'clients':>7s} {'tok/s':>8s} {'p50_s':>6s} {'p95_s':>6s}  tok/s of each round")
     summary = {}
     for (part, c), runs in rows.items():

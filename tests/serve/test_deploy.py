@@ -12,7 +12,16 @@ from cluster.config import ConfigError, load_config
 from cluster.engine import EngineUnavailable
 from cluster.jobs import REPO_ROOT
 from serve.config import CandidateConfig, ServeConfig
-from serve.deploy import _probe_suite, build_app, check_models, deployment_name, on_serve_llm, start_app
+from serve.deploy import (
+    THROUGHPUT_ENV,
+    _probe_suite,
+    build_app,
+    check_models,
+    deployment_name,
+    on_serve_llm,
+    serve_env,
+    start_app,
+)
 
 SUITE = "configs/probes.persona.yaml"
 LLM = {"id": "exa", "path": "/m", "engine": "vllm", "vllm_server": "ray-serve-llm"}
@@ -181,3 +190,51 @@ def test_vllm_candidate_without_vllm_names_the_file_and_field(no_ray, tmp_path):
         start_app(load_config(path, ServeConfig))
     assert str(exc.value).startswith(f"{path}: candidates.1.engine: vllm is not installed here")
     assert "\n" not in str(exc.value)
+
+
+HF = {"id": "tiny", "path": "/m"}
+
+
+@pytest.fixture
+def clean_serve_env(monkeypatch):
+    """No Ray running in this process's view, and none of Ray Serve's flags set."""
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key in THROUGHPUT_ENV:
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+def test_serve_env_sets_rays_throughput_flags_before_a_local_ray_starts(clean_serve_env):
+    import os
+
+    assert serve_env(_cfg(HF)) == "throughput"
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"  # the proxy keeps the configured port
+    assert os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "1"  # handles from worker threads
+
+
+def test_serve_env_default_mode_and_user_settings_win(clean_serve_env):
+    import os
+
+    assert serve_env(_cfg(HF, ray_serve_mode="default")) == "default"
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
+    clean_serve_env.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
+    assert serve_env(_cfg(HF)) == "default"
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+
+
+def test_serve_env_leaves_a_cluster_reached_by_address_alone(clean_serve_env):
+    import os
+
+    assert serve_env(_cfg(HF, ray={"address": "ray://head:10001"})) == "as the running Ray cluster was started"
+    clean_serve_env.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert serve_env(_cfg(HF)) == "as the running Ray cluster was started"
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
+
+
+def test_a_bad_ray_serve_mode_is_refused():
+    with pytest.raises(Exception, match="ray_serve_mode"):
+        _cfg(HF, ray_serve_mode="fast")

@@ -152,3 +152,13 @@ def test_engine_args_need_whole_gpus_and_a_gpu_node(registry, zoo):
         engine_args(cand, "/m", "bfloat16", adapters={})
     with pytest.raises(LoadError, match="candidate exa: the vllm engine needs a CUDA GPU; this node has none"):
         _engine(registry, StandInApi())  # this machine has no GPU
+
+
+def test_engine_args_for_two_gpus_are_tensor_parallel_without_multicast_all_reduce():
+    cand = CandidateConfig(id="big", model="exaone4-c", engine="vllm", num_gpus=2)
+    args = engine_args(cand, "/m", "bfloat16", adapters={})
+    assert args["tensor_parallel_size"] == 2
+    assert args["compilation_config"]["pass_config"]["fuse_allreduce_rms"] is False
+    one = engine_args(CandidateConfig(id="one", model="exaone4-c", engine="vllm", num_gpus=1), "/m", "bfloat16",
+                      adapters={})
+    assert "compilation_config" not in one

