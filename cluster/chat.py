@@ -151,11 +151,9 @@ def record_models(job, cfg: ChatJobConfig, results: list[dict]) -> None:
     """A ledger row per model on its worker's resources: its share of the worker's start, its load
     and the rest of its answer (template, generation) as the worker timed them; ok -> kept, else
     failed. A model whose worker died has only the time the driver waited, booked as "generate"."""
-    from cluster.ledger import cluster_accelerator
+    from cluster.ledger import unit_resources
 
-    accel = cluster_accelerator() if cfg.gpus_per_worker else None
-    res = {"node_type": f"1x{accel}" if accel else ("gpu" if cfg.gpus_per_worker else "cpu"), "accelerator": accel,
-           "gpus": cfg.gpus_per_worker, "cpus": cfg.cpus_per_worker}
+    res = unit_resources(cfg.gpus_per_worker, cfg.cpus_per_worker)
     for r in results:
         wall = float(r.get("wall_s") or 0.0)
         if "load_s" in r:

@@ -124,6 +124,21 @@ def node_type_facts(node_kind: str) -> tuple[str | None, int]:
     return match["accel"], int(match["gpus"])
 
 
+def unit_resources(gpus: float, cpus: float, *, tasks: int = 1, accelerator: str | None = None) -> dict:
+    """Ledger fields (node_type, accelerator, gpus, cpus) for a unit of work on `tasks` tasks that
+    each hold `gpus` and `cpus`: node_type "<N>x<type>" for one task's N GPUs (at least 1) of
+    `accelerator` or else the cluster's GPU type, "gpu" where no type is known, "cpu" without GPUs.
+
+        >>> unit_resources(0, 2)
+        {'node_type': 'cpu', 'accelerator': None, 'gpus': 0, 'cpus': 2}
+        >>> unit_resources(2, 4, tasks=3, accelerator="H200")
+        {'node_type': '2xH200', 'accelerator': 'H200', 'gpus': 6, 'cpus': 12}
+    """
+    accel = (accelerator or cluster_accelerator()) if gpus else None
+    node = f"{max(1, round(gpus))}x{accel}" if accel else ("gpu" if gpus else "cpu")
+    return {"node_type": node, "accelerator": accel, "gpus": gpus * tasks, "cpus": cpus * tasks}
+
+
 def cluster_accelerator() -> str | None:
     """The accelerator type of the connected Ray cluster's GPUs (the first one Ray reports), or
     None without GPUs or Ray: what a job that does not pick its node type is priced at."""

@@ -122,12 +122,10 @@ def record_replicas(job, cfg: ServeConfig, start_s: float, serve_s: float, *, st
     """A ledger row per candidate: its replicas' GPUs and CPUs for the app's start ("start") and
     the time it served ("generate": a replica holds its GPUs serving, busy or not). A start that
     failed is a failed row."""
-    from cluster.ledger import cluster_accelerator
+    from cluster.ledger import unit_resources
 
     for cand in cfg.candidates:
-        gpus, cpus = cand.num_gpus * cand.num_replicas, cand.num_cpus * cand.num_replicas
-        accel = (cand.accelerator_type or cluster_accelerator()) if gpus else None
-        node = f"{max(1, round(cand.num_gpus))}x{accel}" if accel else ("gpu" if gpus else "cpu")
+        res = unit_resources(cand.num_gpus, cand.num_cpus, tasks=cand.num_replicas, accelerator=cand.accelerator_type)
         phases = {"start": start_s, **({"generate": serve_s} if started else {})}
-        job.ledger.add(unit=cand.id, node_type=node, accelerator=accel, gpus=gpus, cpus=cpus, phases=phases,
-                       outcome="kept" if started else "failed", where=f"{cand.num_replicas} replica(s)")
+        job.ledger.add(unit=cand.id, phases=phases, outcome="kept" if started else "failed",
+                       where=f"{cand.num_replicas} replica(s)", **res)

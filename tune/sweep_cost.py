@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 
-from cluster.ledger import cluster_accelerator
+from cluster.ledger import unit_resources
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,7 @@ ASSUMED_PREPARE_S = {"gpu": 300.0, "cpu": 30.0}
 
 def trial_resources(cfg) -> dict:
     """What one trial holds (`resources.*_per_trial`) as ledger fields, at the cluster's GPU type."""
-    gpus = cfg.resources.gpus_per_trial
-    accel = cluster_accelerator() if gpus else None
-    return {"node_type": f"1x{accel}" if accel else ("gpu" if gpus else "cpu"), "accelerator": accel,
-            "gpus": gpus, "cpus": cfg.resources.cpus_per_trial}
+    return unit_resources(cfg.resources.gpus_per_trial, cfg.resources.cpus_per_trial)
 
 
 def _measured_trial_s(store, name: str) -> tuple[float | None, str]:

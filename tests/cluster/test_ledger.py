@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from cluster.ledger import Ledger, LedgerEntry, node_type_facts, parse_jsonl
+from cluster.ledger import Ledger, LedgerEntry, node_type_facts, parse_jsonl, unit_resources
 
 
 def test_rows_round_trip_through_jsonl():
@@ -45,3 +45,17 @@ def test_negative_seconds_count_as_zero():
                                          ("cpu-4cpu", (None, 0))])
 def test_node_type_facts(kind, facts):
     assert node_type_facts(kind) == facts
+
+
+def test_unit_resources_is_the_one_rule_for_a_rows_node_type_and_totals(monkeypatch):
+    # chat workers, Serve replicas, sweep trials and persona stages all book through it
+    assert unit_resources(0, 2) == {"node_type": "cpu", "accelerator": None, "gpus": 0, "cpus": 2}
+    assert unit_resources(1, 4, accelerator="H100")["node_type"] == "1xH100"
+    two = unit_resources(2, 8, tasks=3, accelerator="H200")  # 3 replicas of a two-GPU candidate
+    assert (two["node_type"], two["gpus"], two["cpus"]) == ("2xH200", 6, 24)
+    assert unit_resources(0.5, 1, accelerator="L4")["node_type"] == "1xL4"  # a fractional trial: one GPU's node
+    monkeypatch.setattr("cluster.ledger.cluster_accelerator", lambda: None)
+    assert unit_resources(1, 1)["node_type"] == "gpu"  # GPUs of no known type
+    monkeypatch.setattr("cluster.ledger.cluster_accelerator", lambda: "A10G")
+    assert unit_resources(1, 1) == {"node_type": "1xA10G", "accelerator": "A10G", "gpus": 1, "cpus": 1}
+    assert unit_resources(1, 1, accelerator="H100")["accelerator"] == "H100"  # the config's own type wins

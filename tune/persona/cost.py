@@ -14,16 +14,14 @@ probe failed is not kept (its store run is completed "failed"), so its stages ar
 """
 from __future__ import annotations
 
-from cluster.ledger import cluster_accelerator
+from cluster.ledger import unit_resources
 
 PARTS = ("sft", "dpo", "merge")
 
 
 def _resources(cfg, stage: str) -> dict:
     res = getattr(cfg.resources, stage)
-    accel = (res.accelerator_type or cluster_accelerator()) if res.num_gpus else None
-    node = f"1x{accel}" if accel else ("gpu" if res.num_gpus else "cpu")
-    return {"node_type": node, "accelerator": accel, "gpus": res.num_gpus, "cpus": res.num_cpus}
+    return unit_resources(res.num_gpus, res.num_cpus, accelerator=res.accelerator_type)
 
 
 def cost_plan(plan, cfg) -> dict:
