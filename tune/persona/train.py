@@ -284,6 +284,7 @@ def _run(trainer, stage: str, out_dir: Path, backend: str, held_out: bool, adapt
 
     if on_step is not None:
         trainer.add_callback(_step_callback(on_step))
+        on_step(0)  # model loaded and trainer built: setup and the first step each get the stall limit
     if cuda := torch.cuda.is_available() and not trainer.args.use_cpu:
         torch.cuda.reset_peak_memory_stats()
     ran_with: list = []
