@@ -157,7 +157,8 @@ def write_report(
 
     # status
     # one fingerprint, every model fine: nothing to draw, nothing refused (the vector is stored)
-    lone = not have_D and len(ids) == 1 and all(o["status"] == "ok" for o in outcomes)
+    lone = (not have_D and len(ids) == 1 and all(o["status"] == "ok" for o in outcomes)
+            and not cfg_summary.get("missing"))
     if published:
         md.append(f"**Status: published** — {len(ids)} fingerprints, {tree_kind.upper()} tree in `tree.nwk`.")
     elif lone:

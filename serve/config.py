@@ -135,8 +135,7 @@ class ServeConfig(JobConfig):
         default="throughput", description="Ray Serve's request path where `yard serve` starts Ray itself: "
         "'throughput' (Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED: user code on the replica's own event loop, gRPC "
         "between proxy and replicas, buffered access logs; the proxy, its port and the router's own loop stay) "
-        "or Ray's "
-        "'default'; a cluster reached by address keeps what its `ray start` was given")
+        "or Ray's 'default'; a cluster reached by address keeps what its `ray start` was given")
 
     @model_validator(mode="after")
     def _unique(self):

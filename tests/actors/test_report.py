@@ -131,6 +131,11 @@ def test_write_report_with_a_single_fingerprint(store):
     assert "REFUSED" not in md and "Status: one fingerprint" in md
     assert "Not enough fingerprints" in md and "No host reports" in md
     assert store.get_json(f"{run.prefix}/summary.json")["status"] == "one fingerprint"
+    # one fingerprint because another model's was unreadable: that is not a lone success
+    path, run = report(store, published=False, outcomes=OUTCOMES[:1], fps=fps, ids=["llama-0"], D=None,
+                       host_reports=[], cfg_summary={"missing": {"ghost": "no complete ok run"}})
+    assert "REFUSED" in open(path, encoding="utf-8").read()
+    assert store.get_json(f"{run.prefix}/summary.json")["status"] == "refused"
 
 
 def test_write_report_with_no_fingerprint_at_all(store):

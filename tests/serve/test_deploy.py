@@ -235,6 +235,9 @@ def test_serve_env_leaves_a_cluster_reached_by_address_alone(clean_serve_env):
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
 
 
-def test_a_bad_ray_serve_mode_is_refused():
-    with pytest.raises(Exception, match="ray_serve_mode"):
-        _cfg(HF, ray_serve_mode="fast")
+def test_a_bad_ray_serve_mode_is_one_line_naming_file_and_field(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("kind: serve\nray_serve_mode: fast\ncandidates:\n  - {id: tiny, path: /m}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, ServeConfig)
+    assert str(exc.value).startswith(f"{path}: ray_serve_mode") and "\n" not in str(exc.value)

@@ -72,4 +72,3 @@ def record_stall(job, cfg, incident: dict) -> None:
                    attempt=incident.get("attempt", 1), where=stage,
                    reason=f"no heartbeat for {incident['heartbeat_age_s']} s (limit {incident['limit_s']:g} s)",
                    **_resources(cfg, stage))
-
