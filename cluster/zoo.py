@@ -181,18 +181,31 @@ def default_zoo_config(overrides: list[str] | tuple[str, ...] = ()) -> ZooConfig
 
 
 def zoo_hash(cfg: ZooConfig) -> str:
-    """Cache key: resolved config (less where it is written), corpus, this code, library versions."""
+    """Cache key: resolved config (less where it is written and how many models train at once:
+    each trains on one thread, so the weights do not depend on it), corpus, this code, library
+    versions."""
     import torch
     import transformers
 
     h = hashlib.sha256()
-    h.update(json.dumps(cfg.model_dump(mode="json", exclude={"zoo_dir"}), sort_keys=True).encode())
+    h.update(json.dumps(cfg.model_dump(mode="json", exclude={"zoo_dir", "num_threads"}), sort_keys=True).encode())
     h.update(zoo_train.corpus_digest().encode())
     for module_file in (__file__, zoo_train.__file__):
         h.update(Path(module_file).read_bytes())
     # Another torch/transformers may train or serialize differently: treat it as a new zoo.
     h.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
     return h.hexdigest()
+
+
+def zoo_cached(cfg: ZooConfig) -> bool:
+    """Would `build_zoo(cfg)` be a cache hit now? (Reads the lock and the model dirs; trains nothing.)"""
+    zoo_dir = Path(cfg.zoo_dir).expanduser()
+    try:
+        same = json.loads((zoo_dir / LOCK_NAME).read_text())["hash"] == zoo_hash(cfg)
+        registry = read_registry(zoo_dir) if same else {}
+    except (OSError, ValueError, KeyError, ConfigError):
+        return False
+    return same and all(_model_complete(zoo_dir / s.name) and s.name in registry for s in cfg.specs())
 
 
 def _model_complete(path: Path) -> bool:

@@ -1,8 +1,10 @@
 """Shared fixtures. Real parts only: a local Ray, moto's S3 server over HTTP, the toy zoo."""
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -52,18 +54,33 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-# Longest first, so that `pytest -n 2 --dist loadfile` (make test) packs the two workers well: the
-# minutes-long end-to-end modules start at once and the many short ones fill the gaps at the end.
-# Measured with --durations (slowest first); a module not listed keeps its place after these.
+# Longest first, so that `pytest -n 3 --dist loadfile --no-loadscope-reorder` (make test) packs the
+# workers well: the minutes-long end-to-end modules start at once and the many short ones fill the
+# gaps at the end. xdist hands each worker two modules at the start, so three short ones come
+# fourth to sixth: a worker's first long module is not tied to a second one. Measured with
+# YARD_TEST_TIMELINE (below) on 2 cores; a module not listed keeps its place after these.
 HEAVY_FIRST = (
     "tests/cluster/test_demo.py",
     "tests/tune/test_sweep.py",
-    "tests/tune/persona/test_job.py",
     "tests/actors/test_dna_job.py",
+    "tests/cluster/test_jobs.py",
+    "tests/cluster/test_live.py",
+    "tests/cluster/test_watch.py",
+    "tests/tune/persona/test_job.py",
+    "tests/actors/test_two_nodes.py",
+    "tests/serve/test_console.py",
     "tests/serve/test_app.py",
-    "tests/tune/persona/test_sweep.py",
+    "tests/tune/test_sweep_watchdog.py",
     "tests/cluster/test_ray_submit.py",
+    "tests/cluster/test_cost_cli.py",
     "tests/cluster/test_storage.py",
+    "tests/serve/test_app_one_slot.py",
+    "tests/cluster/test_chat.py",
+    "tests/tune/test_quantize.py",
+    "tests/cluster/test_joblog.py",
+    "tests/serve/test_serve_job.py",
+    "tests/tune/persona/test_sweep.py",
+    "tests/actors/test_dna_cost.py",
 )
 
 
@@ -73,14 +90,23 @@ QUIET_LAST = ("tests/tune/test_timing_quiet.py",)
 
 
 def pytest_collection_modifyitems(session, config, items):
+    from tests.plugins.zoo import uses_zoo, zoo_ready
+
     rank = {path: i for i, path in enumerate(HEAVY_FIRST)}
     rank.update({path: 10_000 + i for i, path in enumerate(QUIET_LAST)})
+    # While the zoo builds in the background (tests/plugins/zoo.py), the modules that need none go
+    # first; every worker computes the same order (xdist requires it).
+    needs_zoo = {item.nodeid.split("::", 1)[0] for item in items if uses_zoo(item)}
+    building = bool(needs_zoo) and not zoo_ready()
 
     def key(item):
         path = item.nodeid.split("::", 1)[0]
-        return rank.get(path, len(HEAVY_FIRST))
+        return (building and path in needs_zoo, rank.get(path, len(HEAVY_FIRST)))
 
     items.sort(key=key)  # stable: the order inside a module and among the rest is kept
+    for item in items:  # `make check` leaves these out
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
 
 
 def _lock_dir(config) -> Path:
@@ -91,6 +117,9 @@ def _lock_dir(config) -> Path:
     return path
 
 
+_HELD: dict = {}  # the running test's lock files (machine_alone converts its share)
+
+
 @contextlib.contextmanager
 def _machine_share(config, quiet: bool):
     """Every test holds a shared lock while it runs (fixture setup and teardown included); a
@@ -98,18 +127,53 @@ def _machine_share(config, quiet: bool):
     keeps a stream of shared holders from starving a quiet test that waits."""
     folder = _lock_dir(config)
     with open(folder / "turnstile", "a") as turnstile, open(folder / "machine", "a") as machine:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(machine, fcntl.LOCK_EX if quiet else fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        _take(turnstile, machine, fcntl.LOCK_EX if quiet else fcntl.LOCK_SH)
+        _HELD.update(turnstile=turnstile, machine=machine)
         try:
             yield
         finally:
+            _HELD.clear()
             fcntl.flock(machine, fcntl.LOCK_UN)
+
+
+def _take(turnstile, machine, how: int) -> None:
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(machine, how)
+    finally:
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def machine_alone():
+    """A context manager: inside it no other worker's test runs (the running ones finish first, new
+    ones wait). For the part of a `quiet` test that measures time; the rest of it shares the
+    machine like any test."""
+
+    @contextlib.contextmanager
+    def alone():
+        turnstile, machine = _HELD["turnstile"], _HELD["machine"]
+        fcntl.flock(machine, fcntl.LOCK_UN)  # a shared holder waiting for "exclusive" would wait on itself
+        _take(turnstile, machine, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(machine, fcntl.LOCK_SH)  # back to sharing, as the test began
+
+    return alone
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    with _machine_share(item.config, item.get_closest_marker("quiet") is not None):
+    started = time.time()
+    # a quiet test that scopes its quiet part (machine_alone) shares the machine for the rest
+    quiet = item.get_closest_marker("quiet") is not None and "machine_alone" not in getattr(item, "fixturenames", ())
+    with _machine_share(item.config, quiet):
         yield
+    if TIMELINE:  # YARD_TEST_TIMELINE=FILE: when each test ran and on which worker (tuning the schedule)
+        worker = getattr(item.config, "workerinput", {}).get("workerid", "main")
+        with open(TIMELINE, "a") as fh:
+            fh.write(json.dumps({"worker": worker, "test": item.nodeid, "start": started, "end": time.time()}) + "\n")
+
+
+TIMELINE = os.environ.get("YARD_TEST_TIMELINE")

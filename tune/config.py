@@ -226,7 +226,10 @@ class SweepConfig(JobConfig):
                               "the base (zoo bases, local store), so `yard dna` can place them; 0: none")
     timing: TimingConfig = Field(default_factory=TimingConfig, description="the Score's speed half: every model "
                                  "timed alone after the trials, interleaved and repeated (tune/timing.py)")
-    stall_after_s: float = Field(900.0, gt=0)
+    stall_after_s: float = Field(900.0, gt=0, description="a trial with no heartbeat (a step, a batch) for this "
+                                 "long is killed")
+    load_stall_after_s: float = Field(1800.0, gt=0, description="the limit while a trial starts and loads its base "
+                                      "(before its first step), as the DNA hosts' load limit")
 
     @model_validator(mode="after")
     def _kd_within_calibration(self) -> "SweepConfig":

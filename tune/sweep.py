@@ -437,7 +437,10 @@ def demo(store, zoo_registry: str, quick: bool = True) -> dict:
     if quick:
         overrides += ["name=demo-quick", "search.space.prune_depth={grid: [0, 2]}",
                       "search.space.kd_samples={value: 16}", "search.space.lora_rank={value: 0}",
-                      "search.space.quant={grid: [none, W8A16]}", "search.asha.enabled=false"]
+                      "search.space.quant={grid: [none, W8A16]}", "search.asha.enabled=false",
+                      # two timing rounds, not five: the quick demo shows the phase, --full measures
+                      # (five rounds of at least 1 s per model were 34 of the step's 57 s)
+                      "timing.rounds=2", "timing.min_visit_s=0.25"]
     cfg = load_config(DEMO_CONFIG, SweepConfig, overrides)
     _, summary = run_sweep(cfg, config_path=str(DEMO_CONFIG))
     return summary

@@ -174,7 +174,7 @@ def _pipeline(config: dict, setup: TrialSetup, trial_id: str, cfg, store, cid: s
 
     registry = ModelRegistry.load(setup.registry_paths)
     spec = registry.get(cfg.base)
-    reporter.phase("loading", item=cfg.base)
+    reporter.phase("loading", item=cfg.base, stall_after_s=cfg.load_stall_after_s)
     model, tokenizer, _ = load_model(cfg.base, registry)
     max_length = cfg.calibration.max_length
 

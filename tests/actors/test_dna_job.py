@@ -162,7 +162,8 @@ def test_same_model_twice_is_distance_zero_and_the_outlier_gate_refuses_to_publi
         "source": str(Path(zoo.zoo_dir) / "llama-a"), "params_b": 0.001, "family": "llama", "lineage_family": "twin"}}}
     (tmp_path / "twin.yaml").write_text(yaml.safe_dump(twin))
     registry = [str(zoo.registry_path), str(tmp_path / "twin.yaml")]
-    cfg = cfg_for(zoo, tmp_path / "a", ["llama-a", "llama-a-twin", "qwen3-b"])
+    # one host for the three models: the gate is what is tested, and each host start pays its imports
+    cfg = cfg_for(zoo, tmp_path / "a", ["llama-a", "llama-a-twin", "qwen3-b"], "hosts.max_hosts=1")
     cfg = cfg.model_copy(update={"registry": registry})
     code, summary = run_dna(cfg)
     assert code == 3 and not summary["published"]  # refused, and never "Completed"

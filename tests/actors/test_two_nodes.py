@@ -83,7 +83,8 @@ class TwoNodes:
     def __init__(self, base: Path):
         self.base, self.port = base, free_port()
         # a token of our own (Ray 2.60 turns token authentication on for a new head)
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "PYTHONUNBUFFERED": "1"}  # `ray start`'s lines reach its log as it prints them
         self.env.pop("RAY_ADDRESS", None)
         self.procs: dict[str, subprocess.Popen] = {}
         self.seen: set[tuple[int, int]] = set()  # every process of the cluster ever snapshotted
@@ -99,10 +100,15 @@ class TwoNodes:
                  "--dashboard-agent-listen-port", str(free_port()), *NODE_ARGS],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         deadline = time.time() + 120
+        # `ray start --block` says so once its node is up; each `ray status` costs a Python start
+        while "Ray runtime started" not in (self.base / f"{name}.log").read_text(errors="replace"):
+            assert self.procs[name].poll() is None, f"ray start {name} exited: {self.log(name)}"
+            assert time.time() < deadline, f"ray start {name}: not up after 120 s: {self.log(name)}"
+            time.sleep(0.5)
         while self.alive_nodes() < nodes:
             assert self.procs[name].poll() is None, f"ray start {name} exited: {self.log(name)}"
             assert time.time() < deadline, f"{nodes} nodes not up after 120 s: {self.log(name)}"
-            time.sleep(1)
+            time.sleep(2)
 
     def alive_nodes(self) -> int:
         out = subprocess.run([str(RAY_CLI), "status", "--address", self.address], check=False, env=self.env,
@@ -158,7 +164,7 @@ class TwoNodes:
     def close(self) -> list[str]:
         """Stop both nodes; the command lines of any process of the cluster still running then."""
         for name in reversed(list(self.procs)):
-            self.stop(name)
+            self.stop(name, grace_s=5.0)  # the test is over: SIGKILL sooner
         left = {p for p in self.seen if _alive(p)} | self.ours()
         lines = []
         for pid, _ in left:

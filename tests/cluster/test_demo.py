@@ -27,6 +27,7 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
     registered = yaml.safe_load((zoo_dir / "models.yaml").read_text())["models"]
     children = {m: s for m, s in registered.items() if m.startswith("demo-quick.")}
     assert 1 <= len(children) <= 3 and all(s["parent"] == "exaone4-c" for s in children.values())
+    _check_chat_step(LocalStore(str(store)), sorted(zoo.models))
     _check_dna_step(LocalStore(str(store)), sorted(zoo.models))
     _check_persona_step(LocalStore(str(store)), registered)
     # every job ended, and so did every task's record (a trial ASHA stopped included): nothing
@@ -36,6 +37,33 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
     statuses = collect(LocalStore(str(store)))
     assert statuses and {j.status for j in statuses} == {"SUCCEEDED"}
     assert not [(j.job_name, t.task, t.status) for j in statuses for t in j.tasks if t.status in ("RUNNING", "STALLED")]
+
+
+def _check_chat_step(store, models):
+    """The chat step (the demo's chat config, every zoo model): each model answers, the report and
+    its plot, a ledger row per model timed by its worker, and every progress record ended (this
+    run is the chat job's end-to-end test; tests/cluster/test_chat.py covers its failures)."""
+    import json
+
+    (run,) = store.runs("reports", "chat")
+    report = store.get_bytes(f"{run.prefix}/report.md").decode()
+    assert report.count("| ok |") == len(models)
+    assert [ln for ln in report.splitlines() if ln.strip()][-1].startswith("Cost: $")  # ends with its cost
+    assert len(store.get_bytes(f"{run.prefix}/timings.png")) > 1000
+    for mid in models:
+        reply = store.get_json(store.latest("chat", mid, prefer=(".json",)).key)
+        assert reply["status"] == "ok" and len(reply["reply"]) >= 20, reply
+        assert reply["plan"]["dtype"] == "float32" and reply["plan"]["device_map"] is None
+    rows = [json.loads(line) for key in store.list_keys("jobs/") if key.endswith("/ledger.jsonl")
+            for line in store.get_bytes(key).decode().splitlines()]
+    rows = [r for r in rows if r["kind"] == "chat"]
+    assert sorted(r["unit"] for r in rows) == models and {r["outcome"] for r in rows} == {"kept"}
+    assert all(r["node_type"] == "cpu" and r["cpus"] == 1.0 and r["phases"]["load"] > 0
+               and r["phases"]["generate"] > 0 and r["phases"]["start"] > 0 for r in rows), rows
+    (job,) = [store.get_state(k) for k in store.list_state("jobs/") if store.get_state(k)["job_name"] == "chat"]
+    assert job["status"] == "succeeded"
+    tasks = [store.get_state(k) for k in store.list_state(f"progress/{job['job_id']}/")]
+    assert {t["status"] for t in tasks} == {"succeeded"} and sum(t["done"] for t in tasks) == len(models)
 
 
 def _check_dna_step(store, models):

@@ -90,6 +90,7 @@ def test_kd_samples_may_not_exceed_the_calibration_texts():
     ("kd.temperature=0", "kd.temperature"),
     ("prune.variant=random", "prune.variant"),
     ("stall_after_s=0", "stall_after_s"),
+    ("load_stall_after_s=0", "load_stall_after_s"),
 ])
 def test_bad_values_name_file_and_field(override, field):
     with pytest.raises(ConfigError, match=rf"^{DEMO}: {field}: "):

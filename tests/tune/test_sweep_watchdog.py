@@ -15,9 +15,12 @@ from tests.tune.test_sweep import DEMO, _cfg
 pytestmark = pytest.mark.slow
 
 
+STALL_AFTER_S = 5  # a few seconds: the trials heartbeat per step, and loading has its own limit
+
+
 def make_trial(stopped: Path):
-    """The real trial, except: prune_depth 1 stops for good (SIGSTOP, never resumed: a wedged load)
-    before it reports anything, on its first attempt; prune_depth 2 stays alive and heartbeats but
+    """The real trial, except: prune_depth 1 stops for good (SIGSTOP, never resumed: a wedged
+    step) once it is pruning, on its first attempt; prune_depth 2 stays alive and heartbeats but
     never finishes (a trial far slower than its recipe should be)."""
     from tune.trial import run_trial
 
@@ -28,6 +31,8 @@ def make_trial(stopped: Path):
         from tune.trial import trial_reporter
 
         if config["prune_depth"] == 1 and not stopped.exists():
+            trial_reporter(open_store(setup.store_uri, setup.endpoint_url), setup.job_id,
+                           tune.get_context().get_trial_id(), STALL_AFTER_S).phase("prune")
             stopped.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGSTOP)
         if config["prune_depth"] == 2:
@@ -56,7 +61,7 @@ def test_a_stalled_trial_is_rerun_and_an_overlong_one_killed(ray_local, zoo, tmp
                "search.space.lora_rank={value: 0}", "search.space.quant={value: none}",
                "search.max_concurrent_trials=2", "search.asha.enabled=false", "eval.max_new_tokens=8",
                "eval.benchmarks.0.limit=4", "eval.benchmarks.1.limit=4", "timing.enabled=false",
-               "stall_after_s=20", "search.trial_time_limit_s=75", "search.stall_retries=1")
+               f"stall_after_s={STALL_AFTER_S}", "search.trial_time_limit_s=50", "search.stall_retries=1")
     started = time.time()
     code, summary = run_sweep(cfg, config_path=str(DEMO), trial_fn=make_trial(stopped))
     assert stopped.exists()  # the first attempt really stopped
@@ -65,16 +70,16 @@ def test_a_stalled_trial_is_rerun_and_an_overlong_one_killed(ray_local, zoo, tmp
     by_kind = {i["kind"]: i for i in summary["incidents"]}
     assert sorted(by_kind) == ["stalled", "time limit"], summary["incidents"]
     stall, over = by_kind["stalled"], by_kind["time limit"]
-    assert stall["retried"] and stall["phase"] == "starting" and stall["heartbeat_age_s"] > 20
+    assert stall["retried"] and stall["phase"] == "prune" and stall["heartbeat_age_s"] > STALL_AFTER_S
     assert not over["retried"] and over["phase"] == "evaluate"
     store = LocalStore(str(tmp_path / "store"))
     run = store.runs("sweep", "watch")[-1]
     rows = {r["prune_depth"]: r for r in store.get_json(f"{run.prefix}/rows.json")}
     assert rows[1]["status"] == "ok" and rows[1]["trial_id"] == stall["trial_id"]  # the rerun finished
-    assert rows[2]["status"] == "error" and "trial_time_limit_s=75" in rows[2]["error"]
+    assert rows[2]["status"] == "error" and "trial_time_limit_s=50" in rows[2]["error"]
     md = (tmp_path / "store" / run.prefix / "leaderboard.md").read_text()
     assert "## Trials the sweep killed" in md
-    assert f"| {stall['trial_id']} | stalled | starting |" in md and f"| {over['trial_id']} | time limit |" in md
+    assert f"| {stall['trial_id']} | stalled | prune |" in md and f"| {over['trial_id']} | time limit |" in md
     (job,) = [j for j in collect(store) if j.job_name == "sweep"]
     tasks = {t.task: t for t in job.tasks}
     killed = tasks[f"trial-{stall['trial_id']}.killed1"]

@@ -1,6 +1,6 @@
-"""The timing phase on a real sweep, on a quiet machine: the suite runs this module last and with
-the machine to itself (`quiet` marker, tests/conftest.py), as a user's timing phase runs with
-nothing else of the sweep beside it."""
+"""The timing phase on a real sweep, on a quiet machine: the suite runs this module last, and its
+timing phase with the machine to itself (`quiet` marker and `machine_alone`, tests/conftest.py),
+as a user's timing phase runs with nothing else of the sweep beside it."""
 import pytest
 
 from cluster.storage_local import LocalStore
@@ -9,7 +9,8 @@ from tests.tune.test_sweep import DEMO, _cfg
 
 @pytest.mark.quiet
 @pytest.mark.timeout(500)
-def test_identity_recipe_scores_half_while_trials_share_the_node(ray_local, zoo, tmp_path):
+def test_identity_recipe_scores_half_while_trials_share_the_node(ray_local, zoo, tmp_path, machine_alone,
+                                                                 monkeypatch):
     """Two copies of the base (prune 0, no KD, no heal, no quantization) made 2 at a time on 2
     cores. Timed inside the trials such a copy scored 0.40 or less (the baseline was timed alone in
     the prepare step); the timing phase times base and copies alone, interleaved, so a copy scores
@@ -23,7 +24,17 @@ def test_identity_recipe_scores_half_while_trials_share_the_node(ray_local, zoo,
     to control. A CI run measured 0.543 here with a spread of 0.011, every round alike: both
     models' weights were pages of their safetensors files (each a different file), and the
     phase now copies every model's weights into fresh memory of its own first (`_own_memory`)."""
+    from tune import sweep
     from tune.sweep import run_sweep
+
+    # the timing phase, and only it, with the machine to itself: the trials share it like any test
+    time_candidates = sweep.time_candidates
+
+    def alone(*args, **kwargs):
+        with machine_alone():
+            return time_candidates(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "time_candidates", alone)
 
     benches = [f"eval.benchmarks.{i}.limit=6" for i in range(2)]
     cfg = _cfg(zoo, tmp_path, "name=ident", "register_top=0", "calibration.count=8", "calibration.holdout=2",

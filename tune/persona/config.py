@@ -140,6 +140,8 @@ class PersonaConfig(JobConfig):
     child_id: str | None = Field(None, pattern=_NAME, description="the child's registry id (default <base>.<name>)")
     stall_after_s: float = Field(1800.0, gt=0, description="a training stage with no heartbeat (a step) for "
                                  "this long is killed")
+    load_stall_after_s: float = Field(1800.0, gt=0, description="the limit while a stage starts, loads its model "
+                                      "and builds its trainer (before its first step), as the DNA hosts' load limit")
     stall_retries: int = Field(1, ge=0, le=5, description="a stage killed at its stall limit reruns in a fresh "
                                "process up to this many times")
 

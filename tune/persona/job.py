@@ -74,10 +74,25 @@ def _reporter(store_uri: str, endpoint_url: str | None, job_id: str | None, task
     return ProgressReporter(open_store(store_uri, endpoint_url), job_id, task=task, stall_after_s=stall_after_s)
 
 
+def _stage_heartbeat(reporter, stage: str, base: str, stall_after_s: float, load_stall_after_s: float):
+    """`on_step` for the trainer (tune/persona/train.py): step 0 (trainer built) starts the step
+    limit, -1 (training done: held-out loss, save, upload) goes back to the load limit."""
+
+    def on_step(step: int) -> None:
+        if step == 0:
+            reporter.phase(stage, item=base, stall_after_s=stall_after_s)
+        elif step < 0:
+            reporter.phase(stage, item=base, stall_after_s=load_stall_after_s)
+        else:
+            reporter.heartbeat(step=step)
+
+    return on_step
+
+
 def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, held_out: list, lora: dict,
               settings: dict, chat_template_kwargs: dict, store_uri: str, endpoint_url: str | None, prefix: str,
               sft_adapter_key: str | None = None, job_id: str | None = None, stall_after_s: float = 1800.0,
-              subdir: str = "") -> dict:
+              load_stall_after_s: float | None = None, subdir: str = "") -> dict:
     """One training stage ("sft" or "dpo") where Ray placed it: train, upload `<subdir><stage>/adapter/`
     under the run `prefix` (the job's run; a persona sweep's run with subdir `trials/<id>/`).
     Returns {"result": StageResult dict, "files": [uploaded names], "wall_s"}."""
@@ -94,9 +109,10 @@ def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, h
     reporter = _reporter(store_uri, endpoint_url, job_id, stage, stall_after_s)
     on_step = None
     if reporter is not None:
-        # a heartbeat per optimizer step: the job kills a stage silent for stall_after_s
-        reporter.phase(stage, item=base, stall_after_s=stall_after_s)
-        on_step = lambda step: reporter.heartbeat(step=step)  # noqa: E731
+        # Loading the model and building the trainer get the load limit; from then on a heartbeat
+        # per optimizer step, and the job kills a stage silent for stall_after_s.
+        reporter.phase(stage, item=base, stall_after_s=load_stall_after_s or stall_after_s)
+        on_step = _stage_heartbeat(reporter, stage, base, stall_after_s, load_stall_after_s or stall_after_s)
     try:
         path = base_path(registry_paths, base)
         with tempfile.TemporaryDirectory(prefix=f"yard-persona-{stage}-") as tmp:
@@ -206,7 +222,8 @@ def run_watched(submit, store: ArtifactStore, job_id: str, task: str, cfg: Perso
     for attempt in range(1, cfg.stall_retries + 2):
         started = time.time()
         try:
-            return wait_watched(submit(), store, job_id, task, cfg.stall_after_s, attempt=attempt)
+            # before its first record an attempt is starting: the load limit holds
+            return wait_watched(submit(), store, job_id, task, cfg.load_stall_after_s, attempt=attempt)
         except TaskStalled as exc:
             retry = attempt <= cfg.stall_retries
             incidents.append({**exc.incident(retried=retry), "attempt": attempt,
@@ -264,10 +281,13 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
         incidents: list[dict] = []
         summary["incidents"] = incidents
         stage_task = ray.remote(stage_fn or run_stage)
-        reporter.phase("sft", item=cfg.base, stall_after_s=cfg.stall_after_s)
+        # the driver waits while a stage loads and then steps: its own record allows both
+        waiting_s = cfg.load_stall_after_s + cfg.stall_after_s
+        reporter.phase("sft", item=cfg.base, stall_after_s=waiting_s)
         sft = run_watched(lambda: stage_task.options(**_options(cfg.resources.sft)).remote(
             "sft", rows=prep.sft, held_out=prep.sft_held_out, lora=cfg.lora.model_dump(), settings=cfg.sft.model_dump(),
-            chat_template_kwargs=cfg.chat_template_kwargs, job_id=job.job_id, stall_after_s=cfg.stall_after_s, **common),
+            chat_template_kwargs=cfg.chat_template_kwargs, job_id=job.job_id, stall_after_s=cfg.stall_after_s,
+            load_stall_after_s=cfg.load_stall_after_s, **common),
             store, job.job_id, "sft", cfg, incidents, on_stall=lambda i: record_stall(job, cfg, i))
         writer.files += sft["files"]
         stages.append(sft["result"])
@@ -275,11 +295,12 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
         reporter.advance(item="sft")
         adapter_key = sft["result"]["adapter_dir"]
         if cfg.dpo is not None and prep.dpo:
-            reporter.phase("dpo", item=cfg.base, stall_after_s=cfg.stall_after_s)
+            reporter.phase("dpo", item=cfg.base, stall_after_s=waiting_s)
             dpo = run_watched(lambda: stage_task.options(**_options(cfg.resources.dpo)).remote(
                 "dpo", rows=prep.dpo, held_out=prep.dpo_held_out, lora=cfg.lora.model_dump(),
                 settings=cfg.dpo.model_dump(), chat_template_kwargs=cfg.chat_template_kwargs,
-                sft_adapter_key=adapter_key, job_id=job.job_id, stall_after_s=cfg.stall_after_s, **common),
+                sft_adapter_key=adapter_key, job_id=job.job_id, stall_after_s=cfg.stall_after_s,
+                load_stall_after_s=cfg.load_stall_after_s, **common),
                 store, job.job_id, "dpo", cfg, incidents, on_stall=lambda i: record_stall(job, cfg, i))
             writer.files += dpo["files"]
             stages.append(dpo["result"])

@@ -279,7 +279,8 @@ def _step_callback(on_step):
 def _run(trainer, stage: str, out_dir: Path, backend: str, held_out: bool, adapters: list[str] | None,
          on_step=None) -> StageResult:
     """Train, save the adapter (`adapters`: which of the model's adapters), and measure.
-    `on_step(step)` runs after every optimizer step (the stage's heartbeat)."""
+    `on_step(step)` runs after every optimizer step (the stage's heartbeat), with 0 once the trainer
+    is built and -1 once training is done."""
     import torch
 
     if on_step is not None:
@@ -292,6 +293,8 @@ def _run(trainer, stage: str, out_dir: Path, backend: str, held_out: bool, adapt
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
+    if on_step is not None:
+        on_step(-1)  # training done: the held-out loss and the save are not steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     eval_loss = trainer.evaluate()["eval_loss"] if held_out else None
     adapter_dir = out_dir / "adapter"

@@ -94,6 +94,7 @@ def test_bad_fields_name_the_field():
     ("plan: {prices: {H200 SXM5: -1}}", "plan: {...}: prices.H200 SXM5: -1.0 < 0"),
     ("stall_retries: 6", "stall_retries: 6: Input should be less than or equal to 5"),
     ("stall_after_s: 0", "stall_after_s: 0: Input should be greater than 0"),
+    ("load_stall_after_s: -1", "load_stall_after_s: -1: Input should be greater than 0"),
 ])
 def test_bad_field_in_a_file_is_one_line(tmp_path, line, message):
     path = tmp_path / "persona.yaml"
