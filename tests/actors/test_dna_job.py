@@ -68,7 +68,7 @@ def test_a_crashed_or_hung_host_is_replaced_and_its_model_retried(ray_local, zoo
     started = time.time()
     code, summary = run_dna(
         cfg_for(zoo, tmp_path / "store", ["llama-a", "qwen3-b", "exaone4-c"], "hosts.max_hosts=1",
-                "hosts.stall_after_s=10"),
+                "hosts.stall_after_s=6"),  # a few seconds: generation heartbeats per batch
         accept_suspicious=True, host_cls=make_crash_then_hang_host(crashed, stopped, raised),
     )
     assert crashed.exists() and stopped.exists() and raised.exists()  # each happened once
@@ -76,7 +76,7 @@ def test_a_crashed_or_hung_host_is_replaced_and_its_model_retried(ray_local, zoo
     assert time.time() - started < 240  # the hang was acted on, not waited out
     ((incident,),) = [summary["incidents"]]
     assert incident["model_id"] == "qwen3-b" and incident["phase"] == "generating"
-    assert incident["heartbeat_age_s"] > 10
+    assert incident["heartbeat_age_s"] >= 6  # rounded to 0.1 s
     store = open_store(str(tmp_path / "store"))
     (job,) = collect(store)
     tasks = {t.task: t for t in job.tasks}

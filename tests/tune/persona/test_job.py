@@ -145,7 +145,7 @@ def test_a_stalled_stage_is_killed_and_rerun(zoo_registry, tmp_path, ray_local):
     assert code == 0, summary
     (incident,) = summary["incidents"]
     assert incident["task"] == "sft" and incident["phase"] == "sft" and incident["retried"]
-    assert incident["heartbeat_age_s"] > 5
+    assert incident["heartbeat_age_s"] >= 5  # rounded to 0.1 s
     report = Path(summary["report"]).read_text()
     assert "## Stages the job killed" in report and "| sft | sft |" in report
     (status,) = [j for j in collect(open_store(str(tmp_path / "store"))) if j.job_name == "persona"]
@@ -158,4 +158,4 @@ def test_a_stalled_stage_is_killed_and_rerun(zoo_registry, tmp_path, ray_local):
             for row in map(json.loads, store.get_bytes(k).decode().splitlines()) if row["job_id"] == status.job_id]
     sft = sorted((r["attempt"], r["outcome"]) for r in rows if r["unit"] == "sft")
     assert sft == [(1, "stalled"), (2, "kept")]
-    assert [r["phases"]["train"] for r in rows if r["outcome"] == "stalled"][0] > 5  # it held its CPU that long
+    assert [r["phases"]["train"] for r in rows if r["outcome"] == "stalled"][0] >= 5  # it held its CPU that long
