@@ -56,16 +56,18 @@ def one_torch_thread():
 
 # Longest first, so that `pytest -n 3 --dist loadfile --no-loadscope-reorder` (make test) packs the
 # workers well: the minutes-long end-to-end modules start at once and the many short ones fill the
-# gaps at the end. xdist hands each worker two modules at the start, so three short ones come
-# fourth to sixth: a worker's first long module is not tied to a second one. Measured with
-# YARD_TEST_TIMELINE (below) on 2 cores; a module not listed keeps its place after these.
+# gaps at the end. xdist queues the next module behind a worker's running one while that one has
+# two tests or fewer pending (the demo is one test), so a short module follows each of the three
+# longest: a long module never waits behind another on the same worker. The short ones use the
+# zoo, so they keep their place while the zoo builds (below). Measured with YARD_TEST_TIMELINE
+# (below) on 2 cores; a module not listed keeps its place after these.
 HEAVY_FIRST = (
     "tests/cluster/test_demo.py",
+    "tests/cluster/test_zoo.py",
     "tests/tune/test_sweep.py",
+    "tests/tune/test_prune.py",
     "tests/actors/test_dna_job.py",
-    "tests/cluster/test_jobs.py",
-    "tests/cluster/test_live.py",
-    "tests/cluster/test_watch.py",
+    "tests/tune/test_ffn.py",
     "tests/tune/persona/test_job.py",
     "tests/actors/test_two_nodes.py",
     "tests/serve/test_console.py",
