@@ -37,7 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 HBM_BYTES_PER_S = 4.3e12
-SHAPE = "exaone-4.0-1.2b"
+DEFAULT_SHAPE = "exaone-4.0-1.2b"
+SHAPE = DEFAULT_SHAPE  # --shape sets it (main)
 
 
 def model_ids(n: int = 4) -> list[str]:
@@ -199,7 +200,7 @@ def main() -> None:
     ap.add_argument("--no-reuse", action="store_true", help="a new engine per model (engine.vllm.reuse_engine false)")
     ap.add_argument("--in-process", action="store_true", help="engine.vllm.in_process true")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--shape", default=SHAPE, help="a cluster.shapes name, e.g. qwen3-8b (16 GB of weights each)")
+    ap.add_argument("--shape", default=DEFAULT_SHAPE, help="a cluster.shapes name, e.g. qwen3-8b (16 GB of weights each)")
     ap.add_argument("--models", type=int, default=4, help="how many models build writes (seeds 0..N-1)")
     args = ap.parse_args()
     global SHAPE
