@@ -199,13 +199,21 @@ def zoo_hash(cfg: ZooConfig) -> str:
 
 def zoo_cached(cfg: ZooConfig) -> bool:
     """Would `build_zoo(cfg)` be a cache hit now? (Reads the lock and the model dirs; trains nothing.)"""
-    zoo_dir = Path(cfg.zoo_dir).expanduser()
     try:
-        same = json.loads((zoo_dir / LOCK_NAME).read_text())["hash"] == zoo_hash(cfg)
-        registry = read_registry(zoo_dir) if same else {}
-    except (OSError, ValueError, KeyError, ConfigError):
+        return _cache_state(Path(cfg.zoo_dir).expanduser(), cfg, zoo_hash(cfg))[3]
+    except ConfigError:  # an unreadable registry: build_zoo would rebuild
         return False
-    return same and all(_model_complete(zoo_dir / s.name) and s.name in registry for s in cfg.specs())
+
+
+def _cache_state(zoo_dir: Path, cfg: ZooConfig, key: str) -> tuple[bool, list[str], dict, bool]:
+    """(same hash, models whose dirs are incomplete, registry, cache hit) of the zoo in `zoo_dir`."""
+    try:
+        same = json.loads((zoo_dir / LOCK_NAME).read_text())["hash"] == key
+    except (OSError, ValueError, KeyError):
+        same = False
+    missing = [s.name for s in cfg.specs() if not _model_complete(zoo_dir / s.name)]
+    registry = read_registry(zoo_dir) if same else {}
+    return same, missing, registry, same and not missing and all(s.name in registry for s in cfg.specs())
 
 
 def _model_complete(path: Path) -> bool:
@@ -331,13 +339,8 @@ def build_zoo(cfg: ZooConfig) -> ZooBuild:
     with _exclusive(zoo_dir):
         key = zoo_hash(cfg)
         lock_path = zoo_dir / LOCK_NAME
-        try:
-            same = json.loads(lock_path.read_text())["hash"] == key
-        except (OSError, ValueError, KeyError):
-            same = False
-        missing = [s.name for s in cfg.specs() if not _model_complete(zoo_dir / s.name)]
-        registry = read_registry(zoo_dir) if same else {}
-        if same and not missing and all(s.name in registry for s in cfg.specs()):
+        same, missing, registry, hit = _cache_state(zoo_dir, cfg, key)
+        if hit:
             seconds = time.monotonic() - started
             log.info("zoo %s: cache hit (%d models, %.2fs)", zoo_dir, len(registry), seconds)
             return ZooBuild(zoo_dir, zoo_dir / REGISTRY_NAME, list(registry), True, seconds)

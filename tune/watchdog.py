@@ -18,9 +18,10 @@ def trial_watchdog(store: ArtifactStore, job_id: str, cfg: SweepConfig, incident
     Every `poll_s` it reads each running trial's progress record (`trial-<id>`, written by the
     trial: phases, KD / heal steps, eval batches). A trial with no heartbeat for its stall limit
     (`stall_after_s`; `load_stall_after_s` while it loads its base, and counted from the driver's
-    first sight of the attempt when the trial never wrote a record) is killed and, `search.stall_retries` times at most, rerun in a fresh process: an
-    infrastructure fault, as a crash is for a DNA host. A trial running longer than
-    `search.trial_time_limit_s` is killed and stays an error. Each kill is appended to `incidents`
+    first sight of the attempt when the trial never wrote a record) is killed and,
+    `search.stall_retries` times at most, rerun in a fresh process: an infrastructure fault, as a
+    crash is for a DNA host. A trial running longer than `search.trial_time_limit_s` is killed and
+    stays an error. Each kill is appended to `incidents`
     and ends the trial's record as failed, so `yard status` shows it."""
     import ray
     from ray import tune

@@ -15,7 +15,7 @@ import yaml
 from cluster import zoo_train
 from cluster.config import ConfigError, load_config
 from cluster.registry import ModelRegistry
-from cluster.zoo import ZooConfig, build_zoo, default_zoo_config, register_child
+from cluster.zoo import ZooConfig, build_zoo, default_zoo_config, register_child, zoo_cached
 from cluster.zoo_cli import list_zoo
 
 CLASSES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "exaone4": "Exaone4ForCausalLM"}
@@ -110,16 +110,20 @@ def test_second_demo_build_is_a_cache_hit(zoo):
 
 # --- caching and safe writes (tiny zoo) -------------------------------------------------------------
 def test_build_caches_rebuilds_missing_models_and_rebuilds_on_change(tmp_path):
+    assert not zoo_cached(tiny_cfg(tmp_path))  # nothing built yet
     first = build_zoo(tiny_cfg(tmp_path))
     assert not first.cache_hit and first.built == ["base", "kid"]
     lock = json.loads((tmp_path / "zoo.lock.json").read_text())
     kid_weights = weights_digest(tmp_path / "kid")
 
+    # how many models train at once is not part of the key: each trains on one thread
+    assert zoo_cached(tiny_cfg(tmp_path)) and zoo_cached(tiny_cfg(tmp_path).model_copy(update={"num_threads": 3}))
     hit = build_zoo(tiny_cfg(tmp_path))
     assert hit.cache_hit and hit.built == []
 
     import shutil
     shutil.rmtree(tmp_path / "kid")
+    assert not zoo_cached(tiny_cfg(tmp_path))  # what build_zoo would repair
     repaired = build_zoo(tiny_cfg(tmp_path))
     assert not repaired.cache_hit and repaired.built == ["kid"]
     assert weights_digest(tmp_path / "kid") == kid_weights  # same seed, same weights

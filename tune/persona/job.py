@@ -92,7 +92,7 @@ def _stage_heartbeat(reporter, stage: str, base: str, stall_after_s: float, load
 def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, held_out: list, lora: dict,
               settings: dict, chat_template_kwargs: dict, store_uri: str, endpoint_url: str | None, prefix: str,
               sft_adapter_key: str | None = None, job_id: str | None = None, stall_after_s: float = 1800.0,
-              load_stall_after_s: float | None = None, subdir: str = "") -> dict:
+              load_stall_after_s: float = 1800.0, subdir: str = "") -> dict:
     """One training stage ("sft" or "dpo") where Ray placed it: train, upload `<subdir><stage>/adapter/`
     under the run `prefix` (the job's run; a persona sweep's run with subdir `trials/<id>/`).
     Returns {"result": StageResult dict, "files": [uploaded names], "wall_s"}."""
@@ -111,8 +111,8 @@ def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, h
     if reporter is not None:
         # Loading the model and building the trainer get the load limit; from then on a heartbeat
         # per optimizer step, and the job kills a stage silent for stall_after_s.
-        reporter.phase(stage, item=base, stall_after_s=load_stall_after_s or stall_after_s)
-        on_step = _stage_heartbeat(reporter, stage, base, stall_after_s, load_stall_after_s or stall_after_s)
+        reporter.phase(stage, item=base, stall_after_s=load_stall_after_s)
+        on_step = _stage_heartbeat(reporter, stage, base, stall_after_s, load_stall_after_s)
     try:
         path = base_path(registry_paths, base)
         with tempfile.TemporaryDirectory(prefix=f"yard-persona-{stage}-") as tmp:
