@@ -33,11 +33,15 @@ def no_ray(monkeypatch):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the test session (2 CPUs, no dashboard: it costs seconds per start)."""
+    """One local Ray for the test session (2 CPUs, no dashboard: it costs seconds per start). Its
+    workers hold the S3 plugin's fake credentials (tests/plugins/s3.py), as a cluster's nodes hold
+    their own: a job on moto's S3 server then runs on this Ray, not in a process of its own."""
     import ray
 
+    from tests.plugins.s3 import FAKE_ENV
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": dict(FAKE_ENV)})
     yield ray
     ray.shutdown()
 

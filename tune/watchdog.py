@@ -87,7 +87,11 @@ def trial_watchdog(store: ArtifactStore, job_id: str, cfg: SweepConfig, incident
             self._end_record(trial, "stopped", "stopped by Tune before its last stage (ASHA)")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._end_record(trial, "failed", "the trial errored (its row in the leaderboard says why)")
+            # A trial this watchdog killed keeps the kill's reason: `ray.kill` returns before the
+            # process dies, and a last heartbeat written meanwhile sets its record back to running.
+            killed = [i["reason"] for i in incidents if i["trial_id"] == trial.trial_id]
+            self._end_record(trial, "failed", killed[-1] if killed else
+                             "the trial errored (its row in the leaderboard says why)")
 
         def _end_record(self, trial, status: str, message: str) -> None:
             try:

@@ -1,4 +1,5 @@
-"""tune/persona/job.py: --plan without training, bad input refused before Ray, a tiny job on S3.
+"""tune/persona/job.py: --plan without training, bad input refused before Ray, a tiny job on S3 whose
+stalled stage is killed and rerun.
 The demo job as shipped (prep -> SFT -> DPO -> merge -> lineage -> probe of base and child, the
 child beating its base) runs as `yard demo`'s persona step: tests/cluster/test_demo.py."""
 import json
@@ -82,36 +83,6 @@ def test_gpu_request_on_a_cpu_cluster_is_refused(zoo_registry, tmp_path, ray_loc
         job.check_resources(_cfg(zoo_registry, tmp_path, "resources.sft.num_gpus=1"))
 
 
-@pytest.mark.timeout(400)
-def test_tiny_job_on_an_s3_store(zoo_registry, tmp_path, s3_uri):
-    """storage.uri s3://: adapters pass between the stage tasks through S3 (moto's server over HTTP),
-    and the merged model, reports and probe results land there. Run as `yard persona` in a process of
-    its own so its Ray workers inherit the S3 credentials."""
-    import os
-    import subprocess
-    import sys
-
-    import boto3
-
-    uri, endpoint = s3_uri
-    repo = Path(__file__).resolve().parents[3]
-    args = [sys.executable, "-m", "cluster", "persona", DEMO, "zoo=null", f"registry=[{zoo_registry}]",
-            f"storage.uri={uri}", f"storage.endpoint_url={endpoint}", "name=s3tiny", "sft.max_steps=2",
-            "dpo.max_steps=2", "lora.r=4", "lora.alpha=8", "probe.max_tokens=8", "probe.compare_base=false"]
-    env = {**os.environ, "YARD_DASHBOARD": "0"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=380)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    bucket, prefix = uri[len("s3://"):].split("/", 1)
-    keys = [o["Key"] for page in boto3.client("s3", endpoint_url=endpoint).get_paginator("list_objects_v2")
-            .paginate(Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
-    run = [k for k in keys if "/persona/s3tiny/" in k]
-    for name in ("sft/adapter/adapter_config.json", "dpo/adapter/adapter_config.json", "model/config.json",
-                 "report.md", "losses.png", "_COMPLETE.json"):
-        assert any(k.endswith(f"/{name}") for k in run), name
-    assert any("/probe/" in k and k.endswith("report.md") for k in keys)  # the probe step ran on the S3 model
-
-
 def make_stopping_stage(stopped: Path):
     """The real stage task, except that the first SFT attempt reports its phase and then stops for
     good (SIGSTOP, never resumed: a wedged data loader or NCCL call)."""
@@ -130,14 +101,20 @@ def make_stopping_stage(stopped: Path):
 
 
 @pytest.mark.timeout(400)
-def test_a_stalled_stage_is_killed_and_rerun(zoo_registry, tmp_path, ray_local):
+def test_a_stalled_stage_is_killed_and_rerun_on_an_s3_store(zoo_registry, tmp_path, ray_local, s3_uri):
+    """A tiny job (SFT 2 steps -> DPO 2 steps -> merge -> probe of the child) on an S3 store (moto's
+    server over HTTP): adapters pass between the stage tasks through S3, and the merged model,
+    reports and probe results land there. Its first SFT attempt stops for good (SIGSTOP): the job
+    kills it after its 5 s stall limit and reruns it."""
     from cluster.status import collect
     from cluster.storage import open_store
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     stopped = tmp_path / "stopped"
-    cfg = _cfg(zoo_registry, tmp_path, "name=stall", "sft.max_steps=2", "dpo=null", "lora.r=4", "lora.alpha=8",
-               "probe.enabled=false", "register_child=false", "stall_after_s=5")
+    uri, endpoint = s3_uri
+    cfg = _cfg(zoo_registry, tmp_path, "name=stall", f"storage.uri={uri}", f"storage.endpoint_url={endpoint}",
+               "sft.max_steps=2", "dpo.max_steps=2", "lora.r=4", "lora.alpha=8", "probe.max_tokens=8",
+               "probe.compare_base=false", "register_child=false", "stall_after_s=5")
     started = time.time()
     code, summary = job.run_persona(cfg, stage_fn=make_stopping_stage(stopped))
     assert stopped.exists()  # the first attempt really stopped
@@ -146,16 +123,23 @@ def test_a_stalled_stage_is_killed_and_rerun(zoo_registry, tmp_path, ray_local):
     (incident,) = summary["incidents"]
     assert incident["task"] == "sft" and incident["phase"] == "sft" and incident["retried"]
     assert incident["heartbeat_age_s"] >= 5  # rounded to 0.1 s
-    report = Path(summary["report"]).read_text()
+    store = open_store(uri, endpoint)
+    assert summary["report"].startswith(f"{uri}/persona/stall/")
+    report = store.get_bytes(summary["report"][len(uri) + 1:]).decode()
     assert "## Stages the job killed" in report and "| sft | sft |" in report
-    (status,) = [j for j in collect(open_store(str(tmp_path / "store"))) if j.job_name == "persona"]
+    (status,) = [j for j in collect(store) if j.job_name == "persona"]
     tasks = {t.task: t for t in status.tasks}
     assert tasks["sft.killed1"].status == "FAILED" and "stalled" in tasks["sft.killed1"].message
     assert tasks["sft"].status == "SUCCEEDED" and status.status == "SUCCEEDED"
     # the killed attempt is on the ledger as waste, the rerun as the kept attempt 2
-    store = open_store(str(tmp_path / "store"))
     rows = [row for k in store.list_keys("jobs/") if k.endswith("/ledger.jsonl")
             for row in map(json.loads, store.get_bytes(k).decode().splitlines()) if row["job_id"] == status.job_id]
     sft = sorted((r["attempt"], r["outcome"]) for r in rows if r["unit"] == "sft")
     assert sft == [(1, "stalled"), (2, "kept")]
     assert [r["phases"]["train"] for r in rows if r["outcome"] == "stalled"][0] >= 5  # it held its CPU that long
+    # every stage's output is on S3: the adapters, the merged model, the report, the probe of the child
+    keys = store.list_keys("persona/stall/")
+    for name in ("sft/adapter/adapter_config.json", "dpo/adapter/adapter_config.json", "model/config.json",
+                 "report.md", "losses.png", "_COMPLETE.json"):
+        assert any(k.endswith(f"/{name}") for k in keys), name
+    assert any(k.endswith("report.md") for k in store.list_keys("probe/"))  # the probe step ran on the S3 model
