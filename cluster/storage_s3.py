@@ -31,6 +31,8 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureD
 
 
 class S3Store(ArtifactStore):
+    list_page_size = 1000  # keys per list_objects_v2 request (S3's own maximum); list_keys follows every page
+
     def __init__(
         self,
         uri: str,
@@ -128,7 +130,9 @@ class S3Store(ArtifactStore):
         base = f"{self.prefix}/" if self.prefix else ""
         keys = []
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix, PaginationConfig={"PageSize": self.list_page_size})
+            for page in pages:
                 keys.extend(obj["Key"][len(base):] for obj in page.get("Contents", []))
         except (ClientError, BotoCoreError) as err:
             raise self._error(err, prefix, "list") from err

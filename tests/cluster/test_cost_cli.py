@@ -65,9 +65,9 @@ def test_yard_cost_on_the_demo_store_after_a_demo_with_a_failed_and_a_retried_mo
     """`yard demo` (its real entry: zoo, chat, then the DNA step) with two injected faults:
     exaone4-c fails its validation gate (failed at once) and qwen3-b hits a CUDA-like error once
     (retried on a fresh host, then kept). The DNA step runs on three models and 8 probes here: the
-    faults and the arithmetic are what is tested, not the size (the demo's DNA step as shipped, all
-    40 probes on every zoo model, and the sweep, Serve and persona steps run in
-    tests/cluster/test_demo.py). Then `yard cost` on the demo's store, its waste rate checked
+    faults and the arithmetic are what is tested, not the size, and the chat job on three models
+    (the demo's DNA and chat steps as shipped, on every zoo model, and the sweep, Serve and persona
+    steps run in tests/cluster/test_demo.py). Then `yard cost` on the demo's store, its waste rate checked
     against hand arithmetic on the ledger rows, and the DNA job's own cost on its own
     (`_check_the_dna_jobs_cost`: this run is also actors/dna_cost.py's end-to-end test)."""
     import csv
@@ -93,8 +93,13 @@ def test_yard_cost_on_the_demo_store_after_a_demo_with_a_failed_and_a_retried_mo
         dna_results.append(run_dna(small, host_cls=failing, **kwargs))
         return dna_results[-1]
 
-    run_dna = dna_job.run_dna
+    def small_chat(cfg, *args):  # a second job in the store, kept whole: three models, one worker
+        return run_chat(cfg.model_copy(update={"models": ["llama-a", "qwen3-b", "exaone4-c"], "workers": 1,
+                                               "max_new_tokens": 16}), *args)
+
+    run_dna, run_chat = dna_job.run_dna, demo.run_chat
     monkeypatch.setattr(dna_job, "run_dna", small_failing_run)
+    monkeypatch.setattr(demo, "run_chat", small_chat)
     monkeypatch.setattr(demo, "DEMOS", {"dna": "actors.dna_job:demo"})
     store_dir = tmp_path / "store"
     assert demo.main(["--store", str(store_dir), "--zoo-dir", str(zoo.zoo_dir)]) == 1  # the DNA step failed

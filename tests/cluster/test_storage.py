@@ -171,7 +171,8 @@ def test_s3_large_file_goes_multipart(s3_store, tmp_path):
 
 
 def test_s3_list_keys_paginates(s3_store):
-    keys = [f"many/k{i:04d}" for i in range(1005)]  # list_objects_v2 pages hold 1000
+    s3_store.list_page_size = 2  # S3's pages hold 1000 keys: three pages of two here, over HTTP all the same
+    keys = [f"many/k{i:04d}" for i in range(5)]
     for key in keys:
         s3_store.put_bytes(key, b"")
     assert s3_store.list_keys("many/") == keys
@@ -343,7 +344,7 @@ plan_lists = st.lists(
 
 
 def test_latest_wins_on_random_histories(make_store, request):
-    examples = 25 if request.node.callspec.params["make_store"] == "s3" else 150
+    examples = 12 if request.node.callspec.params["make_store"] == "s3" else 150  # s3: the same logic over HTTP
 
     @settings(max_examples=examples, deadline=None)
     @given(plans=plan_lists, gaps_us=st.lists(st.integers(1, 5 * 10**6), min_size=5, max_size=5), data=st.data())
