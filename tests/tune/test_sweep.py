@@ -3,6 +3,7 @@ resumed with `--resume` (Tuner.restore) without rerunning a finished trial; publ
 import csv
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -89,6 +90,31 @@ def _yard(args, env, log):
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _kill_run(token: str, timeout_s: float = 30.0) -> None:
+    """SIGKILL every process of a `yard` run started with YARD_TEST_RUN=token in its environment (the
+    driver, the local Ray it started, that Ray's workers: all inherit it) and wait until none is
+    left, so that nothing of it writes to the store afterwards (a trial's start record did once)."""
+    mark = f"YARD_TEST_RUN={token}".encode()
+    deadline = time.time() + timeout_s
+    while True:
+        left = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and mark in (entry / "environ").read_bytes().split(b"\0"):
+                    left.append(int(entry.name))  # a zombie has no environ left: it is not counted
+            except OSError:
+                continue
+        if not left:
+            return
+        assert time.time() < deadline, f"processes of the killed run still running: {left}"
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
 def _starts(store) -> dict[str, int]:
     counts: dict[str, int] = {}
     for key in store.list_state("sweeps/"):
@@ -106,10 +132,11 @@ def _done_candidates(store) -> list[str]:
 def test_sweep_killed_and_resumed_runs_no_finished_trial_twice(zoo, tmp_path, s3_uri):
     """2 trials, one at a time, on an S3 store (moto's server over HTTP): the prepare caches,
     candidates and results go to S3, and Tune's own experiment files beside them (pyarrow's S3
-    filesystem). The driver is SIGKILLed once the first candidate is complete; `yard sweep --resume`
-    restores Tune's experiment from S3 and finishes the rest without starting the first again. The
-    resumed run also shows the shared work is cached: 0 teacher passes and the baseline from the
-    store. (Registering candidates in the zoo, a local-store feature, is tested by the demo.)"""
+    filesystem). The driver and its Ray are SIGKILLed once the first candidate is complete; `yard
+    sweep --resume` restores Tune's experiment from S3 and finishes the rest without starting the
+    first again. The resumed run also shows the shared work is cached: 0 teacher passes and the
+    baseline from the store. (Registering candidates in the zoo, a local-store feature, is tested
+    by the demo.)"""
     from cluster.storage import open_store
 
     uri, endpoint = s3_uri
@@ -134,8 +161,8 @@ def test_sweep_killed_and_resumed_runs_no_finished_trial_twice(zoo, tmp_path, s3
                                "lora_rank": {"value": 4}, "quant": {"value": "none"}}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "YARD_DASHBOARD": "0", "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {**os.environ, "YARD_DASHBOARD": "0", "YARD_TEST_RUN": secrets.token_hex(8)}
+    env.pop("RAY_ADDRESS", None)
 
     with open(tmp_path / "first.log", "w") as log:
         proc = _yard(["sweep", str(path)], env, log)
@@ -144,10 +171,12 @@ def test_sweep_killed_and_resumed_runs_no_finished_trial_twice(zoo, tmp_path, s3
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(0.5)
         assert _done_candidates(store), "no trial finished in 300 s"
-        # At once: whether or not Tune's experiment state already records the trial as finished,
-        # the resumed sweep must not run it again.
-        os.killpg(proc.pid, signal.SIGKILL)
+        # At once, the driver and its Ray together (a lost machine): whether or not Tune's
+        # experiment state already records the trial as finished, the resumed sweep must not run it
+        # again. The second trial may have started meanwhile: the resumed run starts it again.
+        _kill_run(env["YARD_TEST_RUN"])
         proc.wait()
+    env.pop("YARD_TEST_RUN")
     finished_before = _done_candidates(store)
     starts_before = _starts(store)
     assert len(finished_before) >= 1 and not [k for k in store.list_keys("sweep/t/") if k.endswith("/_COMPLETE.json")]

@@ -87,3 +87,26 @@ def test_a_stalled_trial_is_rerun_and_an_overlong_one_killed(ray_local, zoo, tmp
     assert tasks[f"trial-{stall['trial_id']}"].status == "SUCCEEDED"  # the rerun's own record
     assert tasks[f"trial-{over['trial_id']}"].status == "FAILED"
     assert "trial_time_limit_s" in tasks[f"trial-{over['trial_id']}"].message
+
+
+def test_a_killed_trial_keeps_the_kill_reason_over_its_last_heartbeat(zoo, tmp_path):
+    """`ray.kill` returns before the trial's process is gone: a heartbeat it writes meanwhile sets its
+    record back to running. When Tune then reports the trial's error, the record ends with the
+    kill's reason, not a generic one (a CI run once showed a FAILED trial with no message)."""
+    from types import SimpleNamespace
+
+    from cluster.progress import progress_key, read_task
+    from tune.trial import trial_task
+    from tune.watchdog import trial_watchdog
+
+    store = LocalStore(str(tmp_path / "store"))
+    reason = "trial t2 ran 51s, past search.trial_time_limit_s=50 while evaluate; killed"
+    incidents = [{"trial_id": "t2", "kind": "time limit", "phase": "evaluate", "retried": False, "reason": reason}]
+    watchdog = trial_watchdog(store, "j1", _cfg(zoo, tmp_path), incidents)
+    for tid in ("t1", "t2"):  # t1 errored on its own; t2's last heartbeat came after the kill
+        store.put_state(progress_key("j1", trial_task(tid)), {"job_id": "j1", "task": trial_task(tid),
+                                                              "status": "running", "phase": "evaluate"})
+        watchdog.on_trial_error(0, [], SimpleNamespace(trial_id=tid))
+    assert read_task(store, "j1", trial_task("t2"))["message"] == reason
+    t1 = read_task(store, "j1", trial_task("t1"))
+    assert t1["status"] == "failed" and t1["message"].startswith("the trial errored")
