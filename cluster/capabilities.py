@@ -21,6 +21,7 @@ JOBS: dict[str, str] = {
     "judge": "serve.judge:main",
     "probe": "serve.probes:main",
     "persona": "tune.persona.job:main",
+    "run": "cluster.experiment.job:main",
 }
 
 # One line per job for `yard --help`.
@@ -39,6 +40,7 @@ JOB_HELP: dict[str, str] = {
     "judge": "KoMT-style LLM-judge scoring of served candidates (judge CONFIG [k=v ...])",
     "probe": "persona probes against served candidates, with and without the system prompt (probe CONFIG)",
     "persona": "persona fine-tune: prep, SFT then DPO on Ray, merge, lineage, probes (persona CONFIG [--plan])",
+    "run": "your own script or function over a grid, watched and resumable (run CONFIG [k=v ...] [--resume] [--plan])",
 }
 
 # config `kind:` -> "module:Class" (a cluster.config.YardModel subclass).
@@ -57,12 +59,14 @@ CONFIG_KINDS: dict[str, str] = {
     "persona_probes": "serve.probe_suite:ProbeSuite",
     "persona": "tune.persona.config:PersonaConfig",
     "persona_sweep": "tune.persona.sweep:PersonaSweepConfig",
+    "experiment": "cluster.experiment.config:ExperimentConfig",
 }
 
 # Demos `yard demo` runs after the foundation's own, in order: name -> "module:function".
 # The function takes (store, zoo_registry_path, quick: bool) and returns a dict with at least
 # "status" ("ok"/"failed") and "report" (a path or URI).
 DEMOS: dict[str, str] = {
+    "run": "cluster.experiment.job:demo",
     "dna": "actors.dna_job:demo",
     "sweep": "tune.sweep:demo",
     "serve": "serve.demo:demo",

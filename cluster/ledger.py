@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger(__name__)
 
-PHASES = ("start", "load", "generate", "train", "evaluate", "idle")
+PHASES = ("start", "load", "generate", "train", "evaluate", "run", "idle")  # run: an experiment's own work
 COLD_PHASES = ("start", "load")  # imports, CUDA, image, model load: the cold start's own line
 OUTCOMES = ("kept", "failed", "retried", "skipped", "stalled", "stopped", "planned")
 WASTE_OUTCOMES = ("failed", "retried", "skipped", "stalled")

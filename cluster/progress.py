@@ -105,6 +105,9 @@ class NullReporter:
     def advance(self, n: int = 1, item: str | None = None) -> None:
         pass
 
+    def update(self, done: int, total: int | None = None, item: str | None = None) -> None:
+        pass
+
     def heartbeat(self, **extra: Any) -> None:
         pass
 
@@ -153,6 +156,9 @@ class ProgressReporter:
         self.started_at = now
         self.status, self.phase_name, self.item, self.done = "running", None, None, 0
         self.message, self.extra = "", {}
+        # (GPU ids, GiB on each) for the record; None: this process's own (`gpu_facts`). A task
+        # whose work runs in a child process (an experiment's script) measures the child instead.
+        self.gpu_probe: Callable[[], tuple[list, list]] | None = None
         self._window: deque[tuple[float, int]] = deque([(now, 0)])
         self._last_write = self._last_job_beat = self._last_log = float("-inf")
         self._write(now, force=True)
@@ -197,6 +203,15 @@ class ProgressReporter:
         self._write(now, force=last)
         if last or now - self._last_log >= LOG_INTERVAL_S:
             self._log(now, self._progress_text(now))
+
+    def update(self, done: int, total: int | None = None, item: str | None = None) -> None:
+        """Absolute progress, as a script prints it (`6/128`): `advance` by the difference. A count
+        that goes back (the script's next loop) starts the rate over."""
+        if total is not None:
+            self.total = total
+        if done < self.done:
+            self.done, self._window = 0, deque([(self.clock(), 0)])
+        self.advance(done - self.done, item=item)
 
     def heartbeat(self, **extra: Any) -> None:
         """Alive, for work without item counts (a training step callback); `extra` (step=, loss=)
@@ -254,7 +269,7 @@ class ProgressReporter:
         return 0.0 if left == 0 else (left / rate if rate else None)
 
     def record(self, now: float) -> dict:
-        gpu_ids, gpu_mem_gib = gpu_facts()
+        gpu_ids, gpu_mem_gib = (self.gpu_probe or gpu_facts)()
         rate, eta = self.rate_per_s, self.eta_s()
         return {
             **self.extra,

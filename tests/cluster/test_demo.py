@@ -21,6 +21,7 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
     assert code == 0, out
     assert "(cache hit)" in out  # the session's zoo is reused, not rebuilt
     assert "chat       ok" in out and f"report: {store}/reports/chat/" in out
+    assert "run        ok" in out and f"report: {store}/experiments/bankroll-demo/results/" in out
     assert "sweep      ok" in out and f"report: {store}/sweep/demo-quick/" in out
     assert "serve      ok" in out and f"report: {store}/probe/" in out  # Serve -> judge -> probes
     assert "persona    ok" in out and f"report: {store}/persona/" in out  # prep -> SFT -> DPO -> merge -> probes
@@ -28,6 +29,7 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
     children = {m: s for m, s in registered.items() if m.startswith("demo-quick.")}
     assert 1 <= len(children) <= 3 and all(s["parent"] == "exaone4-c" for s in children.values())
     _check_chat_step(LocalStore(str(store)), sorted(zoo.models))
+    _check_experiment_step(LocalStore(str(store)), str(zoo_dir / "models.yaml"))
     _check_dna_step(LocalStore(str(store)), sorted(zoo.models))
     _check_persona_step(LocalStore(str(store)), registered)
     # every job ended, and so did every task's record (a trial ASHA stopped included): nothing
@@ -64,6 +66,25 @@ def _check_chat_step(store, models):
     assert job["status"] == "succeeded"
     tasks = [store.get_state(k) for k in store.list_state(f"progress/{job['job_id']}/")]
     assert {t["status"] for t in tasks} == {"succeeded"} and sum(t["done"] for t in tasks) == len(models)
+
+
+def _check_experiment_step(store, registry):
+    """The experiment step (`yard run` of configs/experiment.demo.yaml: an unchanged script over 3
+    models x 2 framings): a row per condition with the script's own JSON result, a ledger row per
+    condition, and a second run on the same store that reuses all six instead of running them."""
+    import json
+
+    from cluster.experiment.job import demo
+
+    (results,) = [k for k in store.list_keys("experiments/bankroll-demo/results/") if k.endswith("results.jsonl")]
+    rows = [json.loads(line) for line in store.get_bytes(results).decode().splitlines()]
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    assert all(isinstance(r["bankrupt"], bool) and 1 <= r["rounds_played"] <= 8 for r in rows), rows
+    ledger = [json.loads(line) for key in store.list_keys("jobs/bankroll-demo/") if key.endswith("/ledger.jsonl")
+              for line in store.get_bytes(key).decode().splitlines()]
+    assert len(ledger) == 6 and {r["outcome"] for r in ledger} == {"kept"} and all(r["phases"]["load"] > 0 for r in ledger)
+    again = demo(store, registry)
+    assert again["status"] == "ok" and again["reused"] == 6 and again["conditions"] == 6
 
 
 def _check_dna_step(store, models):

@@ -1,6 +1,7 @@
 """A real `ray start --head` on loopback, a job submitted through the Jobs API the way users run
 `ray job submit --working-dir . -- yard chat ...`; it must reach SUCCEEDED and its artifacts
 must land in the store."""
+import json
 import os
 import shutil
 import signal
@@ -116,6 +117,24 @@ def test_submitted_job_succeeds_and_lands_its_artifacts(ray_head, zoo, tmp_path)
     assert manifest["ray"]["gcs_address"].endswith(f":{gcs_port}")
     assert len(manifest["ray"]["nodes"]) == 1 and manifest["ray"]["resources"]["CPU"] == 2.0
     assert "report:" in logs
+
+    # `yard run` (users' own script over a grid) submitted the same way: its conditions run on the
+    # cluster's workers and their results land in the durable store
+    import yaml
+
+    (tmp_path / "cond.py").write_text("import json, sys\nprint('1/1')\nprint(json.dumps({'v': int(sys.argv[1]) * 2}))\n")
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({
+        "kind": "experiment", "name": "submitted", "command": ["python", str(tmp_path / "cond.py"), "{v}"],
+        "grid": {"v": [1, 2]}, "storage": {"uri": str(store_dir)}}))
+    run_id = client.submit_job(entrypoint=f"{yard} run {tmp_path / 'exp.yaml'}", runtime_env=runtime_env)
+    deadline = time.time() + 120
+    while time.time() < deadline and client.get_job_status(run_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        time.sleep(1)
+    assert client.get_job_status(run_id) == JobStatus.SUCCEEDED, client.get_job_logs(run_id)[-3000:]
+    results = [k for k in store.list_keys("experiments/submitted/results/") if k.endswith("results.jsonl")]
+    rows = [json.loads(line) for line in store.get_bytes(results[0]).decode().splitlines()]
+    # the result's "v" meets the axis "v": it is kept as "result.v"
+    assert sorted((r["v"], r["status"], r["result.v"]) for r in rows) == [(1, "ok", 2), (2, "ok", 4)]
 
     # The same job with the laptop default store (.yard, relative): inside Ray's temporary copy of
     # the working dir its artifacts would vanish with the cluster's temp files. Refused, one line.
