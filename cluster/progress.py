@@ -161,6 +161,7 @@ class ProgressReporter:
         self.gpu_probe: Callable[[], tuple[list, list]] | None = None
         self._window: deque[tuple[float, int]] = deque([(now, 0)])
         self._last_write = self._last_job_beat = self._last_log = float("-inf")
+        self._last_beat = now
         self._write(now, force=True)
         self._last_log = now
 
@@ -283,7 +284,7 @@ class ProgressReporter:
             "rate_per_s": round(rate, 6) if rate is not None else None,
             "eta_s": round(eta, 1) if eta is not None else None,
             "started_at": self.started_at,
-            "heartbeat_at": now,
+            "heartbeat_at": self._last_beat,
             "stall_after_s": self.phase_stall_after_s or self.stall_after_s,
             "node": self.node,
             "pid": self.pid,
@@ -293,10 +294,24 @@ class ProgressReporter:
             "updated_at": now,
         }
 
+    def refresh(self) -> None:
+        """Rewrite the record's facts (GPU memory: `gpu_probe`) without a heartbeat, throttled as a
+        write: what the work holds stays current while it is silent, and a hung task still shows
+        its last heartbeat (a watcher's loop calls this, never the work's own progress)."""
+        now = self.clock()
+        if self.status != "running" or now - self._last_write < max(self.min_interval_s, 5.0):
+            return
+        try:
+            self.store.put_state(progress_key(self.job_id, self.task), self.record(now))
+            self._last_write = now
+        except Exception as exc:
+            log.warning("progress %s/%s: could not refresh the record: %s", self.job_id, self.task, one_line(exc))
+
     # --- internals
     def _write(self, now: float, force: bool = False) -> None:
         if not force and now - self._last_write < self.min_interval_s:
             return
+        self._last_beat = now  # every write from the work itself is a heartbeat
         # progress reporting must never kill the work it reports on: a failed write is logged
         # and the next one tries again (a long gap shows up as STALLED, which is the truth)
         try:

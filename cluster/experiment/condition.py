@@ -304,6 +304,8 @@ def _run_command(spec: ConditionSpec, watch: _Watch, out_dir: Path, gpu_ids: lis
                 sel.unregister(key.fd)
                 del streams[key.fd]
         now = time.monotonic()
+        if gpu_ids:
+            watch.reporter.refresh()  # GPU memory while the script loads in silence; no heartbeat
         if proc.poll() is not None:
             # the script is gone; what it left running in its group may hold the pipes: 2 s more
             exited_at = exited_at or now

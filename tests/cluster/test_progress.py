@@ -201,3 +201,20 @@ def test_console_lines_on_phase_and_every_ten_seconds(store, clock, caplog):
     assert lines[0] == f"{host} generating llama-a"
     assert len(lines) == 2  # 12 s of progress: one progress line
     assert re.fullmatch(rf"{re.escape(host)} generating llama-a 10/50 \(1\.0 items/s, ETA 40s\)", lines[1])
+
+
+def test_refresh_updates_gpu_memory_but_not_the_heartbeat_and_update_sets_absolute_progress(store, clock):
+    """A script loading in silence: its watcher refreshes what it holds on the GPU, and the record
+    still shows its last heartbeat (a hang stays visible). A script's `N/M` lines set progress."""
+    job_id = start_job(store, "exp", stall_after_s=60)
+    rep = ProgressReporter(store, job_id, task="c1", min_interval_s=0, console=False, clock=clock)
+    rep.gpu_probe = lambda: ([0], [3.9])
+    rep.update(6, 128)
+    beat = clock.t
+    clock.tick(30)
+    rep.refresh()
+    rec = store.get_state(progress_key(job_id, "c1"))
+    assert rec["heartbeat_at"] == beat and rec["updated_at"] == clock.t and rec["gpu_mem_gib"] == [3.9]
+    assert (rec["done"], rec["total"]) == (6, 128)
+    rep.update(2, 128)  # the script's next loop: progress starts over
+    assert store.get_state(progress_key(job_id, "c1"))["done"] == 2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 24 on the GPU machine: `yard run` with 4 conditions at num_gpus 0.25 on one H200, each
 # loading a real-size shape (random weights) and generating, with `yard status` GPU ids and memory
-# sampled beside nvidia-smi; then a condition that needs more GPU memory than the GPU has, refused
+# sampled beside nvidia-smi every 2 s; then a condition that needs more GPU memory than the GPU has, refused
 # at plan time. Run in the project root on the device, one step per device run:
 #     bash tests/bench/device/gpu-experiment.sh STEP...
 # Steps (each writes what it measured under $OUT, default /tmp/out):
@@ -26,12 +26,12 @@ sample_gpus() {  # sample_gpus FILE: yard status and nvidia-smi's processes ever
   while true; do
     { echo "== $(date +%T)"; nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv,noheader || true
       python3 -c "$STATUS_PY" 2>/dev/null || true; } >> "$1"
-    sleep 5
+    sleep 2
   done
 }
 ARGS=(configs/experiment.demo.yaml zoo=null registry=[/tmp/shapes/models.yaml] storage.uri=/tmp/yard-store
       ray.dashboard=false 'grid.model=[qwen3-1.7b-shape,exaone-4.0-1.2b-shape]' 'grid.framing=[plain,goal]'
-      'command=[python,experiments/bankroll.py,--model,"{model}",--framing,"{framing}",--rounds,"40",--max-new-tokens,"64"]'
+      'command=[python,experiments/bankroll.py,--model,"{model}",--framing,"{framing}",--rounds,"40",--max-new-tokens,"256"]'
       resources.num_cpus=2 resources.num_gpus=0.25)
 for step in "$@"; do
   echo "=== $step $(date +%T)"
