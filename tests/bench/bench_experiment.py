@@ -1,7 +1,7 @@
 """`yard run`'s overhead: a grid of N conditions of S seconds each against a bare `ray.remote` loop
 that runs the same subprocesses, on the same local Ray, interleaved (bare, yard, bare, yard, ...).
 
-Each condition is `python -c "time.sleep(S); print(json)"`: what a condition costs beyond its own
+Each condition is a Python script that sleeps S seconds and prints a JSON line: what a condition costs beyond its own
 work is what is measured (process start, output reading, progress records, the store run, the
 results table, the job record and ledger). Ray gets `--cpus` logical CPUs (the work is sleep, so
 more run at once than there are cores) and each condition takes one.
@@ -26,16 +26,24 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
+SCRIPT = Path(tempfile.gettempdir()) / "yard-bench-condition.py"
+
+
 def _argv(seconds: float) -> list[str]:
-    return [sys.executable, "-c", f"import json, sys, time; time.sleep({seconds}); print(json.dumps({{'i': int(sys.argv[1])}}))"]
+    """The condition's argv (its script written once, here, before any worker runs it)."""
+    path = SCRIPT.with_name(f"yard-bench-condition-{seconds:g}.py")
+    path.write_text(f"import json, sys, time\ntime.sleep({seconds})\nprint(json.dumps({{'i': int(sys.argv[1])}}))\n")
+    return [sys.executable, str(path)]
 
 
 def bare(n: int, seconds: float) -> float:
     import ray
 
+    argv = _argv(seconds)
+
     @ray.remote(num_cpus=1, max_retries=0)
     def condition(i: int) -> str:
-        out = subprocess.run([*_argv(seconds), str(i)], capture_output=True, text=True, check=True)
+        out = subprocess.run([*argv, str(i)], capture_output=True, text=True, check=True)
         return out.stdout.strip().splitlines()[-1]
 
     t0 = time.perf_counter()
