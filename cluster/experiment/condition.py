@@ -206,6 +206,7 @@ def run_condition(spec: ConditionSpec) -> dict:
     outcome["log_tail"] = list(watch.tail)[-10:]
     outcome["run"] = _write_run(store, spec, outcome, log_path, out_dir)
     ok = outcome["outcome"] == "ok"
+    reporter.extra.pop("log", None)  # the live log's path, for a running condition: now it is in the store
     if outcome["outcome"] in ("stalled", "timeout"):
         reporter.finish("failed", outcome["reason"])
     else:
