@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelyard-installed
 
-.PHONY: env demo test check bench clean-env browser
+.PHONY: env demo test check bench clean-env browser pictures
 env: $(STAMP)
 
 # torch first: `pip install torch==2.13.0` takes the CPU build where one is provided (this project's
@@ -41,6 +41,12 @@ test: env browser
 check: env
 	$(BIN)/python -m compileall -q cluster actors serve tune tests
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not ray and not quiet"
+
+# README's pictures (docs/img/) from a demo store: `make demo` first (YARD_STORE or .yard). The probe
+# console's screenshot comes from its browser test.
+pictures: env browser
+	$(BIN)/python docs/pictures.py --store $${YARD_STORE:-.yard} --out docs/img
+	YARD_TEST_ARTIFACTS=docs/img $(BIN)/python -m pytest -q -p no:cacheprovider tests/serve/test_console.py -k browser
 
 bench: env
 	for b in tests/bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

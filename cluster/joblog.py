@@ -63,6 +63,20 @@ def _console_handlers() -> list[logging.Handler]:
     return found
 
 
+def quiet_logger(name: str) -> None:
+    """A framework logger that prints to the console by its own handler, outside any job log (Ray
+    Serve's driver-side "INFO ... serve -- Started Serve" lines, set up when `ray.serve` is imported):
+    its console handlers keep warnings and worse, as a job's console does. The product says what
+    matters in its own line (where the app listens). `yard -v` leaves it as it is."""
+    if verbose():
+        return
+    consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    for h in logging.getLogger(name).handlers:
+        if (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                and getattr(h, "stream", None) in consoles and _CONSOLE_FILTER not in h.filters):
+            h.addFilter(_CONSOLE_FILTER)
+
+
 class JobLog:
     def __init__(self, store, job_id: str):
         self.store, self.job_id = store, job_id
@@ -182,7 +196,31 @@ def route_ray_output() -> bool:
     dispatcher.remove_handler("ray_print_logs")
     if not any(name == "yard_job_log" for name, _ in dispatcher.handlers):
         dispatcher.add_handler("yard_job_log", _to_job_log)
+    _route_raylet_lines()
     return True
+
+
+def _route_raylet_lines() -> None:
+    """The raylet's messages about this job's tasks ("(raylet) Task ServeController.graceful_shutdown
+    failed ... infinite retries remaining" when Serve shuts down) reach the driver through Ray's error
+    subscriber, which prints them itself, not through the dispatcher above: they go to the job log too.
+    They read as errors on a console and are Ray's own bookkeeping; the job's outcome is the product's."""
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "yard_routed", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix: bool = False):
+        if data.get("pid") == "raylet" and not verbose():
+            _to_job_log({"lines": [f"(raylet) {line}" for line in data.get("lines", [])]})
+            return
+        original(data, ignore_prefix)
+
+    print_to_stdstream.yard_routed = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 # --- the process's own logging -----------------------------------------------------------------

@@ -137,8 +137,10 @@ def start_app(cfg: ServeConfig) -> str:
     through Ray Serve LLM at `/` when all are vLLM, else at `/vllm` (the HF ingress lists their ids
     and redirects their requests there with 307)."""
     check_app(cfg)
+    from cluster.joblog import quiet_logger
     from cluster.runtime import connect
 
+    quiet_logger("ray.serve")  # "Started Serve", "Application ... is ready": the caller prints the URL
     serve_env(cfg)
     connect(cfg.ray)
     _start_serve(cfg.host, cfg.port)

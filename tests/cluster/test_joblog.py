@@ -114,3 +114,31 @@ def test_the_stderr_log_handler_follows_sys_stderr(monkeypatch):
     monkeypatch.setattr("sys.stderr", now)
     handler.emit(logging.LogRecord("t", logging.WARNING, __file__, 1, "still seen", None, None))
     assert now.getvalue() == "still seen\n"
+
+
+def test_ray_serve_info_lines_and_raylet_retry_notices_stay_off_the_console(tmp_path, quiet_env, monkeypatch):
+    """Issue 27's first screen: Serve's own "INFO ... Started Serve" handler keeps warnings only, and
+    the raylet's "Task ServeController.graceful_shutdown failed ... infinite retries" notice (printed
+    by Ray's error subscriber, not its log dispatcher) goes to the job log."""
+    import ray._private.worker as ray_worker
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    serve_logger = logging.getLogger("yard.test.serve")
+    monkeypatch.setattr(serve_logger, "handlers", [logging.StreamHandler(stream)])
+    monkeypatch.setattr(serve_logger, "propagate", False)
+    joblog.quiet_logger("yard.test.serve")
+    serve_logger.info('Started Serve in namespace "serve".')
+    serve_logger.warning("a replica died")
+    assert stream.getvalue() == "a replica died\n"
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # restored afterwards
+    joblog._route_raylet_lines()
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    with joblog.open_job_log(LocalStore(str(tmp_path / "store")), "job-2") as jl:
+        ray_worker.print_to_stdstream({"lines": ["Task ServeController.graceful_shutdown failed. There are "
+                                                 "infinite retries remaining"], "pid": "raylet", "is_err": False},
+                                      ignore_prefix=False)
+    assert "(raylet) Task ServeController.graceful_shutdown failed" in jl.path.read_text()
+    assert "graceful_shutdown" not in out.getvalue() + stream.getvalue()
