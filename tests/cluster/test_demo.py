@@ -7,7 +7,7 @@ from cluster.storage_local import LocalStore
 pytestmark = pytest.mark.slow
 
 
-def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
+def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys, monkeypatch):
     import shutil
 
     import yaml
@@ -39,6 +39,25 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys):
     statuses = collect(LocalStore(str(store)))
     assert statuses and {j.status for j in statuses} == {"SUCCEEDED"}
     assert not [(j.job_name, t.task, t.status) for j in statuses for t in j.tasks if t.status in ("RUNNING", "STALLED")]
+    _run_documented_commands(store, tmp_path / "cwd", monkeypatch, capsys)
+
+
+def _run_documented_commands(store, cwd, monkeypatch, capsys):
+    """README's and docs/' commands that read a store (tests/cluster/test_docs.py DEMO_STORE), as
+    written, against this demo's store."""
+    import shlex
+
+    from cluster.cli import main as yard
+    from tests.cluster.test_docs import DEMO_STORE
+
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("YARD_STORE", str(store))
+    for cmd in DEMO_STORE:
+        assert yard(shlex.split(cmd)[1:]) == 0, cmd
+    out = capsys.readouterr().out
+    assert "bankroll-demo" in out and "persona" in out  # the status table and the cost report cover the jobs
+    assert (cwd / "status.md").stat().st_size > 1000 and (cwd / "cost" / "cost.png").stat().st_size > 1000
 
 
 def _check_chat_step(store, models):
