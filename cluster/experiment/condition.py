@@ -188,7 +188,7 @@ def run_condition(spec: ConditionSpec) -> dict:
     header = (f"[yard: condition {spec.condition_id} attempt {spec.attempt} on {socket.gethostname()}, GPUs "
               f"{','.join(map(str, gpu_ids)) or 'none'} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})]\n")
     watch.log.write(header.encode())
-    reporter.heartbeat(log=str(log_path), attempt=spec.attempt)
+    reporter.heartbeat(log=str(log_path), **({"attempt": spec.attempt} if spec.attempt > 1 else {}))
     outcome: dict[str, Any] = {"condition_id": spec.condition_id, "attempt": spec.attempt, "node": socket.gethostname(),
                                "gpu_ids": gpu_ids, "log": str(log_path)}
     try:

@@ -294,7 +294,7 @@ def _run_conditions(job, cfg: ExperimentConfig, planned: Planned, todo: list[dic
             last_watch = now
             for ref, (spec, item) in list(inflight.items()):
                 record = read_task(store, job.job_id, spec.condition_id)
-                if not record or record.get("attempt") != spec.attempt or record.get("status") != "running":
+                if not record or (record.get("attempt") or 1) != spec.attempt or record.get("status") != "running":
                     continue  # not started yet (queued by Ray), or another attempt's record
                 grace = 0.0 if spec.function else KILL_GRACE_S
                 late = stalled({**record, "stall_after_s": spec.stall_after_s + grace}, now)
