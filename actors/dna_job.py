@@ -3,9 +3,15 @@
     yard dna configs/dna.demo.yaml                 # plan, extract, analyse, report
     yard dna configs/dna.demo.yaml --dry-run       # print the plan (hosts, GPUs, models, memory)
     yard dna configs/dna.demo.yaml --accept-suspicious
+    yard dna configs/dna.demo.yaml --force          # regenerate every fingerprint (no reuse)
+    yard dna configs/dna.demo.yaml --retry-skipped  # also retry models skipped in an earlier run
     yard dna import PATH... [--store S] [--name ID]   # llm-dna signatures / responses.json (actors/dna_import.py)
 
-Exit codes: 0 every model fingerprinted and the tree published; 1 a model failed or was skipped
+Reruns: a model whose newest fingerprint in the store has the same weights and settings is
+reused, not loaded again (`actors/dna_reuse.py`); the plan, the ledger and the hosts cover only the
+rest, the analysis and the report all of them.
+
+Exit codes: 0 every model fingerprinted (or reused) and the tree published; 1 a model failed or was skipped
 (every successful model's artifacts are kept, and the report lists each failure with its
 reason: a failure is never "Completed"); 3 the outlier gate refused to publish the tree; 2 bad
 input (config, probe file).
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 
 from actors.config import DnaConfig
 from actors.dna_cost import DnaMeter, cost_section, plan_cost, plan_table_markdown
+from actors.dna_reuse import REUSED, Rerun, decide_rerun
 from actors.planner import HostPlan, Plan, node_kinds_from_ray, plan_hosts
 from cluster.config import job_config, job_parser, load_config
 from cluster.engine import check_engine
@@ -38,6 +45,7 @@ from cluster.storage import open_store
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "dna.demo.yaml"
 EXIT_FAILED, EXIT_REFUSED = 1, 3
+DONE = ("ok", REUSED)  # a model with a fingerprint: made by this job, or reused from an earlier one
 
 
 def make_plan(cfg: DnaConfig, registry: ModelRegistry, model_ids: list[str]) -> Plan:
@@ -82,7 +90,7 @@ class Scheduler:
     """Feeds each host its models one at a time and applies the retry rules."""
 
     def __init__(self, cfg: DnaConfig, plan: Plan, registry_paths: list[str], job_id: str | None, probes, host_cls=None,
-                 ledger=None):
+                 ledger=None, reuse_keys: dict[str, dict] | None = None):
         import ray
 
         from actors.host import ModelHost
@@ -90,6 +98,7 @@ class Scheduler:
         self.ray = ray
         self.host_cls = host_cls or ModelHost
         self.cfg, self.registry_paths, self.job_id, self.probes = cfg, registry_paths, job_id, probes
+        self.reuse_keys = reuse_keys or {}  # each new run records its key, for the next rerun
         self.slots = [HostSlot(h, deque(h.models)) for h in plan.hosts]
         self.attempts: dict[str, list[dict]] = {}
         self.outcomes: dict[str, dict] = {}
@@ -123,7 +132,8 @@ class Scheduler:
             self._start(slot)
         mid = slot.queue.popleft()
         self.meter.submitted(mid)
-        ref = slot.actor.run_model.remote(mid, self.probes.probes, self.probes.probe_set_id, self.probes.sha256)
+        ref = slot.actor.run_model.remote(mid, self.probes.probes, self.probes.probe_set_id, self.probes.sha256,
+                                          self.reuse_keys.get(mid))
         inflight[ref] = (slot, mid)
 
     def _record(self, slot: HostSlot, mid: str, outcome: dict) -> None:
@@ -254,7 +264,7 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
     from actors import analysis
     from actors.report import write_report
 
-    ok_ids = [o["model_id"] for o in outcomes if o["status"] == "ok"]
+    ok_ids = [o["model_id"] for o in outcomes if o["status"] in DONE]
     fps, missing = analysis.load_latest(store, ok_ids)
     # runs brought in by `yard dna import` join when made the same way as this job's vectors
     reference = next(iter(fps.values())).provenance if fps else None
@@ -292,9 +302,12 @@ def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_repor
 
 
 def run_dna(
-    cfg: DnaConfig, *, config_path: str | None = None, dry_run: bool = False, accept_suspicious: bool = False, host_cls=None
+    cfg: DnaConfig, *, config_path: str | None = None, dry_run: bool = False, accept_suspicious: bool = False, host_cls=None,
+    force: bool = False, retry_skipped: bool = False,
 ) -> tuple[int, dict]:
-    """The whole job; `host_cls` swaps the host class (tests inject failures through it)."""
+    """The whole job; `host_cls` swaps the host class (tests inject failures through it). Models
+    whose fingerprints can be reused are left out of the plan (`force`: none is;
+    `retry_skipped`: models skipped in an earlier run are tried again)."""
     from actors.fingerprint import load_probes
     from cluster.prices import job_prices
     from cluster.runtime import connect
@@ -315,16 +328,24 @@ def run_dna(
 
         check_engine(cfg.engine, "engine", gpus=int(ray.cluster_resources().get("GPU", 0)), source=source)
     plan = make_plan(cfg, registry, model_ids)
-    print_plan(plan)
+    rerun = decide_rerun(store, cfg, registry, plan, probes, force=force, retry_skipped=retry_skipped)
+    if rerun.reused or rerun.not_retried:  # only the new work is planned, priced and run
+        plan = make_plan(cfg, registry, rerun.todo(model_ids))
+    print_rerun(rerun, len(model_ids))
+    if plan.hosts or plan.rejected:  # an empty table says less than the line above
+        print_plan(plan)
     cost_plan = plan_cost(cfg, plan, registry, store, len(probes.probes))
     print(plan_table_markdown(cost_plan, prices))
+    reused = {m: o["reused_from"] for m, o in rerun.reused.items()}
     if dry_run:
-        return 0, {"status": "ok", "plan": plan.table(), "cost_plan": cost_plan, "report": None}
+        return 0, {"status": "ok", "plan": plan.table(), "cost_plan": cost_plan, "report": None, "reused": reused,
+                   "not_retried": sorted(rerun.not_retried)}
     with run_job("dna", cfg, store, config_path=config_path, stall_after_s=cfg.hosts.stall_after_s) as job:
         t0 = time.time()
         job.plan = cost_plan
-        scheduler = Scheduler(cfg, plan, registry_paths, job.job_id, probes, host_cls, ledger=job.ledger)
-        outcomes = scheduler.run()
+        scheduler = Scheduler(cfg, plan, registry_paths, job.job_id, probes, host_cls, ledger=job.ledger,
+                              reuse_keys=rerun.keys)
+        outcomes = sorted(scheduler.run() + rerun.outcomes(), key=lambda o: o["model_id"])
         outcomes += [{"model_id": m, "status": "rejected", "reason": r, "attempts": 0} for m, r in plan.rejected.items()]
         for o in outcomes:
             if o.get("artifact"):
@@ -333,8 +354,8 @@ def run_dna(
         published, report, summary = analyse(cfg, store, registry, outcomes, scheduler.host_reports(), accept_suspicious,
                                              scheduler.incidents, cost_md)
         job.add_artifact(report)
-        bad = [o for o in outcomes if o["status"] != "ok"]
-        summary.update(models=len(outcomes), failed=len(bad), seconds=round(time.time() - t0, 1),
+        bad = [o for o in outcomes if o["status"] not in DONE]
+        summary.update(models=len(outcomes), failed=len(bad), seconds=round(time.time() - t0, 1), reused=reused,
                        outcomes={o["model_id"]: o["status"] for o in outcomes}, cost=cost_md[-1])
         job.summary = summary
         print_outcomes(outcomes, summary)
@@ -352,6 +373,18 @@ def run_dna(
         else:
             code = 0
     return code, {"status": "ok" if code == 0 else "failed", **summary}
+
+
+def print_rerun(rerun: Rerun, total: int) -> None:
+    """What the rerun reuses and why it generates or leaves out the rest (nothing on a fresh store)."""
+    from cluster.console import console as make_console
+
+    console = make_console()
+    line = rerun.summary_line(total)
+    if line:
+        console.print(line, markup=False)
+    for note in rerun.notes:
+        console.print(note, markup=False, style="yellow")
 
 
 def _fmt(value, spec: str) -> str:
@@ -406,9 +439,15 @@ def main(argv: list[str]) -> int:
     parser = job_parser("yard dna", "LLM-DNA fingerprints on warm Ray hosts", DEMO_CONFIG)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--accept-suspicious", action="store_true", help="publish the tree despite suspicious pairs")
+    parser.add_argument("--force", action="store_true",
+                        help="generate every fingerprint again, even those an earlier run made with the same weights "
+                             "and settings")
+    parser.add_argument("--retry-skipped", action="store_true",
+                        help="also retry models an earlier run skipped after the same error twice")
     args = parser.parse_intermixed_args(argv)
     cfg = job_config(args, DnaConfig)
-    code, _ = run_dna(cfg, config_path=args.config, dry_run=args.dry_run, accept_suspicious=args.accept_suspicious)
+    code, _ = run_dna(cfg, config_path=args.config, dry_run=args.dry_run, accept_suspicious=args.accept_suspicious,
+                      force=args.force, retry_skipped=args.retry_skipped)
     return code
 
 

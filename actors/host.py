@@ -165,8 +165,10 @@ class ModelHost:
         finally:
             self._in_queue = False
 
-    def run_model(self, model_id: str, probes: list[str], probe_set_id: str, probe_sha256: str) -> dict:
-        """Fingerprint one model; returns its outcome (never raises for model-level problems)."""
+    def run_model(self, model_id: str, probes: list[str], probe_set_id: str, probe_sha256: str,
+                  reuse_key: dict | None = None) -> dict:
+        """Fingerprint one model; returns its outcome (never raises for model-level problems).
+        `reuse_key` (`actors.dna_reuse`) goes into the run's marker, for a later rerun to match."""
         if not self._in_queue:
             self._expect(len(probes))
         t_model = time.perf_counter()
@@ -293,7 +295,7 @@ class ModelHost:
             # prompts this model will never run leave the total, so the host's ETA stays true
             self.reporter.set_total(max((self.reporter.total or 0) - (len(probes) - advanced), self.reporter.done))
 
-        self._finish_run(run, out, vector, provenance, signature)
+        self._finish_run(run, out, vector, provenance, signature, reuse_key)
         self.models.append({"model_id": model_id, "status": out["status"], **timings})
         log.info("model %s: %s in %.1fs%s", model_id, out["status"], timings["total_s"],
                  f" ({out['reason']})" if out["reason"] else "")
@@ -361,16 +363,20 @@ class ModelHost:
         return f"model {model_id}: {out['phase'] or 'setup'}: {one_line(exc)}"
 
     @staticmethod
-    def _finish_run(run, out: dict, vector, provenance: dict | None, signature: dict | None) -> None:
-        """Publish the DNA when every gate passed; otherwise keep the files under a failed run."""
+    def _finish_run(run, out: dict, vector, provenance: dict | None, signature: dict | None,
+                    reuse_key: dict | None = None) -> None:
+        """Publish the DNA when every gate passed; otherwise keep the files under a failed run. The
+        marker carries the error signature and the reuse key: what a rerun decides by."""
         from actors.fingerprint import write_dna
 
         if out["status"] == "ok":
             write_dna(run, out["model_id"], vector, provenance, signature)
             run.put_json("timings.json", out["timings"])
         run.put_json("outcome.json", out)
+        keyed = {} if reuse_key is None else {"reuse_key": reuse_key}
         run.complete(status="ok" if out["status"] == "ok" else "failed", model_id=out["model_id"],
-                     outcome=out["status"], gate=out["gate"], reason=out["reason"])
+                     outcome=out["status"], gate=out["gate"], reason=out["reason"],
+                     error_signature=out["error_signature"], **keyed)
 
     def _allocated(self) -> int:
         if not self.cuda:

@@ -146,7 +146,8 @@ def write_report(
     (kept for reading, never latest). Returns where report.md can be found.
 
     An outcome: {model_id, status, reason, attempts, stats: {valid_fraction, avg_chars},
-    timings: {sec_per_prompt, load_s, gate_s, generate_s, embed_s, unload_s}}."""
+    timings: {sec_per_prompt, load_s, gate_s, generate_s, embed_s, unload_s}}; a reused one
+    (status "reused") names the run it came from in `reused_from`."""
     import tempfile
     from pathlib import Path
 
@@ -157,7 +158,7 @@ def write_report(
 
     # status
     # one fingerprint, every model fine: nothing to draw, nothing refused (the vector is stored)
-    lone = (not have_D and len(ids) == 1 and all(o["status"] == "ok" for o in outcomes)
+    lone = (not have_D and len(ids) == 1 and all(o["status"] in ("ok", "reused") for o in outcomes)
             and not cfg_summary.get("missing"))
     if published:
         md.append(f"**Status: published** — {len(ids)} fingerprints, {tree_kind.upper()} tree in `tree.nwk`.")
@@ -171,6 +172,10 @@ def write_report(
                   "identical, before publishing.")
     else:
         md.append(f"**Status: REFUSED** — no tree published ({len(ids)} usable fingerprint(s); see the model table).")
+    reused = [o for o in outcomes if o.get("status") == "reused"]
+    if reused:  # a rerun (actors/dna_reuse.py): these models were not loaded by this job
+        md += ["", f"Reused from earlier runs (same weights and settings; `--force` regenerates): {len(reused)} of "
+               f"{len(outcomes)} fingerprints: " + "; ".join(f"{o['model_id']} ({o.get('reused_from')})" for o in reused)]
     missing = cfg_summary.get("missing") or {}
     if missing:
         md.append("")
@@ -265,7 +270,8 @@ def write_report(
         "suspicious": [list(p) for p in suspicious], "missing": missing,
         "runs": {m: fp.run for m, fp in fps.items()}, "newick": tree.newick() if (published and tree) else None,
         "lineage": lineage, "amortization": amort, "provenance": prov, "settings": cfg_summary,
-        "outcomes": [{k: o.get(k) for k in ("model_id", "status", "reason", "attempts")} for o in outcomes],
+        "outcomes": [{**{k: o.get(k) for k in ("model_id", "status", "reason", "attempts")},
+                      **({"reused_from": o["reused_from"]} if o.get("reused_from") else {})} for o in outcomes],
         "incidents": incidents or [],
     })
     run.complete(status="ok" if published or lone else "failed")

@@ -144,6 +144,25 @@ def test_deterministic_error_twice_is_skipped_and_others_are_kept(ray_local, zoo
     report = Path(summary["report"]).read_text()
     assert "skipped after the same error twice" in report
 
+    # a rerun of the finished round: qwen3-b's fingerprint is reused and broken is not retried, so no
+    # host starts at all (no progress record, no ledger row, nothing planned) and nothing is written
+    # under dna/; the report still covers both (actors/dna_reuse.py)
+    from cluster.cost import read_jobs
+
+    (first,) = [r.prefix for r in store.runs("dna", "qwen3-b")]
+    code, again = run_dna(cfg, accept_suspicious=True)
+    assert code == 1 and again["outcomes"] == {"broken": "skipped", "qwen3-b": "reused"}
+    assert again["reused"] == {"qwen3-b": first}
+    assert len(store.runs("dna", "qwen3-b")) == 1 and len(store.runs("dna", "broken")) == 2
+    rerun_job = read_jobs(store, ["dna"])[-1]
+    assert rerun_job.entries == [] and rerun_job.plan["units"] == []
+    assert not [k for k in store.list_state("progress/") if rerun_job.job_id in k]
+    report = Path(again["report"]).read_text()
+    assert f"qwen3-b ({first})" in report and "not retried (--retry-skipped to try again)" in report
+    (rows,) = [store.get_json(k) for k in store.list_keys("reports/dna/") if k.endswith("summary.json")
+               and Path(again["report"]).parent.name in k]
+    assert {o["model_id"]: o.get("reused_from") for o in rows["outcomes"]} == {"broken": None, "qwen3-b": first}
+
 
 def test_bad_probe_file_is_one_line_exit_2(zoo, tmp_path, capsys):
     from cluster.cli import main as yard
@@ -171,10 +190,15 @@ def test_same_model_twice_is_distance_zero_and_the_outlier_gate_refuses_to_publi
     assert {a, b} == {"llama-a", "llama-a-twin"} and d < 1e-6  # greedy: the same fingerprint twice
     report = Path(summary["report"])
     assert "REFUSED" in report.read_text() and not (report.parent / "tree.nwk").exists()
-    # declared identical: no longer suspicious, the tree is published
-    cfg = cfg.model_copy(update={"identical": [["llama-a", "llama-a-twin"]], "storage": cfg.storage.model_copy(update={"uri": str(tmp_path / "b")})})
+    # declared identical: no longer suspicious, the tree is published; a rerun over the same store,
+    # so the three fingerprints are reused (the gate's settings are not part of the reuse key) and
+    # the published tree and report cover them
+    cfg = cfg.model_copy(update={"identical": [["llama-a", "llama-a-twin"]]})
     code, summary = run_dna(cfg)
     assert code == 0 and summary["published"] and summary["suspicious"] == []
+    assert set(summary["reused"]) == {"llama-a", "llama-a-twin", "qwen3-b"}
+    newick = (Path(summary["report"]).parent / "tree.nwk").read_text()
+    assert all(m in newick for m in ("llama-a-twin", "qwen3-b"))
 
 
 def test_one_model_alone_is_kept_and_the_job_succeeds_without_a_tree(ray_local, zoo, tmp_path):

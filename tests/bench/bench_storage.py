@@ -8,6 +8,7 @@ as overhead relative to local disk, not as what a real bucket gives.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import sys
@@ -57,7 +58,8 @@ def size_label(nbytes: int) -> str:
     return f"{nbytes // MIB} MiB" if nbytes >= MIB else f"{nbytes // KIB} KiB"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp, moto_s3_server() as endpoint_url:
         local = LocalStore(Path(tmp) / "yard")
         uri = f"s3://{create_bucket(endpoint_url)}/bench"

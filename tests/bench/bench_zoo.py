@@ -7,6 +7,7 @@ and prints both times, the ratio, and seconds per model.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -14,10 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from cluster.zoo import build_zoo, default_zoo_config  # noqa: E402
 
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    from cluster.zoo import build_zoo, default_zoo_config  # torch: after --help, not before
 
-def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-zoo-") as tmp:
         cfg = default_zoo_config([f"zoo_dir={tmp}"])
         t0 = time.perf_counter()
