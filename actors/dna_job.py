@@ -36,6 +36,7 @@ from actors.config import DnaConfig
 from actors.dna_cost import DnaMeter, cost_section, plan_cost, plan_table_markdown
 from actors.dna_reuse import REUSED, Rerun, decide_rerun
 from actors.planner import HostPlan, Plan, node_kinds_from_ray, plan_hosts
+from cluster.attempts import Attempt, RetryPolicy
 from cluster.config import job_config, job_parser, load_config
 from cluster.engine import check_engine
 from cluster.jobs import REPO_ROOT, run_job
@@ -141,26 +142,26 @@ class Scheduler:
         self.meter.attempt(slot, mid, outcome, final, len(self.attempts[mid]))
 
     def _decide(self, slot: HostSlot, mid: str, outcome: dict) -> dict | None:
-        """The model's final outcome after this attempt, or None when it goes back to the queue."""
+        """The model's final outcome after this attempt, or None when it goes back to the queue.
+        The rules are the playbook's, shared with `yard run` (cluster/attempts.py): a lost or stalled
+        host and an error are retried up to `retries.max_attempts`, the same error twice is skipped."""
         tries = self.attempts.setdefault(mid, [])
         tries.append(outcome)
         status = outcome["status"]
-        max_attempts = self.cfg.retries.max_attempts
-        if status == "infra":
-            if len(tries) < max_attempts:
-                log.warning("%s: host failed (%s); retrying on a fresh host", mid, outcome["reason"])
+        if status in ("infra", "error"):
+            policy = RetryPolicy(retries=self.cfg.retries.max_attempts - 1, stall_retries=0)
+            decision = policy.decide([Attempt(t["status"], t.get("error_signature") or "")
+                                      for t in tries if t["status"] in ("infra", "error")])
+            if decision.action == "retry":
+                why = "host failed" if status == "infra" else "retrying once to tell flaky from deterministic"
+                log.warning("%s: %s (%s); %s", mid, why, outcome.get("reason"), decision.reason)
                 slot.queue.appendleft(mid)
                 return None
-            outcome = {**outcome, "status": "failed", "reason": f"model {mid}: {len(tries)} host failures: {outcome['reason']}"}
-        elif status == "error":
-            signatures = [t.get("error_signature") for t in tries if t["status"] == "error"]
-            if len(signatures) >= 2 and signatures[-1] == signatures[-2]:
-                outcome = {**outcome, "status": "skipped",
-                           "reason": f"model {mid}: skipped after the same error twice: {outcome.get('error_signature')}"}
-            elif len(tries) < max_attempts:
-                log.warning("%s: %s; retrying once to tell flaky from deterministic", mid, outcome.get("reason"))
-                slot.queue.appendleft(mid)
-                return None
+            if decision.action == "skipped":
+                outcome = {**outcome, "status": "skipped", "reason": f"model {mid}: {decision.reason}"}
+            elif status == "infra":
+                outcome = {**outcome, "status": "failed",
+                           "reason": f"model {mid}: {len(tries)} host failures: {outcome['reason']}"}
             else:
                 outcome = {**outcome, "status": "failed"}
         outcome["attempts"] = len(tries)
