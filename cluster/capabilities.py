@@ -15,7 +15,7 @@ JOBS: dict[str, str] = {
     "demo": "cluster.demo:main",
     "chat": "cluster.chat:chat_main",
     "dna": "actors.dna_job:main",
-    "sweep": "tune.sweep:main",
+    "sweep": "tune.sweep_cli:main",
     "package": "tune.package:main",
     "serve": "serve.serve_job:main",
     "judge": "serve.judge:main",
@@ -61,6 +61,11 @@ CONFIG_KINDS: dict[str, str] = {
     "persona_sweep": "tune.persona.sweep:PersonaSweepConfig",
     "experiment": "cluster.experiment.config:ExperimentConfig",
 }
+
+# What a job config's `zoo:` runs before its registry is read (`JobConfig.registry_paths`): a
+# function taking the loaded zoo config and returning its build (`.registry_path`). Named here, not
+# imported by cluster/config.py, since cluster.zoo builds on cluster.config.
+ZOO_BUILDER = "cluster.zoo:build_zoo"
 
 # Demos `yard demo` runs after the foundation's own, in order: name -> "module:function".
 # The function takes (store, zoo_registry_path, quick: bool) and returns a dict with at least

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from cluster.capabilities import CONFIG_KINDS
+from cluster.capabilities import CONFIG_KINDS, ZOO_BUILDER
 
 
 class UserError(Exception):
@@ -126,20 +126,26 @@ class JobConfig(YardModel):
         built, or reused from its cache, first); ConfigError when there is neither."""
         paths = list(self.registry)
         if self.zoo:
-            from cluster.zoo import build_zoo
-
+            build_zoo = resolve_capability(ZOO_BUILDER)  # by name: cluster.zoo imports this module
             paths.append(str(build_zoo(load_config(self.zoo)).registry_path))
         if not paths:
             raise ConfigError(f"{self.kind}: registry: empty and no zoo configured (no model to run)")
         return paths
+
+
+def resolve_capability(target: str) -> Any:
+    """What a capability table's "module:name" entry names (cluster/capabilities.py), its module
+    imported now: the table is how this floor reaches a job, kind or builder without importing it."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
 
 def schema_for_kind(kind: str) -> type[YardModel]:
     """The pydantic class for a config `kind`, resolved lazily from the capability table."""
     target = CONFIG_KINDS.get(kind)
     if target is None:
         raise KeyError(kind)
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return resolve_capability(target)
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,5 +1,5 @@
-"""Job lifecycle: the job record `yard status` reads (start, heartbeat, end), and a manifest in
-the store at the end.
+"""Job lifecycle: the job record `yard status` reads (cluster/job_record.py: start, heartbeat,
+end), and a manifest in the store at the end.
 
 Every `yard <job>` runs inside `run_job(...)`, locally or under `ray job submit`. The manifest
 (`jobs/<job name>/<run>/manifest.json`) holds the config as resolved, the git revision, package
@@ -19,8 +19,6 @@ import contextlib
 import importlib.metadata
 import logging
 import os
-import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -30,8 +28,10 @@ from pathlib import Path
 
 from cluster.config import YardModel
 from cluster.ledger import LEDGER_FILE, PLAN_FILE, Ledger
-from cluster.progress import DEFAULT_STALL_AFTER_S, END_STATUSES, ProgressReporter
-from cluster.storage import ArtifactStore, StoreError, check_part
+from cluster.job_record import end_job, start_job
+from cluster.live import LiveView
+from cluster.progress import ProgressReporter
+from cluster.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -67,104 +67,6 @@ def git_revision() -> str:
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-# --- the job record (`yard status` reads it) ---------------------------------------------------
-def job_key(job_id: str) -> str:
-    return f"jobs/{job_id}.json"
-
-
-def job_end_key(job_id: str) -> str:
-    """The job's final state, written once by `end_job` and never by a heartbeat: a heartbeat that
-    read the record before the job ended cannot write "running" back over it."""
-    return f"ended/{job_id}.json"
-
-
-END_FIELDS = ("status", "ended_at", "message", "manifest_key")
-
-
-def new_job_id(job_name: str, now: float | None = None) -> str:
-    """`<job_name>-YYYYMMDD-HHMMSS-<6 hex>` (UTC, as artifact run names)."""
-    check_part(job_name, "job name")
-    stamp = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
-    return f"{job_name}-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def start_job(
-    store: ArtifactStore,
-    job_name: str,
-    *,
-    config_path: str | None = None,
-    stall_after_s: float = DEFAULT_STALL_AFTER_S,
-    job_id: str | None = None,
-    now: float | None = None,
-) -> str:
-    """Write a running job record and return its job id."""
-    if stall_after_s <= 0:
-        raise ValueError(f"stall_after_s must be > 0, got {stall_after_s}")
-    now = time.time() if now is None else now
-    job_id = check_part(job_id, "job id") if job_id else new_job_id(job_name, now)
-    store.put_state(job_key(job_id), {
-        "job_id": job_id,
-        "job_name": job_name,
-        "status": "running",
-        "started_at": now,
-        "heartbeat_at": now,
-        "ended_at": None,
-        "stall_after_s": float(stall_after_s),
-        "config_path": str(config_path) if config_path is not None else None,
-        "node": socket.gethostname(),
-        "pid": os.getpid(),
-        "message": "",
-        "manifest_key": None,
-    })
-    return job_id
-
-
-def read_job(store: ArtifactStore, job_id: str) -> dict | None:
-    """The job record with its final state (`ended/`) laid over it once the job ended."""
-    try:
-        record = store.get_state(job_key(job_id))
-    except (StoreError, ValueError):  # missing, or unreadable JSON
-        record = None
-    try:
-        ended = store.get_state(job_end_key(job_id))
-    except (StoreError, ValueError):
-        ended = None
-    if isinstance(ended, dict):
-        record = {**(record if isinstance(record, dict) else {"job_id": job_id}),
-                  **{k: ended.get(k) for k in END_FIELDS}}
-    return record
-
-
-def end_job(
-    store: ArtifactStore,
-    job_id: str,
-    status: str,
-    message: str = "",
-    manifest_key: str | None = None,
-    now: float | None = None,
-) -> None:
-    """Mark a job succeeded, failed or stopped (a record is created if start_job never wrote one)."""
-    if status not in END_STATUSES:
-        raise ValueError(f"job status {status!r} (allowed: {', '.join(END_STATUSES)})")
-    now = time.time() if now is None else now
-    record = read_job(store, job_id) or {
-        "job_id": job_id, "job_name": job_id, "started_at": now, "stall_after_s": DEFAULT_STALL_AFTER_S,
-        "config_path": None, "node": socket.gethostname(), "pid": os.getpid(),
-    }
-    record.update(status=status, heartbeat_at=now, ended_at=now, message=message, manifest_key=manifest_key)
-    store.put_state(job_end_key(job_id), {k: record[k] for k in END_FIELDS})  # first: it is what counts
-    store.put_state(job_key(job_id), record)
-
-
-def job_heartbeat(store: ArtifactStore, job_id: str, now: float | None = None) -> None:
-    """Refresh a running job's heartbeat_at (read-modify-write; an ended job is left alone)."""
-    record = read_job(store, job_id)
-    if record is None or record.get("status") != "running":
-        return
-    record["heartbeat_at"] = time.time() if now is None else now
-    store.put_state(job_key(job_id), record)
 
 
 @dataclass
@@ -249,7 +151,6 @@ def run_job(
 ):
     """Run a job: job record first, manifest and final status last, whatever happens between."""
     from cluster.joblog import open_job_log, quiet_progress_bars
-    from cluster.live import LiveView
     from cluster.prices import job_market
 
     market = job_market(config)  # a bad price table stops the job before its record: exit 2

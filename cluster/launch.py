@@ -11,17 +11,17 @@ Ray's cluster launcher YAML for AWS (`ray up`) and a KubeRay `RayCluster` manife
     install: {pip: "modelyard @ git+https://github.com/ORG/modelyard@v0.3"}   # or {image: ...}
 
 GPU worker groups come from the models' needs (GPUs, compute capability, memory at the model's
-precision: `cluster.loading.expected_memory_gib` with headroom) and `INSTANCES` (AWS GPU instance
-types and their accelerators, `cluster.gpus.ACCELERATORS`): each model gets the smallest instance
-type that runs it (fewest GPUs, then least memory per GPU), and each chosen type one group. With
-`spot_with_fallback` every type has a spot group and an on-demand group (cap it with
-`max_on_demand_workers`); Ray's autoscaler passes over a node type whose launch failed in the last
-30 minutes (its node availability tracker), so on-demand nodes come up where spot capacity is
+precision: `cluster.loading.expected_memory_gib` with headroom) and `cluster.instances.INSTANCES`
+(AWS GPU instance types and their accelerators, `cluster.gpus.ACCELERATORS`): each model gets the
+smallest instance type that runs it (fewest GPUs, then least memory per GPU), and each chosen type
+one group. With `spot_with_fallback` every type has a spot group and an on-demand group (cap it
+with `max_on_demand_workers`); Ray's autoscaler passes over a node type whose launch failed in the
+last 30 minutes (its node availability tracker), so on-demand nodes come up where spot capacity is
 not there, though Ray does not promise to try spot first. Workers install modelyard (setup
-commands, or an image) and put the Hugging Face cache on the instance's NVMe disk where the
-Deep Learning AMI mounts one. The launcher YAML passes Ray's own `prepare_config` and
-`validate_config` (its JSON schema) before it is written; the RayCluster manifest is checked for
-the fields KubeRay requires (its CRD schema is not available offline).
+commands, or an image) and put the Hugging Face cache on the instance's NVMe disk where the Deep
+Learning AMI mounts one. The launcher YAML passes Ray's own `prepare_config` and `validate_config`
+(its JSON schema) before it is written; the RayCluster manifest is checked for the fields KubeRay
+requires (its CRD schema is not available offline).
 
 Then: `ray up cluster.yaml`, `ray dashboard cluster.yaml` (or `ray attach`), and
 `RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- yard dna configs/dna.yaml`.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -38,39 +37,11 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from cluster.config import ConfigError, JobConfig, YardModel, job_config, job_parser, naming_source
-from cluster.gpus import ACCELERATORS
+from cluster.instances import INSTANCES, Instance, worker_groups
+from cluster.quotas import preflight
 
 HEADROOM = 1.2  # memory a model needs beyond its weights' estimate (KV cache, activations)
 NVME_HF_CACHE = "/opt/dlami/nvme/huggingface"  # where AWS's Deep Learning AMI mounts instance NVMe
-
-
-@dataclass(frozen=True)
-class Instance:
-    name: str
-    accelerator: str  # a key of cluster.gpus.ACCELERATORS (Ray's accelerator_type)
-    gpus: int
-    vcpus: int
-
-    @property
-    def capability(self) -> float:
-        return ACCELERATORS[self.accelerator][0]
-
-    @property
-    def gib_per_gpu(self) -> float:
-        return ACCELERATORS[self.accelerator][1]
-
-
-INSTANCES: dict[str, Instance] = {i.name: i for i in (
-    Instance("g6.xlarge", "L4", 1, 4), Instance("g6.12xlarge", "L4", 4, 48),
-    Instance("g5.xlarge", "A10G", 1, 4), Instance("g5.12xlarge", "A10G", 4, 48),
-    Instance("g5.48xlarge", "A10G", 8, 192),
-    Instance("g6e.xlarge", "L40S", 1, 4), Instance("g6e.12xlarge", "L40S", 4, 48),
-    Instance("g6e.48xlarge", "L40S", 8, 192),
-    Instance("p5.4xlarge", "H100", 1, 16), Instance("p4d.24xlarge", "A100-40G", 8, 96),
-    Instance("p4de.24xlarge", "A100-80G", 8, 96), Instance("p5.48xlarge", "H100", 8, 192),
-    Instance("p5e.48xlarge", "H200", 8, 192), Instance("p5en.48xlarge", "H200", 8, 192),
-    Instance("p6-b200.48xlarge", "B200", 8, 192),
-)}
 
 
 class ProviderConfig(YardModel):
@@ -154,14 +125,6 @@ def _setup_commands(cfg: ClusterConfig) -> list[str]:
     if cfg.install.pip and not cfg.install.image:
         cmds.append(f"pip install -q '{cfg.install.pip}'")
     return cmds
-
-
-def worker_groups(cfg: ClusterConfig, groups: dict[str, list[str]]) -> list[tuple[Instance, str, int]]:
-    """(instance type, market, most nodes) of every worker group: per chosen type a spot group, an
-    on-demand group, or both (`spot_with_fallback`, the on-demand one capped by `max_on_demand_workers`)."""
-    markets = {"spot": ["spot"], "on_demand": ["on_demand"], "spot_with_fallback": ["spot", "on_demand"]}[cfg.market]
-    return [(INSTANCES[name], market, cfg.max_workers if market == "spot" or cfg.max_on_demand_workers is None
-             else cfg.max_on_demand_workers) for name in groups for market in markets]
 
 
 def _group_name(inst: Instance, market: str) -> str:
@@ -278,8 +241,6 @@ def check_quotas(cfg: ClusterConfig, groups: dict[str, list[str]], mode: str = "
     session = boto3.session.Session()
     if mode == "auto" and session.get_credentials() is None:
         return ["AWS quotas not checked: no AWS credentials here (run where they are, or --quotas check)"]
-    from cluster.quotas import preflight
-
     notes = preflight(cfg, groups, session=session, endpoint_url=endpoint_url)
     return notes or [f"{cfg.provider.region}: every instance type offered; quotas have room for every group"]
 

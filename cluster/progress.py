@@ -1,6 +1,6 @@
 """Progress records that outlive the worker: a job's tasks report to the store's state area.
 
-The job's own record (`jobs/<job_id>.json`: started, where, how it ended) is `cluster.jobs`'s. Each task of the
+The job's own record (`jobs/<job_id>.json`: started, where, how it ended) is `cluster.job_record`'s. Each task of the
 job (the driver's main loop, one Ray actor, ...) keeps a progress record
 (`progress/<job_id>/<task>.json`): item n of N, rate, ETA, phase, last heartbeat, node, GPU ids and
 GPU memory. `yard status` (cluster/status.py) reads them back and marks a job STALLED when its
@@ -10,7 +10,7 @@ Heartbeats come only from the work itself (`phase`, `advance`, `heartbeat` calls
 timer thread: a thread would keep beating while the main thread hangs in a model load, and the
 hang would look like progress.
 
-    >>> job_id = cluster.jobs.start_job(store, "chat", stall_after_s=300)  # doctest: +SKIP
+    >>> job_id = cluster.job_record.start_job(store, "chat", stall_after_s=300)  # doctest: +SKIP
     >>> with ProgressReporter(store, job_id, task="worker-0", total=len(models)) as rep:  # doctest: +SKIP
     ...     for m in models:
     ...         rep.phase("loading", item=m, stall_after_s=1800)   # a big load may take long
@@ -18,7 +18,7 @@ hang would look like progress.
     ...         rep.phase("generating", item=m)
     ...         generate(model)
     ...         rep.advance(item=m)
-    >>> cluster.jobs.end_job(store, job_id, "succeeded")                    # doctest: +SKIP
+    >>> cluster.job_record.end_job(store, job_id, "succeeded")                    # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -31,12 +31,11 @@ from typing import Any, Callable
 
 from cluster.console import format_duration, format_rate
 from cluster.gpus import gpu_facts
+from cluster.job_record import DEFAULT_STALL_AFTER_S, END_STATUSES, job_heartbeat, read_job
 from cluster.storage import ArtifactStore, StoreError, check_part, open_store
 
 log = logging.getLogger(__name__)
 
-END_STATUSES = ("succeeded", "failed", "stopped")
-DEFAULT_STALL_AFTER_S = 600.0
 RATE_WINDOW_S = 60.0  # the rate is measured over about the last minute of the current phase
 LOG_INTERVAL_S = 10.0  # console progress lines at most this often
 # Keys of a progress record; `heartbeat(**extra)` may not overwrite them.
@@ -145,8 +144,6 @@ class ProgressReporter:
         self.min_interval_s, self.console, self.clock = min_interval_s, console, clock
         self.job_interval_s = max(min_interval_s, 5.0)
         if stall_after_s is None:
-            from cluster.jobs import read_job
-
             job = read_job(store, job_id) or {}
             stall_after_s = float(job.get("stall_after_s") or DEFAULT_STALL_AFTER_S)
         self.stall_after_s = float(stall_after_s)
@@ -318,8 +315,6 @@ class ProgressReporter:
             self.store.put_state(progress_key(self.job_id, self.task), self.record(now))
             self._last_write = now
             if now - self._last_job_beat >= self.job_interval_s or self.status != "running":
-                from cluster.jobs import job_heartbeat
-
                 job_heartbeat(self.store, self.job_id, now)
                 self._last_job_beat = now
         except Exception as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cluster.config import UserError
+from cluster.instances import worker_groups
 
 # EC2 vCPU quotas by instance family (the first letter of the type), per market
 QUOTA_CODES: dict[tuple[str, str], tuple[str, str]] = {
@@ -41,8 +42,6 @@ class Need:
 
 def needs(cfg, groups: dict[str, list[str]]) -> list[Need]:
     """What the plan's worker groups need per (instance family, market)."""
-    from cluster.launch import worker_groups
-
     acc: dict[tuple[str, str], list] = {}
     for inst, market, cap in worker_groups(cfg, groups):
         entry = acc.setdefault((inst.name[0].upper(), market), [0, 0, inst.name])

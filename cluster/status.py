@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cluster.console import format_duration, format_rate
-from cluster.jobs import END_FIELDS
+from cluster.job_record import END_FIELDS
 from cluster.storage import ArtifactStore, StoreError, open_store
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from cluster.storage import TEMP_PREFIX, ArtifactStore, StoreError, check_key
+from cluster.storage_base import TEMP_PREFIX, ArtifactStore, StoreError, check_key
 
 
 class LocalStore(ArtifactStore):

@@ -21,7 +21,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from cluster.storage import ArtifactStore, StoreError, check_key
+from cluster.storage_base import ArtifactStore, StoreError, check_key
 
 ENDPOINT_ENV = "YARD_S3_ENDPOINT_URL"
 MIB = 1024 * 1024

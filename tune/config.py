@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from cluster.config import JobConfig, YardModel
+from cluster.ledger import unit_resources
 from tune.evaluate import EvalConfig
 from tune.quantize import SCHEMES
 from tune.timing import TimingConfig
@@ -169,6 +170,11 @@ class ResourcesConfig(YardModel):
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ValueError(f"gpus_per_trial: {self.gpus_per_trial} (a fraction must be < 1, or a whole number)")
         return self
+
+    def ledger_resources(self) -> dict:
+        """What one trial holds, as ledger fields (`cluster.ledger.unit_resources`) at the cluster's
+        GPU type; both sweeps' ledgers book their trials on it."""
+        return unit_resources(self.gpus_per_trial, self.cpus_per_trial)
 
 
 class CalibrationConfig(YardModel):

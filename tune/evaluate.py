@@ -36,6 +36,7 @@ from cluster.config import ConfigError, YardModel
 from cluster.engine import EngineConfig
 from cluster.registry import ModelSpec
 from tune.datasets import load_mcq, load_qa
+from tune.judge_bench import load_judge_items, run_judge_benchmark
 from tune.metrics import mcq_accuracy, qa_f1
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,6 @@ def load_benchmarks(cfg: EvalConfig, base_dir: str | Path | None = None) -> list
     for spec in cfg.benchmarks:
         source = _resolve(spec.source, base_dir)
         if spec.task == "judge":
-            from tune.judge_bench import load_judge_items
-
             items = load_judge_items(source, spec.name, spec.judge)
         else:
             items = (load_mcq if spec.task == "mcq" else load_qa)(source, spec.split)
@@ -341,8 +340,6 @@ def _run_benchmark(model, tokenizer, bench: Benchmark, cfg: EvalConfig, render: 
     spec, items = bench.spec, bench.items
     detail: dict = {"task": spec.task, "mode": spec.mode, "n": len(items)}
     if spec.task == "judge":
-        from tune.judge_bench import run_judge_benchmark
-
         gen = _generation_config(spec.max_new_tokens or cfg.max_new_tokens, cfg.batch_size)
         perf, more = run_judge_benchmark(model, tokenizer, bench, gen, spec=render.spec, model_id=render.model_id)
         return perf, {**detail, **more}

@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from cluster.config import ConfigError, format_validation_error
-
-if TYPE_CHECKING:
-    from tune.evaluate import EvalResult
 
 log = logging.getLogger(__name__)
 # Endpoint fields that never change a rating (how hard and how often to ask), left out of cache keys.
@@ -126,12 +122,13 @@ def judge_key(spec) -> dict:
     return {"endpoint": endpoint, "judge_language": spec.judge_language, "language_penalty": spec.language_penalty}
 
 
-def aligned_perf(result: "EvalResult", baseline: "EvalResult") -> tuple[float, float, dict[str, int]]:
-    """(candidate perf_mean, baseline perf_mean, {judge benchmark: turns left out}) with each judge
-    benchmark's perf recomputed, for both, over the turns rated for both: a turn one judgment
-    failed to parse for is left out of both means (and counted), so neither model is scored on
-    questions the other was not. Other benchmarks, and judge results without per-item ratings
-    (or with no turn rated for both), keep their own perf."""
+def aligned_perf(result, baseline) -> tuple[float, float, dict[str, int]]:
+    """(candidate perf_mean, baseline perf_mean, {judge benchmark: turns left out}) of two
+    `tune.evaluate.EvalResult`s, with each judge benchmark's perf recomputed, for both, over the
+    turns rated for both: a turn one judgment failed to parse for is left out of both means (and
+    counted), so neither model is scored on questions the other was not. Other benchmarks, and
+    judge results without per-item ratings (or with no turn rated for both), keep their own perf.
+    Only their `perf` and `details` are read: tune.evaluate imports this module, not the reverse."""
     perf, base_perf, left_out = dict(result.perf), dict(baseline.perf), {}
     for name in perf.keys() & base_perf.keys():
         mine = (result.details.get(name) or {}).get("per_item")

@@ -17,6 +17,7 @@ Tune's own files (TensorBoard events, progress.csv per trial, the experiment sta
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -34,7 +35,9 @@ from cluster.storage import ArtifactStore, new_run_name, open_store
 from tune.config import SweepConfig
 from tune.publish import print_rows, publish, register_candidates
 from tune.sweep_cost import print_plan, record_sweep, sweep_plan
-from tune.timing import apply_timing, time_candidates, timing_summary
+from tune.timing import apply_timing, timing_summary
+from tune.timing_phase import time_candidates
+from tune.tune_storage import tune_storage
 from tune.watchdog import killed_reasons, trial_watchdog
 
 log = logging.getLogger(__name__)
@@ -180,18 +183,6 @@ def prepare(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_
                             "content": content},
             "baseline": baseline.to_dict(), "baseline_cached": was_cached, "base_size_mb": round(size_mb, 3),
             "layers": layers}
-
-
-def tune_storage(store: ArtifactStore, endpoint_url: str | None):
-    """(storage_path, storage_filesystem) for Ray Tune beside the artifact store."""
-    if store.uri.startswith("s3://"):
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            from pyarrow import fs
-
-            return f"{store.uri[len('s3://'):].rstrip('/')}/tune", fs.S3FileSystem(endpoint_override=endpoint)
-        return f"{store.uri.rstrip('/')}/tune", None
-    return str(Path(store.uri).resolve() / "tune"), None
 
 
 def _state_key(name: str, run: str) -> str:
@@ -411,19 +402,18 @@ def _baseline_row(cfg: SweepConfig, prep: dict) -> dict:
             "sec_per_token": base["sec_per_token"], "size_mb": prep["base_size_mb"], "layers": prep["layers"]}
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The compression sweep's command line (`yard sweep`, with tune/sweep_cli.py choosing the kind)."""
     parser = job_parser("yard sweep", "compression recipe sweep with Ray Tune", DEMO_CONFIG)
     parser.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this sweep")
     parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
     parser.add_argument("--plan", "--dry-run", dest="plan", action="store_true", help="print trials, time and cost; run nothing")
-    args = parser.parse_intermixed_args(argv)
-    from cluster.config import job_source, read_yaml
+    return parser
 
-    job_source(args)  # CONFIG resolved (the demo config when left out)
-    if read_yaml(args.config).get("kind") == "persona_sweep":  # LoRA rank x lr sweeps of a persona fine-tune
-        from tune.persona.sweep import main as persona_main
 
-        return persona_main(argv)
+def main(argv: list[str]) -> int:
+    """`yard sweep CONFIG` for a kind: sweep config."""
+    args = build_parser().parse_intermixed_args(argv)
     cfg = job_config(args, SweepConfig)
     if args.plan:
         return print_plan(cfg)

@@ -22,17 +22,10 @@ from __future__ import annotations
 import logging
 import math
 
-from cluster.ledger import unit_resources
-
 log = logging.getLogger(__name__)
 
 ASSUMED_TRIAL_S = {"gpu": 900.0, "cpu": 60.0}
 ASSUMED_PREPARE_S = {"gpu": 300.0, "cpu": 30.0}
-
-
-def trial_resources(cfg) -> dict:
-    """What one trial holds (`resources.*_per_trial`) as ledger fields, at the cluster's GPU type."""
-    return unit_resources(cfg.resources.gpus_per_trial, cfg.resources.cpus_per_trial)
 
 
 def _measured_trial_s(store, name: str) -> tuple[float | None, str]:
@@ -49,7 +42,7 @@ def _measured_trial_s(store, name: str) -> tuple[float | None, str]:
 
 def sweep_plan(cfg, store) -> dict:
     """Ledger-shaped planned units: the prepare step and each trial, with the basis of each figure."""
-    res = trial_resources(cfg)
+    res = cfg.resources.ledger_resources()
     device = "gpu" if res["gpus"] else "cpu"
     trials = cfg.search.trial_count()
     measured, run = _measured_trial_s(store, cfg.name)
@@ -95,7 +88,7 @@ def record_sweep(job, rows: list[dict], cfg, prices, *, prepare_s: float, timing
 
     from tune.trial import trial_task
 
-    res = trial_resources(cfg)
+    res = cfg.resources.ledger_resources()
     stalled = {i.get("trial_id") for i in incidents or [] if "stall" in str(i.get("kind", "")) and not i.get("retried")}
     attempts = _attempt_records(job.store, job.job_id)
     job.ledger.add(unit="prepare", phases={"evaluate": prepare_s}, outcome="kept", **res)

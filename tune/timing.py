@@ -3,13 +3,14 @@
 Timing inside a trial measures contention, not the model: trials run side by side (2 or 4 to a
 node) while the baseline was timed alone in the prepare step, so a plain copy of the base scored
 0.403 instead of 0.5. After the trials, `time_models` runs as one task with nothing else of the
-sweep beside it. Round after round it visits every candidate in turn (the order rotates each
-round); a visit times the baseline and the candidate alternately, at least `repeats` pairs and
-`min_visit_s` seconds, each generating the same prompts for exactly `new_tokens` tokens per row,
-EOS ignored, and keeps each one's fastest run. Every model thus produces the same token count
-over the same batch shapes, and rows that finish early cannot make a model look faster or slower.
-Every model's weights are first copied into fresh memory of their own: loaded from safetensors,
-they are pages of a mapped file, a different file per model (`_own_memory`).
+sweep beside it (tune/timing_phase.py). Round after round it visits every candidate in turn (the
+order rotates each round); a visit times the baseline and the candidate alternately, at least
+`repeats` pairs and `min_visit_s` seconds, each generating the same prompts for exactly
+`new_tokens` tokens per row, EOS ignored, and keeps each one's fastest run. Every model thus
+produces the same token count over the same batch shapes, and rows that finish early cannot make a
+model look faster or slower. Every model's weights are first copied into fresh memory of their own:
+loaded from safetensors, they are pages of a mapped file, a different file per model
+(`_own_memory`).
 
 Per model: sec_per_token per visit and its median. Per candidate: speed_norm in each round against
 the baseline timed in the same visit (paired seconds apart, B C then C B, so a drift in the
@@ -30,18 +31,13 @@ test one (`quiet` marker, tests/conftest.py).
 from __future__ import annotations
 
 import gc
-import logging
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from pydantic import Field
 
 from cluster.config import YardModel
-
-log = logging.getLogger(__name__)
 
 BASELINE = "__baseline__"
 # Models kept loaded between rounds while their weights add up to less than this (else reloaded
@@ -205,84 +201,10 @@ def time_models(loaders: dict[str, Loader], texts_for: Callable[[object], tuple[
     return out
 
 
-def _model_dir(store, prefix: str, tmp: Path) -> Path:
-    """A candidate's `model/` as a local directory (downloaded from an S3 store)."""
-    if not store.uri.startswith("s3://"):
-        return Path(store.uri) / prefix / "model"
-    from tune.persona.job import download_dir
-
-    return download_dir(store, f"{prefix}/model", tmp / prefix.replace("/", "_"))
-
-
-def run_timing(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_url: str | None,
-               benchmarks: list, candidates: dict[str, str], job_id: str | None = None) -> dict:
-    """The sweep's timing phase as one task: the base (as the trials load it) and each candidate
-    (`{trial_id: store prefix}`, loaded from its saved `model/` as packaged) timed by `time_models`."""
-    import torch
-
-    from cluster.loading import load_model
-    from cluster.registry import ModelRegistry
-    from cluster.storage import open_store
-    from tune.config import SweepConfig
-    from tune.evaluate import generation_prompts, render_for
-    from tune.quantize import load_quantized
-
-    cfg = SweepConfig.model_validate(cfg_dict)
-    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_trial)))  # as a trial runs
-    store = open_store(store_uri, endpoint_url)
-    registry = ModelRegistry.load(registry_paths)
-    spec = registry.get(cfg.base)
-    prompts = generation_prompts(benchmarks, cfg.timing.prompts)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    reporter = None
-    if job_id is not None:
-        from cluster.progress import ProgressReporter
-
-        reporter = ProgressReporter(store, job_id, task="timing", total=len(candidates) * cfg.timing.rounds)
-        reporter.phase("timing", item=cfg.base)
-
-    def texts_for(tokenizer):
-        return render_for(tokenizer, cfg.eval, spec, cfg.base, prompts)
-
-    with tempfile.TemporaryDirectory(prefix="yard-timing-") as tmp:
-        loaders: dict[str, Loader] = {BASELINE: lambda: load_model(cfg.base, registry)[:2]}
-        for trial_id, prefix in candidates.items():
-            path = _model_dir(store, prefix, Path(tmp))
-            loaders[trial_id] = lambda path=path: (load_quantized(path, device=device), _tokenizer(path))
-        on_visit = None if reporter is None else (lambda done, total, name: reporter.advance(item=name))
-        result = time_models(loaders, texts_for, cfg.timing, cfg.timing.batch_size or cfg.eval.batch_size,
-                             on_visit=on_visit)
-    if reporter is not None:
-        reporter.finish("succeeded")
-    result["device"] = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    result["torch_threads"] = torch.get_num_threads()
-    return result
-
-
-def time_candidates(cfg, registry_paths: list[str], store, benchmarks: list,
-                    candidates: dict[str, str], job_id: str | None) -> dict:
-    """The timing phase (`tune.timing`) as one Ray task, after every trial has finished: the base
-    and each candidate timed alone, interleaved and repeated. A whole GPU when trials use one."""
-    import ray
-
-    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0
-    task = ray.remote(run_timing).options(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus)
-    timing = ray.get(task.remote(cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url,
-                                 benchmarks, candidates, job_id))
-    log.info("timing phase: %d models x %d rounds", len(timing["models"]), timing["rounds"])
-    return timing
-
-
 def timing_summary(timing: dict | None) -> dict | None:
     if timing is None:
         return None
     return {k: timing[k] for k in ("rounds", "new_tokens", "prompts", "batch_size", "device", "torch_threads")}
-
-
-def _tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
 
 
 def apply_timing(rows: list[dict], baseline_row: dict, timing: dict) -> list[dict]:

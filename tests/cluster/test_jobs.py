@@ -7,7 +7,8 @@ import socket
 import pytest
 
 from cluster.config import StorageConfig
-from cluster.jobs import end_job, job_heartbeat, job_key, run_job, start_job
+from cluster.job_record import end_job, job_heartbeat, job_key, start_job
+from cluster.jobs import run_job
 from cluster.storage import StoreError, open_store
 
 
@@ -124,7 +125,7 @@ def test_end_job_and_heartbeat(store):
 def test_a_heartbeat_racing_end_job_cannot_revive_the_job(store):
     """A heartbeat reads the running record, the job ends, the heartbeat writes its copy back:
     the final state lives apart (`ended/`) and wins, in the record and in `yard status`."""
-    from cluster.jobs import read_job as _read_job
+    from cluster.job_record import read_job as _read_job
     from cluster.status import collect
 
     job_id = start_job(store, "chat", now=100.0)

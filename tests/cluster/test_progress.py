@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from cluster.jobs import job_key, start_job
+from cluster.job_record import job_key, start_job
 from cluster.progress import ProgressReporter, progress_key
 from cluster.storage import StoreError, open_store
 

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from cluster import status
-from cluster.jobs import end_job, start_job
+from cluster.job_record import end_job, start_job
 from cluster.progress import ProgressReporter, progress_key
 from cluster.storage import open_store
 
@@ -116,7 +116,7 @@ STUCK = """
 import sys, time
 sys.path.insert(0, {repo!r})
 from cluster.storage import open_store
-from cluster.jobs import start_job
+from cluster.job_record import start_job
 from cluster.progress import ProgressReporter
 store = open_store({store!r})
 job_id = start_job(store, "stuck", stall_after_s=1.5)

@@ -153,6 +153,19 @@ def test_put_file_and_download_roundtrip(store, tmp_path):
     assert store.list_keys("blobs/a/i") == ["blobs/a/in.bin"] and store.list_keys("blobs/a/x") == []
 
 
+def test_download_folder_copies_every_key_under_a_prefix(store, tmp_path):
+    run = store.new_run("lora", "llama-a", name=new_run_name(T0))
+    run.put_bytes("adapter/config.json", b"{}")
+    run.put_bytes("adapter/sub/weights.bin", b"w" * 300)
+    run.put_bytes("adapter-notes.txt", b"beside the folder, not in it")
+    got = store.download_folder(f"{run.prefix}/adapter/", tmp_path / "adapter")
+    assert got == tmp_path / "adapter"
+    assert sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file()) == ["config.json", "sub/weights.bin"]
+    assert (got / "sub" / "weights.bin").read_bytes() == b"w" * 300
+    with pytest.raises(StoreError, match=r"lora/llama-a/.*/nothing: nothing there"):
+        store.download_folder(f"{run.prefix}/nothing", tmp_path / "none")
+
+
 def test_s3_large_file_goes_multipart(s3_store, tmp_path):
     data = os.urandom(12 * MIB)
     big, small = tmp_path / "big.bin", tmp_path / "small.bin"

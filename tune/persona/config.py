@@ -15,11 +15,13 @@ lazily (tune/ does not import serve/ at import time).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.config import JobConfig, YardModel
+from cluster.config import JobConfig, YardModel, resolve_config_path
+from cluster.jobs import REPO_ROOT
 from tune.persona.data import PrepConfig
 from tune.persona.train import DpoSettings, LoraSettings, SftSettings
 
@@ -148,3 +150,8 @@ class PersonaConfig(JobConfig):
     @property
     def resolved_child_id(self) -> str:
         return self.child_id or f"{self.base}.{self.name}".replace("/", "-")
+
+    def resolve_path(self, path: str) -> Path:
+        """A path this config names (`cluster.config.resolve_config_path`), the repository last:
+        `yard demo` runs from anywhere."""
+        return resolve_config_path(path, self.config_file, roots=(REPO_ROOT,))

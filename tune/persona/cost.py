@@ -54,9 +54,8 @@ def record_trials(job, rows: list[dict], sweep_cfg, prices) -> str:
     failed; the sweep runs no early-stopping scheduler, so no trial is "stopped". Returns the
     leaderboard's cost line (or why it is not priced)."""
     from cluster.cost_report import job_cost_line
-    from tune.sweep_cost import trial_resources
 
-    res = trial_resources(sweep_cfg)
+    res = sweep_cfg.resources.ledger_resources()
     for r in rows:
         job.ledger.add(unit=f"trial {r['trial_id']}", phases={"train": r.get("wall_s") or 0.0},
                        outcome="kept" if r["status"] == "ok" else "failed", where=str(r["trial_id"]),

@@ -25,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.config import (ConfigError, UserError, job_config, job_parser, load_config, naming_source,
-                            resolve_config_path)
+from cluster.config import ConfigError, UserError, job_config, job_parser, load_config, naming_source
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import ArtifactStore, new_run_name, open_store
@@ -48,22 +47,6 @@ def base_path(registry_paths: list[str], base: str) -> str:
 
     registry = ModelRegistry.load(registry_paths)
     return resolve_source(decide_load(base, registry.get(base), node_facts()))
-
-
-def download_dir(store: ArtifactStore, prefix: str, target: Path) -> Path:
-    """Every key under `prefix/` into `target` (an adapter written by another stage's node)."""
-    keys = [k for k in store.list_keys(prefix.rstrip("/") + "/") if not k.endswith("/")]
-    if not keys:
-        raise ConfigError(f"{store.uri}/{prefix}: nothing there")
-    for key in keys:
-        store.download(key, target / key[len(prefix.rstrip("/")) + 1:])
-    return target
-
-
-def resolve_relative(path: str, cfg: PersonaConfig) -> Path:
-    """A path from the persona config (`cluster.config.resolve_config_path`), the repository last:
-    `yard demo` runs from anywhere."""
-    return resolve_config_path(path, cfg.config_file, roots=(REPO_ROOT,))
 
 
 def _reporter(store_uri: str, endpoint_url: str | None, job_id: str | None, task: str, stall_after_s: float):
@@ -120,7 +103,7 @@ def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, h
                 result = train_sft(path, rows, held_out, LoraSettings(**lora), SftSettings(**settings), Path(tmp) / "out",
                                    chat_template_kwargs=chat_template_kwargs, on_step=on_step)
             else:
-                adapter = download_dir(store, sft_adapter_key, Path(tmp) / "sft-adapter")
+                adapter = store.download_folder(sft_adapter_key, Path(tmp) / "sft-adapter")
                 result = train_dpo(path, str(adapter), rows, held_out, LoraSettings(**lora), DpoSettings(**settings),
                                    Path(tmp) / "out", chat_template_kwargs=chat_template_kwargs, on_step=on_step)
             kind, model_id, name = prefix.split("/")
@@ -152,7 +135,7 @@ def run_merge(*, registry_paths: list[str], base: str, adapter_key: str, dtype: 
     writer = store.new_run(kind, model_id, name=name)
     gguf = []
     with tempfile.TemporaryDirectory(prefix="yard-persona-merge-") as tmp:
-        adapter = download_dir(store, adapter_key, Path(tmp) / "adapter")
+        adapter = store.download_folder(adapter_key, Path(tmp) / "adapter")
         merged = merge_adapter(base_path(registry_paths, base), str(adapter), Path(tmp) / "model", dtype=dtype)
         writer.put_dir("model", merged)
         for quant in gguf_quants:
@@ -179,7 +162,7 @@ def prepare_data(cfg: PersonaConfig, registry_paths: list[str]):
     registry = ModelRegistry.load(registry_paths)
     spec = registry.get(cfg.base)
     path = base_path(registry_paths, cfg.base)
-    cfg.prep.data_dir = str(resolve_relative(cfg.prep.data_dir, cfg))
+    cfg.prep.data_dir = str(cfg.resolve_path(cfg.prep.data_dir))
     tokenizer = AutoTokenizer.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     return prepare(cfg.prep, tokenizer, chat_template_kwargs=cfg.chat_template_kwargs), path
 
@@ -251,7 +234,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
 
         registry_paths = resolve_registry(cfg)
         if cfg.probe.enabled:
-            load_suite(resolve_relative(cfg.probe.suite, cfg))
+            load_suite(cfg.resolve_path(cfg.probe.suite))
         t0 = time.time()
         prep, _ = prepare_data(cfg, registry_paths)
         prep_s = time.time() - t0

@@ -26,9 +26,8 @@ log = logging.getLogger(__name__)
 
 def _suite(cfg: PersonaConfig):
     from serve.probe_suite import load_suite
-    from tune.persona.job import resolve_relative
 
-    return load_suite(resolve_relative(cfg.probe.suite, cfg))
+    return load_suite(cfg.resolve_path(cfg.probe.suite))
 
 
 def _params(cfg: PersonaConfig) -> dict:

@@ -40,6 +40,7 @@ from cluster.storage import new_run_name, open_store
 from tune.config import Dimension, ResourcesConfig
 from tune.persona.config import PersonaConfig
 from tune.persona.probe import probe_in_process
+from tune.tune_storage import tune_storage
 
 log = logging.getLogger(__name__)
 SWEEP_KIND = "persona_sweep"
@@ -104,7 +105,7 @@ def run_persona_trial(config: dict, setup: dict) -> None:
     from ray import tune
 
     from cluster.storage import open_store
-    from tune.persona.job import base_path, download_dir, run_stage
+    from tune.persona.job import base_path, run_stage
     from tune.persona.merge import merge_adapter
 
     t0 = time.time()
@@ -127,7 +128,7 @@ def run_persona_trial(config: dict, setup: dict) -> None:
     writer = store.new_run(SWEEP_KIND, setup["name"], name=setup["run"])
     with tempfile.TemporaryDirectory(prefix="yard-persona-trial-") as tmp:
         tmp = Path(tmp)
-        adapter = download_dir(store, final, tmp / "adapter")
+        adapter = store.download_folder(final, tmp / "adapter")
         merged = merge_adapter(path, str(adapter), tmp / "model", dtype=cfg.merge.dtype)
         probe = probe_in_process(cfg, merged, tmp / "probe")
         writer.put_file(f"trials/{trial_id}/probe_report.md", probe["report"])
@@ -248,8 +249,6 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
             from ray.tune.search.basic_variant import BasicVariantGenerator
 
             search_alg = BasicVariantGenerator(random_state=cfg.search.seed)
-        from tune.sweep import tune_storage
-
         storage_path, filesystem = tune_storage(store, persona.storage.endpoint_url)
         walls: dict[str, float] = {}
         tuner = tune.Tuner(trainable, param_space=cfg.search.space.to_tune(),
@@ -289,7 +288,7 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
 
 
 def main(argv: list[str]) -> int:
-    """`yard sweep CONFIG` for a kind: persona_sweep config (tune/sweep.py dispatches here on kind)."""
+    """`yard sweep CONFIG` for a kind: persona_sweep config (tune/sweep_cli.py dispatches here on kind)."""
     args = job_parser("yard sweep", "persona LoRA rank / learning-rate sweep", DEMO_CONFIG).parse_intermixed_args(argv)
     cfg = job_config(args, PersonaSweepConfig)
     code, _ = run_persona_sweep(cfg, config_path=args.config)
