@@ -63,6 +63,18 @@ def _console_handlers() -> list[logging.Handler]:
     return found
 
 
+def tune_verbosity() -> int:
+    """`RunConfig(verbose=...)` for a Tuner this process runs: 0 unless `yard -v`. Tune's new
+    console output prints its "Configuration for experiment" box, "View detailed results here" and a
+    TensorBoard command into Ray's temporary session folder at every verbosity, 0 included; its
+    legacy reporter at 0 prints nothing, so that one is chosen (RAY_AIR_NEW_OUTPUT=0; a value the
+    user set wins). yard prints the durable TensorBoard path itself."""
+    if verbose():
+        return 1
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return 0
+
+
 def quiet_logger(name: str) -> None:
     """A framework logger that prints to the console by its own handler, outside any job log (Ray
     Serve's driver-side "INFO ... serve -- Started Serve" lines, set up when `ray.serve` is imported):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cluster.config import ConfigError, job_config, job_parser, load_config, naming_source
 from cluster.engine import check_engine
-from cluster.joblog import verbose as joblog_verbose
+from cluster.joblog import tune_verbosity
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.registry import ModelRegistry
 from cluster.storage import ArtifactStore, new_run_name, open_store
@@ -282,7 +282,7 @@ def _tuner(cfg: SweepConfig, trainable, storage_path: str, filesystem, experimen
         run_config=tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=filesystem,
                                   callbacks=[_Progress(reporter), *(callbacks or [])], failure_config=tune.FailureConfig(max_failures=0),
                                   # Tune's per-trial tables: the job log's (our live view shows trials)
-                                  verbose=1 if joblog_verbose() else 0),
+                                  verbose=tune_verbosity()),
     )
 
 

@@ -142,3 +142,11 @@ def test_ray_serve_info_lines_and_raylet_retry_notices_stay_off_the_console(tmp_
                                       ignore_prefix=False)
     assert "(raylet) Task ServeController.graceful_shutdown failed" in jl.path.read_text()
     assert "graceful_shutdown" not in out.getvalue() + stream.getvalue()
+
+
+def test_tune_runs_silent_unless_verbose(monkeypatch):
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    monkeypatch.setenv("YARD_LOG", "debug")
+    assert joblog.tune_verbosity() == 1 and "RAY_AIR_NEW_OUTPUT" not in os.environ
+    monkeypatch.delenv("YARD_LOG")
+    assert joblog.tune_verbosity() == 0 and os.environ["RAY_AIR_NEW_OUTPUT"] == "0"  # no box, no temp paths

@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cluster.config import YardModel, job_config, job_parser
-from cluster.joblog import verbose as joblog_verbose
+from cluster.joblog import tune_verbosity
 from cluster.jobs import REPO_ROOT, run_job
 from cluster.storage import new_run_name, open_store
 from tune.config import Dimension, ResourcesConfig
@@ -255,7 +255,7 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
                            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=cfg.search.num_samples,
                                                        max_concurrent_trials=cfg.search.max_concurrent_trials),
                            run_config=tune.RunConfig(name=f"{cfg.name}-{run}", storage_path=storage_path,
-                                                     storage_filesystem=filesystem, verbose=1 if joblog_verbose() else 0,
+                                                     storage_filesystem=filesystem, verbose=tune_verbosity(),
                                                      failure_config=tune.FailureConfig(max_failures=0),
                                                      callbacks=[_TrialClock(walls)]))
         rows = persona_rows(tuner.fit(), walls)
