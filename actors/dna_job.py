@@ -153,8 +153,10 @@ class Scheduler:
             decision = policy.decide([Attempt(t["status"], t.get("error_signature") or "")
                                       for t in tries if t["status"] in ("infra", "error")])
             if decision.action == "retry":
-                why = "host failed" if status == "infra" else "retrying once to tell flaky from deterministic"
-                log.warning("%s: %s (%s); %s", mid, why, outcome.get("reason"), decision.reason)
+                if status == "infra":
+                    log.warning("%s: host failed (%s); retrying on a fresh host", mid, outcome["reason"])
+                else:
+                    log.warning("%s: %s; retrying once to tell flaky from deterministic", mid, outcome.get("reason"))
                 slot.queue.appendleft(mid)
                 return None
             if decision.action == "skipped":

@@ -16,6 +16,7 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys, mon
     zoo_dir = tmp_path / "zoo"
     shutil.copytree(zoo.zoo_dir, zoo_dir)
     store = tmp_path / "store"
+    _route_ray_output_as_connect_does(monkeypatch)
     code = main(["--store", str(store), "--zoo-dir", str(zoo_dir)])
     captured = capsys.readouterr()
     out = captured.out
@@ -46,6 +47,20 @@ def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys, mon
     assert statuses and {j.status for j in statuses} == {"SUCCEEDED"}
     assert not [(j.job_name, t.task, t.status) for j in statuses for t in j.tasks if t.status in ("RUNNING", "STALLED")]
     _run_documented_commands(store, tmp_path / "cwd", monkeypatch, capsys)
+
+
+def _route_ray_output_as_connect_does(monkeypatch):
+    """`yard demo` starts its Ray in cluster.runtime.connect, which then routes Ray's output to the
+    job logs; here Ray is the session's (ray_local), so connect leaves it alone: route it as connect
+    would, and put Ray's printers back afterwards."""
+    import ray._private.worker as ray_worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from cluster.joblog import route_ray_output
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)
+    monkeypatch.setattr(dispatcher, "handlers", list(dispatcher.handlers))
+    assert route_ray_output()
 
 
 def _run_documented_commands(store, cwd, monkeypatch, capsys):
