@@ -195,7 +195,12 @@ def run_experiment_job(cfg: ExperimentConfig, config_path: str | None = None, *,
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     import ray
 
-    if not address and not ray.is_initialized():
+    # where each condition fits, before any work (a zoo build included): the Ray this process is
+    # already connected to, or this machine as the local Ray would see it; a cluster by address
+    # is asked once connected, below
+    if ray.is_initialized():
+        planned.place(ray_nodes())
+    elif not address:
         planned.place(local_nodes(cfg.ray.num_cpus, cfg.ray.num_gpus))
     prices = job_prices(cfg)
     if cfg.zoo or cfg.registry:  # the models a script may load: $YARD_REGISTRY (the zoo built or reused first)
@@ -206,7 +211,7 @@ def run_experiment_job(cfg: ExperimentConfig, config_path: str | None = None, *,
     if resume and not finished_runs(store, cfg.name):
         print(f"--resume: no earlier run of experiment {cfg.name} in {store.uri}; running every condition")
     todo = [i for i in planned.items if i["id"] not in reused]
-    if address or ray.is_initialized():
+    if address and not ray.is_initialized():
         from cluster.runtime import connect
 
         connect(cfg.ray)
