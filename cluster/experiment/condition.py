@@ -33,6 +33,7 @@ from typing import Any
 
 from cluster.attempts import error_signature
 from cluster.experiment.output import BoundedLog, LineSplitter, OutputReader
+from cluster.gpus import gpu_facts
 from cluster.progress import ProgressReporter
 from cluster.storage import RunWriter, new_run_name, open_store
 
@@ -184,7 +185,7 @@ def run_condition(spec: ConditionSpec) -> dict:
     out_dir.mkdir()
     log_path = Path(tempfile.gettempdir()) / "yard-experiments" / spec.job_id / f"{spec.condition_id}.{spec.attempt}.log"
     watch = _Watch(spec, reporter, log_path)
-    gpu_ids = _gpu_ids()
+    gpu_ids = gpu_facts()[0]  # the GPUs Ray gave this task (CUDA_VISIBLE_DEVICES outside Ray)
     header = (f"[yard: condition {spec.condition_id} attempt {spec.attempt} on {socket.gethostname()}, GPUs "
               f"{','.join(map(str, gpu_ids)) or 'none'} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})]\n")
     watch.log.write(header.encode())
@@ -216,15 +217,6 @@ def run_condition(spec: ConditionSpec) -> dict:
 
         shutil.rmtree(scratch)
     return outcome
-
-
-def _gpu_ids() -> list:
-    ray = sys.modules.get("ray")
-    with contextlib.suppress(Exception):
-        if ray is not None and ray.is_initialized():
-            return [int(g) if str(g).isdigit() else str(g) for g in ray.get_gpu_ids()]
-    env = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    return [int(e) if e.isdigit() else e for e in env.split(",") if e] if env and env != "-1" else []
 
 
 def _condition_env(spec: ConditionSpec, out_dir: Path) -> dict[str, str]:

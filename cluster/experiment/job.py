@@ -14,7 +14,6 @@ attempt is a ledger row. Exit 0 when every condition is ok, 1 otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import json
