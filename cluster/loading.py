@@ -177,9 +177,29 @@ def load_tokenizer(plan: LoadPlan, path: str | None = None):
     return tok
 
 
+def skip_unused_sklearn() -> None:
+    """Start a model process 1.4 CPU-s sooner: transformers' generation code imports scikit-learn's
+    metrics (and with them scipy.stats and pandas) when sklearn is installed, for one heuristic of
+    assisted generation that no modelyard job uses; llm-dna installs sklearn. Called before the
+    first model class is imported, it tells transformers sklearn is absent. Once that code has
+    loaded, or in a transformers without the check, it does nothing."""
+    import sys
+
+    if "transformers.generation.candidate_generator" in sys.modules:
+        return
+    import transformers.utils as hf_utils
+    import transformers.utils.import_utils as hf_import_utils
+
+    for module in (hf_utils, hf_import_utils):
+        if hasattr(module, "is_sklearn_available"):
+            module.is_sklearn_available = lambda: False
+
+
 def load_model(model_id: str, registry: ModelRegistry, node: NodeFacts | None = None):
     """Decide, then load: returns (model, tokenizer, plan). Rejections happen before any read."""
     import torch
+
+    skip_unused_sklearn()
     from transformers import AutoModelForCausalLM
 
     spec = registry.get(model_id)

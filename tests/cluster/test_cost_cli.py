@@ -66,9 +66,9 @@ def test_yard_cost_on_the_demo_store_after_a_demo_with_a_failed_and_a_retried_mo
     exaone4-c fails its validation gate (failed at once) and qwen3-b hits a CUDA-like error once
     (retried on a fresh host, then kept). The DNA step runs on three models and 8 probes here: the
     faults and the arithmetic are what is tested, not the size, and the chat job on three models
-    (the demo's DNA and chat steps as shipped, on every zoo model, and the sweep, Serve and persona
-    steps run in tests/cluster/test_demo.py). Then `yard cost` on the demo's store, its waste rate checked
-    against hand arithmetic on the ledger rows, and the DNA job's own cost on its own
+    (the demo's DNA and chat steps as shipped, on every zoo model, run in tests/cluster/test_demo.py;
+    its sweep, Serve and persona steps in test_demo_sweep_serve_persona.py). Then `yard cost` on the
+    demo's store, its waste rate checked against hand arithmetic on the ledger rows, and the DNA job's own cost on its own
     (`_check_the_dna_jobs_cost`: this run is also actors/dna_cost.py's end-to-end test)."""
     import csv
     import json

@@ -25,8 +25,8 @@ DEMO_STORE = ["yard status", "yard status --markdown status.md", "yard cost", "y
 
 # command (regex, matched from the start) -> where it runs
 WHERE = [
-    (r"make demo\b", "tests/cluster/test_demo.py::test_yard_demo_runs_and_prints_reports (yard demo) and "
-                     "the fresh-clone check before an issue is resolved (make demo)"),
+    (r"make demo\b", "tests/cluster/test_demo.py and test_demo_sweep_serve_persona.py (yard demo, in two "
+                     "halves) and the fresh-clone check before an issue is resolved (make demo)"),
     (r"make test\b", ".ci/run"),
     (r"yard dna configs/dna.demo.yaml --dry-run", "tests/actors/test_dna_job.py"),
     (r"yard dna configs/dna.demo.yaml", "tests/cluster/test_demo.py (the DNA step)"),
@@ -37,14 +37,14 @@ WHERE = [
     (r"ray job submit --address http://HEAD:8265", "tests/cluster/test_ray_submit.py (the same submission; HEAD is yours)"),
     (r"yard cluster config configs/cluster.example.yaml", "tests/cluster/test_launch.py"),
     (r"yard persona configs/persona.demo.yaml --plan", "tests/tune/persona/test_job.py"),
-    (r"yard persona configs/persona.demo.yaml", "tests/cluster/test_demo.py (the persona step)"),
+    (r"yard persona configs/persona.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the persona step)"),
     (r"yard sweep configs/persona-sweep.demo.yaml", "tests/tune/persona/test_sweep.py"),
     (r"yard serve configs/serve.demo.yaml --from-leaderboard", "tests/serve/test_serve_job.py"),
-    (r"yard serve configs/serve.demo.yaml", "tests/cluster/test_demo.py (the serve step)"),
-    (r"yard judge configs/judge.demo.yaml", "tests/cluster/test_demo.py (the serve step's judge)"),
-    (r"yard probe configs/probe.demo.yaml", "tests/cluster/test_demo.py (the serve step's probes)"),
+    (r"yard serve configs/serve.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the serve step)"),
+    (r"yard judge configs/judge.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the serve step's judge)"),
+    (r"yard probe configs/probe.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the serve step's probes)"),
     (r"yard sweep configs/sweep.demo.yaml --resume", "tests/tune/test_sweep.py (kill and resume)"),
-    (r"yard sweep configs/sweep.demo.yaml", "tests/cluster/test_demo.py (the quick sweep) and tests/tune/test_sweep.py"),
+    (r"yard sweep configs/sweep.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the quick sweep) and tests/tune/test_sweep.py"),
     (r"yard package demo --top 3", "tests/tune/test_package.py"),
     (r"tensorboard --logdir", "not here: TensorBoard is not a dependency; tests/tune/test_sweep.py checks the "
                               "event files it reads"),

@@ -1,7 +1,7 @@
 """serve/demo.py: `yard demo`'s Serve step. Which judge it uses (the replay judge unless
 YARD_JUDGE_URL and YARD_JUDGE_MODEL name a real one), its shipped config, and a registry without
 the demo's candidates refused in one line before Serve starts. The whole step (Serve -> judge ->
-probes, about 2 minutes here) runs in tests/cluster/test_demo.py."""
+probes, about 2 minutes here) runs in tests/cluster/test_demo_sweep_serve_persona.py."""
 import pytest
 
 from cluster.config import ConfigError, load_config

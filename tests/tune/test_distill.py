@@ -37,7 +37,6 @@ def texts():
 def teacher(zoo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(2)
     path = zoo.zoo_dir / "llama-a"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(path)

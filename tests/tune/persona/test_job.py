@@ -1,7 +1,7 @@
 """tune/persona/job.py: --plan without training, bad input refused before Ray, a tiny job on S3 whose
 stalled stage is killed and rerun.
 The demo job as shipped (prep -> SFT -> DPO -> merge -> lineage -> probe of base and child, the
-child beating its base) runs as `yard demo`'s persona step: tests/cluster/test_demo.py."""
+child beating its base) runs as `yard demo`'s persona step: tests/cluster/test_demo_sweep_serve_persona.py."""
 import json
 import os
 import signal
