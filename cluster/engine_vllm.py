@@ -112,7 +112,9 @@ class EngineWatch:
         self.poll_s = ENGINE_POLL_S if poll_s is None else poll_s
         self.grace_s = ENGINE_GRACE_S if grace_s is None else grace_s
         self.prefix = os.environ.get("VLLM_PROCESS_NAME_PREFIX", "VLLM") + "::"
-        self.verdict: str | None = None
+        self.verdict: str | None = None  # set when the watch had to end the start
+        self.engine_exited = False  # an engine process ended during the start (vLLM may have noticed first)
+        self._seen: dict[tuple[int, float], tuple[object, str]] = {}
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._raised = False
 
@@ -124,13 +126,20 @@ class EngineWatch:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info) -> bool:
+    def __exit__(self, exc_type, *exc_info) -> bool:
         with self._lock:
             self._stop.set()
             if self._raised:  # the start returned before the interruption arrived: take it back
                 _raise_in_thread(self._starter, None)
         self._thread.join(timeout=5)
+        if exc_type is not None and not self.engine_exited:
+            alive = self._engine_processes()
+            self.engine_exited = any(key not in alive for key in self._seen)
         return False
+
+    def last_error_line(self) -> str:
+        """The engine's last error line written to this process's output since the watch began."""
+        return _last_error_line(self._outputs)
 
     def _engine_processes(self) -> dict[tuple[int, float], tuple[object, str]]:
         """{(pid, start time): (process, its name without the prefix)} of the titled descendants."""
@@ -151,7 +160,7 @@ class EngineWatch:
         return found
 
     def _watch(self) -> None:
-        seen: dict[tuple[int, float], tuple[object, str]] = {}
+        seen = self._seen
         gone_at = ended_at = None
         while not self._stop.wait(self.poll_s):
             alive = {k: v for k, v in self._engine_processes().items() if k not in self._before}
@@ -161,10 +170,10 @@ class EngineWatch:
             if not gone:
                 continue
             if gone_at is None:
-                gone_at = now
+                gone_at, self.engine_exited = now, True
                 log.warning("vLLM engine process(es) %s gone while the engine starts", ", ".join(gone))
             elif ended_at is None and now - gone_at >= self.grace_s:
-                line = _last_error_line(self._outputs)
+                line = self.last_error_line()
                 self.verdict = f"{', '.join(gone)} exited; {line or 'no error line in its output'}"
                 for proc, _ in seen.values():  # the rest of a dead engine: its core may wait on it for ever
                     try:
@@ -292,6 +301,8 @@ class VllmModel:
                 raise EngineDied(f"model {model_id}: vLLM {self.version} engine died while starting: "
                                  f"{watch.verdict}") from exc
             line = next((ln for ln in reversed(str(exc).strip().splitlines()) if ln.strip()), type(exc).__name__)
+            if watch.engine_exited:  # vLLM saw its engine end ("see root cause above"): the cause is in its output
+                line = watch.last_error_line() or line
             raise LoadError(f"model {model_id}: vLLM {self.version} cannot load {path}: {line}") from exc
 
     def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, min_new_tokens: int = 0,

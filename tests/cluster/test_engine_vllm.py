@@ -91,7 +91,11 @@ def worker(rank, dies_after_s):
     sys.exit(1)
 
 
-def engine_core(dies_after_s):
+def engine_core(dies_after_s, fails_after_s=None):
+    if fails_after_s is not None:  # the core itself fails, and exits: vLLM notices this on its own
+        time.sleep(fails_after_s)
+        print(f"(EngineCore pid={os.getpid()}) ValueError: the stand-in cannot load /m", file=sys.stderr, flush=True)
+        sys.exit(1)
     for rank in range(2):
         _titled(f"VLLM::Worker_TP{rank}", f"from vllm import worker; worker({rank}, {dies_after_s!r})")
     _until_orphaned()  # vLLM 0.26's core waited on its dead workers for ever
@@ -100,7 +104,8 @@ def engine_core(dies_after_s):
 class LLM:
     def __init__(self, scenario="ok", **engine_args):
         dies = None if scenario == "ok" else 1.0
-        core = _titled("VLLM::EngineCore", f"from vllm import engine_core; engine_core({dies!r})")
+        fails = 1.5 if scenario == "core fails" else None
+        core = _titled("VLLM::EngineCore", f"from vllm import engine_core; engine_core({dies!r}, {fails!r})")
         if scenario == "ok":
             # a helper that is no engine process comes and goes (vLLM inspects the model in one)
             subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5)"], check=True)
@@ -169,6 +174,13 @@ def test_a_start_that_never_notices_its_dead_engine_is_interrupted(tmp_path):
     assert result["error"] == "EngineDied" and result["seconds"] < 20
     assert "Worker_TP0, Worker_TP1 exited; RuntimeError: CUDA error" in result["message"]
     assert result["engine_left"] == []
+
+
+def test_an_engine_core_that_fails_on_its_own_is_a_load_error_with_its_own_line(tmp_path):
+    """vLLM notices a dead engine core itself ("see root cause above"); the root cause is the core's line."""
+    result = _load_with_standin(tmp_path, "core fails")
+    assert result["error"] == "LoadError" and result["seconds"] < 20
+    assert result["message"] == "model m: vLLM unknown cannot load /m: ValueError: the stand-in cannot load /m"
 
 
 def test_a_healthy_start_is_left_alone(tmp_path):
