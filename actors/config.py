@@ -121,6 +121,9 @@ class HostConfig(YardModel):
     hf_cache: str | None = Field(None, description="HF cache on the node's large disk (YARD_HF_CACHE)")
     stall_after_s: float = Field(600.0, gt=0)
     load_stall_after_s: float = Field(1800.0, gt=0, description="stall limit while a model loads")
+    fresh_per_model: bool = Field(False, description="the seed's way, for comparison: a new host (a new process: "
+                                  "imports, CUDA, encoder, engine and weights all paid again) for every model, "
+                                  "ended after it; each model's ledger row carries its whole cold start")
 
 
 class RetryConfig(YardModel):

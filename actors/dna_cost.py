@@ -13,9 +13,9 @@ GPUs, the GPU-seconds over the GPUs). A measured time holds for the
 node type it was measured on: the plan prices the planner's placement, not other GPU types.
 
 Ledger: the scheduler measures each attempt's wall time (submit to result, a fresh host's start
-included); the host's own timings split it into phases: start (the host's imports, CUDA, encoder),
-load (load + unload), generate (sanity gate + generation), evaluate (validation + embedding), idle
-(the rest: scheduling, store writes). A host's start is shared evenly by the attempts it ran once
+included); the host's own timings split it into phases: start (the host's process start, imports,
+CUDA, encoder), load (load + unload), generate (sanity gate + generation), evaluate (validation +
+embedding), idle (the rest: scheduling, store writes). A host's start is shared evenly by the attempts it ran once
 the job is done (`DnaMeter.finish`): the amortization the seed's lesson 6 is about, and a first
 model that fails is not charged the whole start that its successors used. An attempt whose host
 died or was killed has only its wall time, booked under the phase it was last seen in.
@@ -60,7 +60,8 @@ def _measured_model(store, mid: str, probes: int) -> dict | None:
 
 
 def _measured_start(store) -> float | None:
-    """The mean host start of the newest DNA job ledger in the store that has one."""
+    """The mean host start of the newest DNA job ledger in the store that has one (a host's start
+    is shared by its rows: summed per host first)."""
     from cluster.cost import read_jobs
 
     try:
@@ -69,26 +70,35 @@ def _measured_start(store) -> float | None:
         log.debug("no DNA ledgers: %s", exc)
         return None
     for job in reversed(jobs):
-        starts = [e.phases["start"] for e in job.entries if e.phases.get("start")]
+        hosts: dict[str, float] = {}
+        for e in job.entries:
+            hosts[e.where] = hosts.get(e.where, 0.0) + e.phases.get("start", 0.0)
+        starts = [s for s in hosts.values() if s]
         if starts:
             return sum(starts) / len(starts)
     return None
 
 
-def plan_cost(cfg, plan, registry, store, probes: int) -> dict:
+def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
     """The job's plan as ledger-shaped units (outcome "planned"): per model its node type,
-    resources and expected phases; `basis` says per model where its figures come from."""
+    resources and expected phases; `basis` says per model where its figures come from. A host's
+    start is shared by its models, or paid whole by each with `hosts.fresh_per_model`; `node_start`
+    (a price table's `NodeStart`) adds a fresh node's allocation (start) and weight loading (load,
+    the middle of its range) to every host start."""
     gen = cfg.generation
+    fresh = cfg.hosts.fresh_per_model
     start_measured = _measured_start(store)
-    units, basis, walls, assumed = [], {}, [], set()
+    units, basis, walls, assumed, host_starts = [], {}, [], set(), 0
     for host in plan.hosts:
         device = _device(host.node_kind)
         accel, _ = node_type_facts(host.node_kind)
         start = start_measured if start_measured is not None else ASSUMED_START_S[device]
         if start_measured is None:
             assumed.add(f"host start {ASSUMED_START_S[device]:.0f} s on {device} (imports, CUDA, encoder)")
+        share = 1 if fresh else len(host.models)  # as in the ledger: one host's start over its models
+        host_starts += len(host.models) if fresh else 1
         wall = 0.0
-        for mid in host.models:
+        for i, mid in enumerate(host.models):
             measured = _measured_model(store, mid, probes)
             if measured is not None:
                 phases = {k: measured[k] for k in ("load", "generate", "evaluate")}
@@ -105,17 +115,30 @@ def plan_cost(cfg, plan, registry, store, probes: int) -> dict:
                 assumed.add(f"{ASSUMED_TOKENS_PER_S[device]:.0f} new tokens/s per sequence on {device}, "
                             f"batches of {gen.batch_size}, {gen.max_new_tokens} new tokens each")
                 assumed.add(f"embedding {ASSUMED_EMBED_S_PER_PROMPT} s per probe")
-            phases["start"] = start / len(host.models)  # shared by the host's models, as in the ledger
+            phases["start"] = start / share
+            if node_start is not None:
+                phases["start"] += node_start.allocation_s / share
+                phases["load"] += (node_start.seconds() - node_start.allocation_s) / share
             wall += sum(phases.values())
+            # a fresh host per model: the names the scheduler gives them (host-0, host-0.2, ...)
+            where = f"{host.host_id}.{i + 1}" if fresh and i else host.host_id
             units.append({"job_id": "", "kind": "dna", "unit": mid, "node_type": host.node_kind, "accelerator": accel,
                           "gpus": host.num_gpus, "cpus": host.num_cpus, "market": "", "phases": phases,
-                          "outcome": "planned", "where": host.host_id})
+                          "outcome": "planned", "where": where})
         walls.append((host, wall))
     if start_measured is not None:
         basis["(host start)"] = f"measured {start_measured:.1f} s (a previous DNA job's ledger)"
-    return {"kind": "dna", "units": units, "basis": basis, "wall_s": round(expected_wall_s(walls, plan.kinds), 1),
-            "hosts": len(plan.hosts), "probes": probes, "assumptions": sorted(assumed),
-            "rejected": dict(plan.rejected)}
+    out = {"kind": "dna", "units": units, "basis": basis, "wall_s": round(expected_wall_s(walls, plan.kinds), 1),
+           "hosts": len(plan.hosts), "host_starts": host_starts, "fresh_per_model": fresh, "probes": probes,
+           "rejected": dict(plan.rejected)}
+    if node_start is not None:
+        low, high = node_start.load_s
+        assumed.add(f"node start per host started: {node_start.allocation_s:.0f} s allocation and image pull + "
+                    f"{low:.0f}-{high:.0f} s weight loading, priced at {node_start.seconds():.0f} s in all"
+                    + (f" ({node_start.source})" if node_start.source else ""))
+        out["node_start"] = {"allocation_s": node_start.allocation_s, "load_s": [low, high]}
+    out["assumptions"] = sorted(assumed)
+    return out
 
 
 def expected_wall_s(walls: list[tuple], kinds) -> float:
@@ -145,16 +168,40 @@ def plan_table_markdown(cost_plan: dict, table) -> str:
         total = {m: total[m] + usd[m] for m in total}
         lines.append(f"| {node_type} | {len({e.where for e in rows})} | {len(rows)} | {sum(e.seconds for e in rows):.1f} | "
                      f"{sum(e.gpus * e.seconds for e in rows) / 3600:.4f} | {money(usd['on_demand'])} | {money(usd['spot'])} |")
-    lines.append(f"| total | {cost_plan.get('hosts', 0)} | {sum(len(r) for r in by_type.values())} | "
+    hosts = len({e.where for r in by_type.values() for e in r})  # host starts: one per model when fresh
+    lines.append(f"| total | {hosts} | {sum(len(r) for r in by_type.values())} | "
                  f"{sum(e.seconds for r in by_type.values() for e in r):.1f} | | {money(total['on_demand'])} | "
                  f"{money(total['spot'])} |")
     lines += ["", f"Expected wall time {cost_plan.get('wall_s', 0):.0f} s (the slowest host; GPU-seconds over GPUs where hosts queue). Prices: {table.source}."]
+    if cost_plan.get("fresh_per_model"):
+        lines.append(f"A fresh host per model (`hosts.fresh_per_model`): {cost_plan.get('host_starts')} host starts, "
+                     f"each model pays a whole one.")
+    if cost_plan.get("node_start"):
+        lines.append(_node_start_range(cost_plan["node_start"], [e for r in by_type.values() for e in r], table, total))
     measured = [f"{u}: {b}" for u, b in (cost_plan.get("basis") or {}).items() if b != "assumed"]
     if measured:
         lines.append("Measured: " + "; ".join(measured) + ".")
     for note in cost_plan.get("assumptions") or []:
         lines.append(f"- assumed: {note}")
     return "\n".join(lines)
+
+
+def _node_start_range(node_start: dict, entries: list, table, total: dict) -> str:
+    """The plan's total at both ends of the node start's weight-loading range (priced at its middle)."""
+    from cluster.cost import entry_usd, money
+
+    low, high = node_start["load_s"]
+    middle = (low + high) / 2
+    per_start = {e.where: e for e in entries}  # one node per host started, held as its host holds it
+
+    def at(load_s: float) -> dict:
+        return {m: total[m] + sum(entry_usd(e, table, m, seconds=load_s - middle) for e in per_start.values())
+                for m in total}
+
+    lo, hi = at(low), at(high)
+    return (f"Node start: {len(per_start)} x ({node_start['allocation_s']:.0f} s + {low:.0f}-{high:.0f} s of weight "
+            f"loading); the total with {low:.0f} s of loading is {money(lo['on_demand'])} on demand, "
+            f"{money(lo['spot'])} spot; with {high:.0f} s, {money(hi['on_demand'])} and {money(hi['spot'])}.")
 
 
 def cost_section(job, prices, wall_s: float) -> list[str]:
@@ -198,7 +245,11 @@ class DnaMeter:
         wall = time.time() - self.started.pop(mid, time.time())
         timings = raw.get("timings") or {}
         if timings:
-            phases = {"start": float(raw.get("host_start_s") or 0.0),
+            start = float(raw.get("host_start_s") or 0.0)
+            if start and raw.get("host_init_at") and getattr(slot, "started_at", 0.0):
+                # a new host's process start (Ray placing it, the worker's own imports) is cold start too
+                start += min(max(float(raw["host_init_at"]) - slot.started_at, 0.0), wall)
+            phases = {"start": start,
                       "load": timings.get("load_s", 0.0) + timings.get("unload_s", 0.0),
                       "generate": timings.get("gate_s", 0.0) + timings.get("generate_s", 0.0),
                       "evaluate": timings.get("embed_s", 0.0)}

@@ -20,6 +20,10 @@ Retries: an infrastructure failure (the host actor or its node died, preemption)
 model on a fresh host, on another node when there is one; a model-level error is retried once,
 and the same error twice records the model as skipped; a gate failure is final at once.
 
+The seed's way, for comparison (`hosts.fresh_per_model: true`): every model gets a new host, a
+new process that pays imports, CUDA, the encoder, the engine and the weights again, and the host is
+ended after its model; the plan prices a host start per model and each ledger row carries its own.
+
 Hangs: the scheduler reads each busy host's progress record while it waits. A host whose
 heartbeat is older than its phase's limit (`hosts.stall_after_s`, `hosts.load_stall_after_s`
 while loading: what `yard status` shows as STALLED) is killed, its record ended as failed with the
@@ -208,6 +212,8 @@ class Scheduler:
                 # the next model would start on a GPU the last one still holds: a fresh host takes over
                 log.warning("%s: GPU memory not returned after %s; replacing the host", slot.plan.host_id, mid)
                 self._retire(slot)
+            if self.cfg.hosts.fresh_per_model and slot.actor is not None:
+                self._retire(slot)  # the seed's way: the next model (or this one's retry) starts a new process
             self._submit(slot, inflight)
             if slot.actor is not None and not slot.queue and all(s is not slot for s, _ in inflight.values()):
                 # its queue is done: its CPUs/GPUs go back now, for a fresh host that replaces
@@ -337,7 +343,7 @@ def run_dna(
     print_rerun(rerun, len(model_ids))
     if plan.hosts or plan.rejected:  # an empty table says less than the line above
         print_plan(plan)
-    cost_plan = plan_cost(cfg, plan, registry, store, len(probes.probes))
+    cost_plan = plan_cost(cfg, plan, registry, store, len(probes.probes), node_start=prices.node_start)
     print(plan_table_markdown(cost_plan, prices))
     reused = {m: o["reused_from"] for m, o in rerun.reused.items()}
     if dry_run:

@@ -63,6 +63,7 @@ class ModelHost:
     def __init__(self, host_id: str, cfg: dict, registry_paths: list[str], store_uri: str,
                  endpoint_url: str | None = None, job_id: str | None = None):
         t_start = time.perf_counter()
+        self.init_at = time.time()  # the job's clock: how long Ray took to give this host a process
         self.host_id = host_id
         self.cfg = DnaConfig.model_validate(cfg)
         if self.cfg.hosts.hf_cache:
@@ -178,7 +179,8 @@ class ModelHost:
                "error_signature": None, "phase": None, "stats": None, "timings": timings, "memory": {},
                "artifact": None,
                # the host's start, reported with its first model (the job's cost ledger shares it out)
-               "host_start_s": 0.0 if self.models else self.start["host_start_total_s"]}
+               "host_start_s": 0.0 if self.models else self.start["host_start_total_s"],
+               "host_init_at": None if self.models else self.init_at}
         try:
             run = self.store.new_run("dna", model_id)
         except StoreError as exc:  # an id no storage key can hold: nothing to load, nothing to keep

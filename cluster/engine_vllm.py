@@ -23,6 +23,9 @@ import hashlib
 import json
 import logging
 import os
+import re
+import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +71,166 @@ def tensor_parallel_args(kwargs: dict, *, multicast: bool = False) -> dict:
         passes = {**TP_PASS_CONFIG, **(user.get("pass_config") or {})}
         out["compilation_config"] = {**user, "pass_config": passes}
     return out  # a compilation_config object or level the user gave is theirs
+
+
+class EngineDied(RuntimeError):
+    """A vLLM engine's processes died while it started (`EngineWatch`): an error the host retries
+    once, as any model-level error, and skips when the second start dies the same way."""
+
+
+# A poll lists this process's descendants (psutil reads /proc: milliseconds). After an engine
+# process is gone vLLM gets ENGINE_GRACE_S to raise its own error, then the rest of the engine is
+# ended, then the start is interrupted: all within a minute, against a 30 min load-stall limit.
+ENGINE_POLL_S, ENGINE_GRACE_S = 3.0, 15.0
+_EXCEPTION_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S")
+_VLLM_DECORATION = re.compile(r"^(?:\(\S+ pid=\d+\)\s*)?(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) [\d-]+ [\d:.]+ "
+                              r"\[[^]]*\]\s*)?")
+
+
+class EngineWatch:
+    """Around a vLLM engine's start (`with EngineWatch(): LLM(...)`): notices that the engine's
+    processes died and ends the start within a minute, instead of waiting for the host's load-stall
+    limit. Seen on 2 x H200 (BENCHMARKS.md, "Two GPUs"): both tensor-parallel workers died with a
+    CUDA error, their engine core waited on them for ever, and so did the host.
+
+    The engine's processes are this process's descendants that vLLM titled (`VLLM::EngineCore`,
+    `VLLM::Worker_TP0`, ...; the prefix is vLLM's `VLLM_PROCESS_NAME_PREFIX`) and that appeared after
+    the watch began (a closed engine's may still be exiting). vLLM keeps every one of them for the
+    engine's life, so one that is gone while the start still runs means a dead engine. Then the
+    watch gives vLLM `grace_s` to raise its own error, ends the engine's remaining processes (so
+    that vLLM's own wait for its engine core sees the end and raises), and if the start has still
+    not returned `grace_s` later, raises EngineDied in the starting thread (delivered when that
+    thread next runs Python: vLLM's startup wait wakes every 10 s). `verdict` says what died, with
+    the engine's last error line from this process's stdout/stderr files (a Ray worker's, which the
+    engine's processes inherit) written since the watch began.
+
+    It does not watch a running engine (vLLM reports a dead engine core itself once started), and it
+    sees nothing where vLLM could not title its processes (no `setproctitle`): there the load-stall
+    limit still ends a hung start, as before."""
+
+    def __init__(self, poll_s: float | None = None, grace_s: float | None = None):
+        self.poll_s = ENGINE_POLL_S if poll_s is None else poll_s
+        self.grace_s = ENGINE_GRACE_S if grace_s is None else grace_s
+        self.prefix = os.environ.get("VLLM_PROCESS_NAME_PREFIX", "VLLM") + "::"
+        self.verdict: str | None = None  # set when the watch had to end the start
+        self.engine_exited = False  # an engine process ended during the start (vLLM may have noticed first)
+        self._seen: dict[tuple[int, float], tuple[object, str]] = {}
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._raised = False
+
+    def __enter__(self) -> "EngineWatch":
+        self._before = set(self._engine_processes())  # (pid, start time): a closed engine's, still exiting
+        self._outputs = _output_files()
+        self._starter = threading.get_ident()
+        self._thread = threading.Thread(target=self._watch, name="yard-engine-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> bool:
+        with self._lock:
+            self._stop.set()
+            if self._raised:  # the start returned before the interruption arrived: take it back
+                _raise_in_thread(self._starter, None)
+        self._thread.join(timeout=5)
+        if exc_type is not None and not self.engine_exited:
+            alive = self._engine_processes()
+            self.engine_exited = any(key not in alive for key in self._seen)
+        return False
+
+    def last_error_line(self) -> str:
+        """The engine's last error line written to this process's output since the watch began."""
+        return _last_error_line(self._outputs)
+
+    def _engine_processes(self) -> dict[tuple[int, float], tuple[object, str]]:
+        """{(pid, start time): (process, its name without the prefix)} of the titled descendants."""
+        try:
+            import psutil
+
+            children = psutil.Process(os.getpid()).children(recursive=True)
+        except Exception:  # noqa: BLE001 - no psutil, or no /proc: nothing to watch
+            return {}
+        found = {}
+        for proc in children:
+            try:
+                title = " ".join(proc.cmdline())
+                if title.startswith(self.prefix) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found[(proc.pid, proc.create_time())] = (proc, title.removeprefix(self.prefix).split(" ")[0])
+            except psutil.Error:
+                continue
+        return found
+
+    def _watch(self) -> None:
+        seen = self._seen
+        gone_at = ended_at = None
+        while not self._stop.wait(self.poll_s):
+            alive = {k: v for k, v in self._engine_processes().items() if k not in self._before}
+            seen.update(alive)
+            gone = sorted(name for key, (_, name) in seen.items() if key not in alive)
+            now = time.monotonic()
+            if not gone:
+                continue
+            if gone_at is None:
+                gone_at, self.engine_exited = now, True
+                log.warning("vLLM engine process(es) %s gone while the engine starts", ", ".join(gone))
+            elif ended_at is None and now - gone_at >= self.grace_s:
+                line = self.last_error_line()
+                self.verdict = f"{', '.join(gone)} exited; {line or 'no error line in its output'}"
+                for proc, _ in seen.values():  # the rest of a dead engine: its core may wait on it for ever
+                    try:
+                        if proc.is_running():  # the same process (start time checked), not a reused pid
+                            proc.kill()
+                    except Exception:  # noqa: BLE001 - gone meanwhile
+                        pass
+                ended_at = now
+            elif ended_at is not None and now - ended_at >= self.grace_s:
+                with self._lock:
+                    if not self._stop.is_set():
+                        _raise_in_thread(self._starter, EngineDied)
+                        self._raised = True
+                return
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    """Raise `exc_type` in the thread `thread_id` when it next runs Python; None takes a pending one back."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               ctypes.py_object(exc_type) if exc_type is not None else None)
+
+
+def _output_files() -> list[tuple[str, int]]:
+    """(path, size now) of the regular files this process's stdout and stderr write to (once each)."""
+    files, seen = [], set()
+    for fd in (1, 2):
+        path = f"/proc/self/fd/{fd}"  # opens the file even when it was deleted (pytest's capture)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            files.append((path, st.st_size))
+    return files
+
+
+def _last_error_line(outputs: list[tuple[str, int]], max_bytes: int = 256 * 1024) -> str:
+    """The last `SomethingError: ...` line written to `outputs` since their recorded sizes (from the
+    exception's name on: vLLM's `(Worker_TP0 pid=N)` and log headers dropped), else the last line."""
+    lines = []
+    for path, since in outputs:
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(since, size - max_bytes))
+                lines += f.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.search(line)
+        if match:
+            return line[match.start():].strip()[:300]
+    last = next((ln for ln in reversed(lines) if ln.strip()), "")
+    return _VLLM_DECORATION.sub("", last.strip())[:300]
 
 
 @dataclass
@@ -129,10 +292,17 @@ class VllmModel:
             kwargs["quantization"] = quantization
         kwargs.update(settings.engine_kwargs)
         kwargs = tensor_parallel_args(kwargs, multicast=settings.multicast_all_reduce)
+        watch = EngineWatch()
         try:
-            self.llm = LLM(**kwargs)
+            with watch:
+                self.llm = LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - vLLM raises many kinds; the user needs its line
+            if watch.verdict is not None:
+                raise EngineDied(f"model {model_id}: vLLM {self.version} engine died while starting: "
+                                 f"{watch.verdict}") from exc
             line = next((ln for ln in reversed(str(exc).strip().splitlines()) if ln.strip()), type(exc).__name__)
+            if watch.engine_exited:  # vLLM saw its engine end ("see root cause above"): the cause is in its output
+                line = watch.last_error_line() or line
             raise LoadError(f"model {model_id}: vLLM {self.version} cannot load {path}: {line}") from exc
 
     def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, min_new_tokens: int = 0,

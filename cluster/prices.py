@@ -1,5 +1,6 @@
 """The price table: USD per GPU-hour per accelerator type and market, USD per CPU-core-hour for
-CPU-only hosts (`configs/prices.yaml`, `kind: prices`).
+CPU-only hosts (`configs/prices.yaml`, `kind: prices`), and optionally the setting's node start,
+an assumption plans state (`configs/prices.seed.yaml`: the seed's spot round).
 
     >>> table = load_prices()                                   # the shipped list prices
     >>> table.usd_per_hour("H100", gpus=8, cpus=0, market="spot")  # doctest: +SKIP
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cluster.config import ConfigError, YardModel, load_config
 
@@ -32,6 +33,34 @@ class MarketPrices(YardModel):
         return self.on_demand if market == "on_demand" else self.spot
 
 
+class NodeStart(YardModel):
+    """What a fresh node spends before a host can start on it, as a plan assumes it: a cloud's spot
+    allocation, image pull and weight download (nothing on a cluster that is already up). A plan
+    adds it once per host it starts and says so; a ledger never does (it books what was measured)."""
+
+    allocation_s: float = Field(0.0, ge=0, description="seconds from asking for the node to its container "
+                                "running (spot allocation, image pull)")
+    load_s: tuple[float, float] = Field((0.0, 0.0), description="seconds of weight loading on the fresh node, "
+                                        "[low, high] or one number; a plan prices the middle and states both ends")
+    source: str = Field("", description="where the figures come from (printed with the plan)")
+
+    @field_validator("load_s", mode="before")
+    @classmethod
+    def _one_number(cls, value):
+        return (value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("load_s")
+    @classmethod
+    def _low_high(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError("expected [low, high] seconds with 0 <= low <= high")
+        return value
+
+    def seconds(self, load_s: float | None = None) -> float:
+        """One node start: allocation plus weight loading (the middle of the range unless given)."""
+        return self.allocation_s + (sum(self.load_s) / 2 if load_s is None else load_s)
+
+
 class PriceTable(YardModel):
     """`kind: prices`: per accelerator type (Ray's accelerator_type) USD per GPU-hour, and USD per
     CPU-core-hour for hosts without a GPU."""
@@ -41,6 +70,8 @@ class PriceTable(YardModel):
     market: Market = Field("on_demand", description="the market a job is priced at unless it says otherwise")
     gpu: dict[str, MarketPrices] = Field(default_factory=dict, description="accelerator type -> USD per GPU-hour")
     cpu: MarketPrices = Field(..., description="USD per CPU-core-hour (CPU-only hosts)")
+    node_start: NodeStart | None = Field(None, description="a plan assumption: what each fresh node spends before "
+                                         "work starts (`yard dna`'s plan adds it per host started); null: none")
 
     def usd_per_hour(self, accelerator: str | None, *, gpus: float, cpus: float, market: str | None = None) -> float:
         """What holding `gpus` GPUs of `accelerator` (or, with no GPU, `cpus` cores) costs per hour."""

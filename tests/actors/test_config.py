@@ -30,6 +30,7 @@ def test_the_engine_may_be_given_by_name():
     ({"gates": {"min_valid_fraction": 1.5}}, r"dna.yaml: gates.min_valid_fraction: 1.5: "),
     ({"gates": {"watchdog": [{"max_params_b": 10}]}}, r"dna.yaml: gates.watchdog.0.seconds_per_prompt: "),
     ({"hosts": {"gpu_mem_headroom": 1.2}}, r"dna.yaml: hosts.gpu_mem_headroom: 1.2: "),
+    ({"hosts": {"fresh_per_model": "maybe"}}, r"dna.yaml: hosts.fresh_per_model: 'maybe': .*valid boolean"),
     ({"dna": {"projection_seed": -1}}, r"dna.yaml: dna.projection_seed: -1: "),
     ({"encoder": {"device": "tpu"}}, r"dna.yaml: encoder.device: 'tpu': not allowed"),
     ({"probes": {"count": 0}}, r"dna.yaml: probes.count: 0: "),

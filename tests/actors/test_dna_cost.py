@@ -128,3 +128,76 @@ def test_expected_wall_time_counts_hosts_queueing_for_gpus():
     # hosts that fit side by side: the slowest one
     assert expected_wall_s([(a, 60.0), (b, 80.0)], [node]) == 80.0
     assert expected_wall_s([(a, 60.0)], []) == 60.0   # no cluster facts: the slowest host
+
+
+def test_a_fresh_host_per_model_and_the_seeds_node_start_are_priced_and_stated(zoo, tmp_path):
+    """Issue 26's two plans in the seed's setting: warm hosts pay one node start and one host start
+    per host, the seed's way (`hosts.fresh_per_model`) pays both for every model."""
+    from cluster.cost import money
+    from cluster.prices import DEFAULT_PRICES
+
+    registry = ModelRegistry.load([zoo.registry_path])
+    store = open_store(str(tmp_path))
+    seed = load_prices(DEFAULT_PRICES.parent / "prices.seed.yaml")
+    models = ["llama-a", "qwen3-b", "exaone4-c"]
+    warm = plan_cost(DnaConfig(registry=[str(zoo.registry_path)]), _plan([models]), registry, store, probes=8,
+                     node_start=seed.node_start)
+    fresh_cfg = DnaConfig(registry=[str(zoo.registry_path)], hosts={"fresh_per_model": True})
+    fresh = plan_cost(fresh_cfg, _plan([models]), registry, store, probes=8, node_start=seed.node_start)
+    w, f = ({u["unit"]: u for u in p["units"]} for p in (warm, fresh))
+    # nothing measured: a 60 s host start (GPU) and the seed's 540 s allocation + 660 s (the middle of 7-15 min)
+    assert w["llama-a"]["phases"]["start"] == pytest.approx((60 + 540) / 3)
+    assert f["llama-a"]["phases"]["start"] == pytest.approx(60 + 540)
+    assert f["llama-a"]["phases"]["load"] - w["llama-a"]["phases"]["load"] == pytest.approx(660 - 660 / 3)
+    assert (warm["host_starts"], fresh["host_starts"]) == (1, 3)
+    assert {u["where"] for u in warm["units"]} == {"host-0"}
+    assert [f[m]["where"] for m in models] == ["host-0", "host-0.2", "host-0.3"]  # the scheduler's names
+    seconds = {name: sum(sum(u["phases"].values()) for u in p["units"]) for name, p in (("w", warm), ("f", fresh))}
+    assert seconds["f"] - seconds["w"] == pytest.approx(2 * (60 + 1200))  # two more hosts, two more nodes
+    text = plan_table_markdown(fresh, seed)
+    assert "A fresh host per model (`hosts.fresh_per_model`): 3 host starts" in text and "| total | 3 | 3 |" in text
+    assert ("- assumed: node start per host started: 540 s allocation and image pull + 420-900 s weight loading, "
+            "priced at 1200 s in all (seed 000, lesson 6") in text
+    # both ends of 7-15 min: 3 starts x 240 s less or more, at 1 H100-hour's rates (hand arithmetic)
+    for load_s, delta in ((420, -240), (900, 240)):
+        on_demand = (seconds["f"] + 3 * delta) / 3600 * 3.49
+        spot = (seconds["f"] + 3 * delta) / 3600 * 2.09
+        assert f"with {load_s} s" in text and money(on_demand) in text and money(spot) in text
+    assert "A fresh host per model" not in plan_table_markdown(warm, seed) and "Node start: 1 x" in \
+        plan_table_markdown(warm, seed)
+    assert "node_start" not in plan_cost(fresh_cfg, _plan([models]), registry, store, probes=8)  # none: unstated
+
+
+def test_the_measured_host_start_is_a_whole_host_start_not_one_models_share(zoo, tmp_path):
+    """A warm host's start is shared by its ledger rows; a plan reading it back adds them up per host."""
+    registry = ModelRegistry.load([zoo.registry_path])
+    store = open_store(str(tmp_path))
+    ledger = Ledger("20260101-000000-aaaa", "dna")
+    for mid in ("llama-a", "qwen3-b", "exaone4-c"):  # one host, a 30 s start shared three ways
+        ledger.add(unit=mid, node_type="1xH100", accelerator="H100", gpus=1, cpus=1,
+                   phases={"start": 10.0, "generate": 5.0}, outcome="kept", where="host-0")
+    ledger.add(unit="llama-a-lora", node_type="1xH100", accelerator="H100", gpus=1, cpus=1,
+               phases={"start": 50.0, "generate": 5.0}, outcome="kept", where="host-1")
+    store.put_bytes("jobs/dna/20260101-000000-aaaa/ledger.jsonl", ledger.to_jsonl().encode())
+    plan = plan_cost(DnaConfig(registry=[str(zoo.registry_path)], hosts={"fresh_per_model": True}),
+                     _plan([["qwen3-b"]]), registry, store, probes=8)
+    assert plan["units"][0]["phases"]["start"] == pytest.approx(40.0)  # (30 + 50) / 2 hosts
+    assert plan["basis"]["(host start)"].startswith("measured 40.0 s")
+
+
+def test_a_new_hosts_process_start_is_booked_as_its_start():
+    """The time from asking Ray for a host to its `__init__` running (placing it, a new worker
+    process importing modelyard) is cold start: with a fresh host per model it is paid per model."""
+    import time
+
+    ledger = Ledger("job-1", "dna")
+    meter = DnaMeter(ledger)
+    asked = time.time() - 20.0
+    slot = type("Slot", (), {"plan": HostPlan("host-0", "cpu", 1, 0, []), "host_id": "host-0", "started_at": asked})()
+    raw = {"status": "ok", "host_start_s": 5.0, "host_init_at": asked + 2.0,
+           "timings": {"load_s": 1.0, "gate_s": 0.5, "generate_s": 4.0, "embed_s": 1.0}}
+    meter.started["m"] = asked  # submitted with the host's creation
+    meter.attempt(slot, "m", raw, raw, 1)
+    (row,) = ledger.entries
+    assert row.phases["start"] == pytest.approx(7.0, abs=0.01)  # 2 s to a process + 5 s of the host's own start
+    assert row.seconds == pytest.approx(20.0, abs=0.5)  # idle keeps the rest: the row still sums to the wall

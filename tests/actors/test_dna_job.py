@@ -213,3 +213,27 @@ def test_one_model_alone_is_kept_and_the_job_succeeds_without_a_tree(ray_local, 
     report = Path(summary["report"])
     assert "one fingerprint" in report.read_text() and "REFUSED" not in report.read_text()
     assert not (report.parent / "tree.nwk").exists()
+
+
+def test_a_fresh_host_per_model_is_a_new_process_each_time_and_each_ledger_row_carries_its_start(
+        ray_local, zoo, tmp_path):
+    """`hosts.fresh_per_model` (the seed's way, issue 26): every model on a new host process, ended
+    after its model; each ledger row books its own host's whole start, and the plan priced it so."""
+    from cluster.cost import read_jobs
+
+    models = ["llama-a", "qwen3-b"]
+    code, summary = run_dna(cfg_for(zoo, tmp_path / "store", models, "hosts.max_hosts=1",
+                                    "hosts.fresh_per_model=true"), accept_suspicious=True)
+    assert code == 0 and summary["outcomes"] == {m: "ok" for m in models}
+    store = open_store(str(tmp_path / "store"))
+    hosts = {r["task"]: r for r in (store.get_state(k) for k in store.list_state("progress/"))}
+    assert set(hosts) == {"host-0", "host-0.2"} and all(r["status"] == "succeeded" for r in hosts.values())
+    assert len({r["pid"] for r in hosts.values()}) == len(models)  # a new process per model
+    (job,) = read_jobs(store, ["dna"])
+    rows = {e.unit: e for e in job.entries}
+    assert sorted(e.where for e in rows.values()) == ["host-0", "host-0.2"] and len(rows) == len(models)
+    for e in rows.values():  # not shared out: its own host's imports, CPU setup and encoder, and its process start
+        assert e.outcome == "kept" and e.phases["start"] >= hosts[e.where]["host_start"]["host_start_total_s"] > 0
+    assert job.plan["host_starts"] == 2 and {u["where"] for u in job.plan["units"]} == {"host-0", "host-0.2"}
+    report = Path(summary["report"]).read_text()
+    assert "| host-0 | 1 |" in report and "| host-0.2 | 1 |" in report  # one model on each host

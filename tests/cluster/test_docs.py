@@ -28,7 +28,11 @@ WHERE = [
     (r"make demo\b", "tests/cluster/test_demo.py and test_demo_sweep_serve_persona.py (yard demo, in two "
                      "halves) and the fresh-clone check before an issue is resolved (make demo)"),
     (r"make test\b", ".ci/run"),
+    (r"yard dna configs/dna.demo.yaml --dry-run .*prices\.seed", "tests/actors/test_dna_cost.py (the seed's node "
+                                                                "start priced, warm and fresh)"),
     (r"yard dna configs/dna.demo.yaml --dry-run", "tests/actors/test_dna_job.py"),
+    (r"yard dna configs/dna.demo.yaml hosts\.fresh_per_model=true", "tests/actors/test_dna_job.py (a fresh host "
+                                                                    "per model)"),
     (r"yard dna configs/dna.demo.yaml", "tests/cluster/test_demo.py (the DNA step)"),
     (r"yard run configs/experiment.demo.yaml", "tests/cluster/test_demo.py (the run step)"),
     (r"yard run exp0.yaml grid\.model=.* --plan", "tests/cluster/experiment/test_job.py (--plan; exp0.yaml is the page's example)"),

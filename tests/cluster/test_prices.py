@@ -46,6 +46,11 @@ def test_an_unpriced_accelerator_is_one_line_naming_the_table(tmp_path):
     ({"kind": "prices", "market": "reserved", "cpu": {"on_demand": 0, "spot": 0}}, "market"),
     ({"kind": "prices", "gpu": {}}, "cpu"),
     ({"kind": "dna", "cpu": {"on_demand": 0, "spot": 0}}, "kind"),
+    ({"kind": "prices", "cpu": {"on_demand": 0, "spot": 0}, "node_start": {"load_s": [900, 420]}},
+     "node_start.load_s"),
+    ({"kind": "prices", "cpu": {"on_demand": 0, "spot": 0}, "node_start": {"allocation_s": -1}},
+     "node_start.allocation_s"),
+    ({"kind": "prices", "cpu": {"on_demand": 0, "spot": 0}, "node_start": {"pull_s": 60}}, "node_start.pull_s"),
 ])
 def test_a_bad_table_is_one_line_naming_file_and_field(tmp_path, data, field):
     path = write(tmp_path / "bad.yaml", data)
@@ -63,3 +68,17 @@ def test_a_job_config_names_its_table_and_market(tmp_path):
     assert job_market(JobConfig(kind="x", cost={"prices": path, "market": "on_demand"})) == "on_demand"
     assert job_prices(JobConfig(kind="x")).config_file == str(DEFAULT_PRICES)
     assert job_market(None) == "on_demand"  # a job without a config: the shipped table's market
+
+
+def test_the_seed_table_states_the_seeds_node_start(tmp_path):
+    # seed 000, lesson 6: "~9 min spot allocation + ECR pull, then 7-15 min weights load"
+    seed = load_prices(DEFAULT_PRICES.parent / "prices.seed.yaml")
+    assert seed.market == "spot" and seed.node_start.allocation_s == 540 and seed.node_start.load_s == (420, 900)
+    assert seed.node_start.seconds() == 540 + 660 and seed.node_start.seconds(load_s=900) == 1440
+    shipped = load_prices()
+    assert shipped.node_start is None  # a cluster that is already up: plans add nothing
+    for accel in ("H100", "H200"):  # the same rates as the shipped table
+        assert seed.gpu[accel] == shipped.gpu[accel]
+    one = write(tmp_path / "one.yaml", {"kind": "prices", "cpu": {"on_demand": 0, "spot": 0},
+                                        "node_start": {"allocation_s": 60, "load_s": 30}})
+    assert load_prices(one).node_start.load_s == (30, 30)  # one number: no range
