@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from actors.fingerprint import ProvenanceError, check_comparable
-from cluster.storage import ArtifactStore
+from cluster.store.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 

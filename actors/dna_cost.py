@@ -26,7 +26,7 @@ import logging
 import math
 import time
 
-from cluster.ledger import Ledger, node_type_facts
+from cluster.capacity.ledger import Ledger, node_type_facts
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _measured_model(store, mid: str, probes: int) -> dict | None:
 def _measured_start(store) -> float | None:
     """The mean host start of the newest DNA job ledger in the store that has one (a host's start
     is shared by its rows: summed per host first)."""
-    from cluster.cost import read_jobs
+    from cluster.capacity.cost import read_jobs
 
     try:
         jobs = read_jobs(store, ["dna"])
@@ -156,7 +156,7 @@ def expected_wall_s(walls: list[tuple], kinds) -> float:
 def plan_table_markdown(cost_plan: dict, table) -> str:
     """Per node type of the placement: hosts, models, expected seconds and GPU-hours, cost on
     demand and on spot; then the job's expected wall time and the assumptions."""
-    from cluster.cost import entry_usd, money, plan_entries
+    from cluster.capacity.cost import entry_usd, money, plan_entries
 
     by_type: dict[str, list] = {}
     for e in plan_entries(cost_plan):
@@ -188,7 +188,7 @@ def plan_table_markdown(cost_plan: dict, table) -> str:
 
 def _node_start_range(node_start: dict, entries: list, table, total: dict) -> str:
     """The plan's total at both ends of the node start's weight-loading range (priced at its middle)."""
-    from cluster.cost import entry_usd, money
+    from cluster.capacity.cost import entry_usd, money
 
     low, high = node_start["load_s"]
     middle = (low + high) / 2
@@ -206,8 +206,8 @@ def _node_start_range(node_start: dict, entries: list, table, total: dict) -> st
 
 def cost_section(job, prices, wall_s: float) -> list[str]:
     """The report's last section: the plan beside the ledger, then the job's cost line (last)."""
-    from cluster.cost import JobCost
-    from cluster.cost_report import report_section
+    from cluster.capacity.cost import JobCost
+    from cluster.capacity.cost_report import report_section
 
     this = JobCost(job.job_id, "dna", "running", "", round(wall_s, 1), job.ledger.entries, job.plan)
     return report_section(this, prices, "Plan beside what ran (work seconds and cost per model; `yard cost` "

@@ -39,8 +39,8 @@ from actors.fingerprint import (
     write_dna,
 )
 from cluster.config import UserError, read_text
-from cluster.jobs import REPO_ROOT
-from cluster.storage import ArtifactStore, RunInfo
+from cluster.ops.jobs import REPO_ROOT
+from cluster.store.storage import ArtifactStore, RunInfo
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "dna.demo.yaml"
@@ -305,7 +305,7 @@ def import_dna(store: ArtifactStore, paths: list[str], *, names: list[str] | Non
 
 def main(argv: list[str]) -> int:
     from cluster.config import load_config
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
 
     parser = argparse.ArgumentParser(prog="yard dna import", description="bring llm-dna signatures and response "
                                      "caches into the store as DNA runs of their own")

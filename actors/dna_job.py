@@ -40,12 +40,12 @@ from actors.config import DnaConfig
 from actors.dna_cost import DnaMeter, cost_section, plan_cost, plan_table_markdown
 from actors.dna_reuse import REUSED, Rerun, decide_rerun
 from actors.planner import HostPlan, Plan, node_kinds_from_ray, plan_hosts
-from cluster.attempts import Attempt, RetryPolicy
 from cluster.config import job_config, job_parser, load_config
-from cluster.engine import check_engine
-from cluster.jobs import REPO_ROOT, run_job
-from cluster.registry import ModelRegistry
-from cluster.storage import open_store
+from cluster.engines.engine import check_engine
+from cluster.models.registry import ModelRegistry
+from cluster.ops.attempts import Attempt, RetryPolicy
+from cluster.ops.jobs import REPO_ROOT, run_job
+from cluster.store.storage import open_store
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "dna.demo.yaml"
@@ -147,7 +147,7 @@ class Scheduler:
 
     def _decide(self, slot: HostSlot, mid: str, outcome: dict) -> dict | None:
         """The model's final outcome after this attempt, or None when it goes back to the queue.
-        The rules are the playbook's, shared with `yard run` (cluster/attempts.py): a lost or stalled
+        The rules are the playbook's, shared with `yard run` (cluster/ops/attempts.py): a lost or stalled
         host and an error are retried up to `retries.max_attempts`, the same error twice is skipped."""
         tries = self.attempts.setdefault(mid, [])
         tries.append(outcome)
@@ -204,7 +204,7 @@ class Scheduler:
                 slot.actor = None  # a fresh host takes the rest of this queue
                 outcome = {"model_id": mid, "status": "infra", "reason": line}
                 if self.job_id:  # its own record still says running: it died mid-phase
-                    from cluster.progress import mark_task
+                    from cluster.ops.progress import mark_task
 
                     mark_task(self.store, self.job_id, slot.host_id, "failed", f"{note}: {outcome['reason'][:200]}")
             self._record(slot, mid, outcome)
@@ -228,7 +228,7 @@ class Scheduler:
     def _kill_stalled(self, inflight: dict) -> None:
         """Kill every busy host whose heartbeat is past its limit; its model goes back to the
         queue as after a crash (an infrastructure failure: a fresh host, `retries.max_attempts`)."""
-        from cluster.progress import mark_task, read_task, stalled
+        from cluster.ops.progress import mark_task, read_task, stalled
 
         now = time.time()
         for ref, (slot, mid) in list(inflight.items()):
@@ -318,7 +318,7 @@ def run_dna(
     whose fingerprints can be reused are left out of the plan (`force`: none is;
     `retry_skipped`: models skipped in an earlier run are tried again)."""
     from actors.fingerprint import load_probes
-    from cluster.prices import job_prices
+    from cluster.capacity.prices import job_prices
     from cluster.runtime import connect
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)

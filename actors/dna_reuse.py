@@ -1,7 +1,7 @@
 """What a `yard dna` rerun reuses: fingerprints whose weights and settings have not changed.
 
 A second `yard dna` over the same store generates only what is missing. Each model gets a reuse
-key before any host starts: what the model *is* (`cluster.content.model_content_key`: its files'
+key before any host starts: what the model *is* (`cluster.models.content.model_content_key`: its files'
 hash, or HF/S3 source and revision, plus dtype and the load decision for the node kind the planner
 put it on), the registry's chat-template kwargs (they change the prompts), and every provenance
 field that decides whether two vectors may be compared (`actors.fingerprint.COMPARED_FIELDS`:
@@ -37,10 +37,10 @@ from actors.config import DnaConfig
 from actors.fingerprint import COMPARED_FIELDS, ProbeSet, make_provenance
 from actors.gates import validate_responses
 from actors.planner import NodeKind, Plan
+from cluster.models.registry import ModelRegistry
 from cluster.node import NodeFacts
-from cluster.progress import one_line
-from cluster.registry import ModelRegistry
-from cluster.storage import ArtifactStore, RunInfo
+from cluster.ops.progress import one_line
+from cluster.store.storage import ArtifactStore, RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def planned_node(kind: NodeKind) -> NodeFacts:
 
 def reuse_keys(cfg: DnaConfig, registry: ModelRegistry, plan: Plan, probes: ProbeSet) -> tuple[dict, dict]:
     """({model: key}, {model: why it has none}) for every model the plan places on a host."""
-    from cluster.content import model_content_key
-    from cluster.loading import decide_load
+    from cluster.models.content import model_content_key
+    from cluster.models.loading import decide_load
 
     prov = make_provenance(cfg, probes.sha256, cfg.encoder.name)
     fingerprint = {f: prov.get(f) for f in COMPARED_FIELDS}

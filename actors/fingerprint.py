@@ -32,7 +32,7 @@ from pydantic import Field, ValidationError
 
 from actors.config import OFFLINE_ENCODER, DnaConfig, DnaMathConfig, EncoderConfig, GenerationConfig, ProbeConfig
 from cluster.config import UserError, YardModel, format_validation_error, jsonl_rows
-from cluster.engine import engine_version
+from cluster.engines.engine import engine_version
 
 if TYPE_CHECKING:
     from llm_dna.dna.TextDNAExtractor import TextDNAExtractor

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from actors.config import GenerationConfig
-from cluster.loading import chat_prompt
-from cluster.registry import ModelSpec
+from cluster.models.loading import chat_prompt
+from cluster.models.registry import ModelSpec
 
 # on_batch(done_prompts, total_prompts, seconds_so_far); it may raise to stop the generation.
 OnBatch = Callable[[int, int, float], None]
@@ -127,7 +127,7 @@ def generate_batched(model, tokenizer, texts: list[str], gen: GenerationConfig, 
 
 def generate_vllm(model, tokenizer, texts: list[str], gen: GenerationConfig, *,
                   on_batch: OnBatch | None = None, add_special_tokens: bool = False) -> GenerationResult:
-    """`generate_batched` for a `cluster.engine_vllm.VllmModel`: the same texts tokenized by the
+    """`generate_batched` for a `cluster.engines.engine_vllm.VllmModel`: the same texts tokenized by the
     same HF tokenizer, the same decoding, all prompts in one call (vLLM batches them itself, up
     to its `max_num_seqs`); `on_batch` runs once, at the end. Replies in the order of `texts`."""
     ids = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
@@ -140,7 +140,7 @@ def generate_vllm(model, tokenizer, texts: list[str], gen: GenerationConfig, *,
 
 
 def generate_for(model) -> Callable:
-    """The generate function for `model`: `generate_vllm` for a `cluster.engine_vllm.VllmModel`
+    """The generate function for `model`: `generate_vllm` for a `cluster.engines.engine_vllm.VllmModel`
     (its `engine` is "vllm"), `generate_batched` for a transformers model. Both take the same
     arguments and give the same GenerationResult."""
     return generate_vllm if getattr(model, "engine", "hf") == "vllm" else generate_batched

@@ -36,9 +36,9 @@ import weakref
 from actors.config import DnaConfig
 from actors.gates import GateFailure, Watchdog, sanity_gate, validate_responses
 from cluster.config import ConfigError
-from cluster.loading import LoadError
-from cluster.progress import one_line
-from cluster.storage import StoreError
+from cluster.models.loading import LoadError
+from cluster.ops.progress import one_line
+from cluster.store.storage import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,12 @@ class ModelHost:
             # before transformers is imported: huggingface_hub reads HF_HOME once, at import
             cache = os.path.expanduser(self.cfg.hosts.hf_cache)
             os.environ["HF_HOME"] = os.environ["YARD_HF_CACHE"] = cache
-        from cluster.storage import open_store
+        from cluster.store.storage import open_store
 
         self.store = open_store(store_uri, endpoint_url)
         self.reporter = None
         if job_id is not None:
-            from cluster.progress import ProgressReporter
+            from cluster.ops.progress import ProgressReporter
 
             # first, so that `yard status` shows the host while it starts (an encoder download
             # or a cold import can take minutes)
@@ -103,8 +103,8 @@ class ModelHost:
             torch.set_num_threads(max(1, int(self.cfg.hosts.cpus_per_host)))
 
         from actors.fingerprint import load_encoder, make_extractor
+        from cluster.models.registry import ModelRegistry
         from cluster.node import node_facts
-        from cluster.registry import ModelRegistry
 
         t0 = time.perf_counter()
         device = self.cfg.encoder.device
@@ -125,7 +125,7 @@ class ModelHost:
 
         self.registry = ModelRegistry.load(registry_paths)
         self.node = node_facts()
-        from cluster.engine import check_engine, engine_version
+        from cluster.engines.engine import check_engine, engine_version
 
         self.engine = self.cfg.engine.name
         check_engine(self.cfg.engine, "engine", gpus=torch.cuda.device_count() if self.cuda else 0)
@@ -328,7 +328,7 @@ class ModelHost:
         engine takes the model's weights when its signature matches; otherwise it is closed first."""
         if self.engine == "vllm":
             from actors.generation import generate_vllm
-            from cluster.engine_vllm import load_vllm
+            from cluster.engines.engine_vllm import load_vllm
 
             reuse, self._engine = self._engine, None
             try:
@@ -341,7 +341,7 @@ class ModelHost:
             out["engine_reused"] = reused
             return model, tokenizer, plan, generate_vllm
         from actors.generation import generate_batched
-        from cluster.loading import load_model
+        from cluster.models.loading import load_model
 
         model, tokenizer, plan = load_model(model_id, self.registry, self.node)
         return model, tokenizer, plan, generate_batched
@@ -399,7 +399,7 @@ class ModelHost:
         return sum(total - free for free, total in (torch.cuda.mem_get_info(i) for i in range(torch.cuda.device_count())))
 
     def _unload(self, model_id: str, out: dict, timings: dict, baseline: int, ref, device_before: int = 0) -> None:
-        from cluster.loading import release_memory
+        from cluster.models.loading import release_memory
 
         self._phase("unloading", model_id, None)
         t0 = time.perf_counter()

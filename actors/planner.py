@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from cluster.gpus import ACCELERATORS
-from cluster.loading import expected_memory_gib
-from cluster.registry import ModelRegistry, ModelSpec
+from cluster.capacity.gpus import ACCELERATORS
+from cluster.models.loading import expected_memory_gib
+from cluster.models.registry import ModelRegistry, ModelSpec
 
 MAX_SIDE_BY_SIDE = 4  # hosts sharing one GPU at most
 

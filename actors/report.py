@@ -12,7 +12,7 @@ import numpy as np
 from actors.analysis import (
     TREE_WHY, Fingerprint, build_tree, family_pair_auroc, nearest_family_accuracy, upgma_linkage,
 )
-from cluster.storage import ArtifactStore
+from cluster.store.storage import ArtifactStore
 
 TIMING_PARTS = ("load_s", "gate_s", "generate_s", "embed_s", "unload_s")
 HOST_PARTS = ("start_s", "imports_s", "cuda_init_s", "encoder_load_s")

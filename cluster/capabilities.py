@@ -7,19 +7,19 @@ for that job or kind, so a capability can be added without cluster/ depending on
 
 # job name -> "module:function". The function takes (argv: list[str]) and returns an exit code.
 JOBS: dict[str, str] = {
-    "zoo": "cluster.zoo_cli:main",
+    "zoo": "cluster.models.zoo_cli:main",
     "config": "cluster.cli:config_main",
-    "cluster": "cluster.launch:main",
-    "status": "cluster.status:main",
-    "cost": "cluster.cost_cli:main",
+    "cluster": "cluster.capacity.launch:main",
+    "status": "cluster.ops.status:main",
+    "cost": "cluster.capacity.cost_cli:main",
     "demo": "cluster.demo:main",
     "chat": "cluster.chat:chat_main",
     "dna": "actors.dna_job:main",
     "sweep": "tune.sweep_cli:main",
-    "package": "tune.package:main",
+    "package": "tune.sweep.package:main",
     "serve": "serve.serve_job:main",
-    "judge": "serve.judge:main",
-    "probe": "serve.probes:main",
+    "judge": "serve.judge.judge:main",
+    "probe": "serve.probes.probes:main",
     "persona": "tune.persona.job:main",
     "run": "cluster.experiment.job:main",
 }
@@ -45,18 +45,18 @@ JOB_HELP: dict[str, str] = {
 
 # config `kind:` -> "module:Class" (a cluster.config.YardModel subclass).
 CONFIG_KINDS: dict[str, str] = {
-    "models": "cluster.registry:ModelsFile",
-    "zoo": "cluster.zoo:ZooConfig",
-    "cluster": "cluster.launch:ClusterConfig",
-    "prices": "cluster.prices:PriceTable",
+    "models": "cluster.models.registry:ModelsFile",
+    "zoo": "cluster.models.zoo:ZooConfig",
+    "cluster": "cluster.capacity.launch:ClusterConfig",
+    "prices": "cluster.capacity.prices:PriceTable",
     "chat": "cluster.chat:ChatJobConfig",
     "dna": "actors.config:DnaConfig",
     "probes": "actors.fingerprint:ProbesFile",
     "sweep": "tune.config:SweepConfig",
     "serve": "serve.config:ServeConfig",
-    "judge": "serve.judge:JudgeConfig",
-    "probe": "serve.probes:ProbeJobConfig",
-    "persona_probes": "serve.probe_suite:ProbeSuite",
+    "judge": "serve.judge.judge:JudgeConfig",
+    "probe": "serve.probes.probes:ProbeJobConfig",
+    "persona_probes": "serve.probes.probe_suite:ProbeSuite",
     "persona": "tune.persona.config:PersonaConfig",
     "persona_sweep": "tune.persona.sweep:PersonaSweepConfig",
     "experiment": "cluster.experiment.config:ExperimentConfig",
@@ -64,8 +64,8 @@ CONFIG_KINDS: dict[str, str] = {
 
 # What a job config's `zoo:` runs before its registry is read (`JobConfig.registry_paths`): a
 # function taking the loaded zoo config and returning its build (`.registry_path`). Named here, not
-# imported by cluster/config.py, since cluster.zoo builds on cluster.config.
-ZOO_BUILDER = "cluster.zoo:build_zoo"
+# imported by cluster/config.py, since cluster.models.zoo builds on cluster.config.
+ZOO_BUILDER = "cluster.models.zoo:build_zoo"
 
 # Demos `yard demo` runs after the foundation's own, in order: name -> "module:function".
 # The function takes (store, zoo_registry_path, quick: bool) and returns a dict with at least
@@ -73,7 +73,7 @@ ZOO_BUILDER = "cluster.zoo:build_zoo"
 DEMOS: dict[str, str] = {
     "run": "cluster.experiment.job:demo",
     "dna": "actors.dna_job:demo",
-    "sweep": "tune.sweep:demo",
+    "sweep": "tune.sweep.sweep:demo",
     "serve": "serve.demo:demo",
     "persona": "tune.persona.job:demo",
 }

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import Field
 
 from cluster.config import JobConfig, job_config, job_parser
-from cluster.jobs import REPO_ROOT, run_job
-from cluster.storage import ArtifactStore, open_store
+from cluster.ops.jobs import REPO_ROOT, run_job
+from cluster.store.storage import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
 DEFAULT_CHAT_CONFIG = REPO_ROOT / "configs" / "chat.demo.yaml"
@@ -41,9 +41,9 @@ class ChatWorker:
         import torch  # noqa: F401  (paid once per actor, not per model)
         import transformers  # noqa: F401
 
+        from cluster.models.registry import ModelRegistry
         from cluster.node import node_facts
-        from cluster.progress import ProgressReporter
-        from cluster.registry import ModelRegistry
+        from cluster.ops.progress import ProgressReporter
 
         self.registry = ModelRegistry.load(registry_paths)
         self.node = node_facts()
@@ -64,7 +64,7 @@ class ChatWorker:
     def answer(self, model_id: str, prompt: str, max_new_tokens: int) -> dict:
         import torch
 
-        from cluster.loading import chat_prompt, load_model, release_memory
+        from cluster.models.loading import chat_prompt, load_model, release_memory
 
         out = {"model_id": model_id, "status": "failed", "node": self.node.hostname}
         t_answer = time.perf_counter()
@@ -102,9 +102,9 @@ def run_chat(cfg: ChatJobConfig, config_path: str | None = None) -> tuple[int, d
     """The chat job; returns (exit code, summary with the report location)."""
     import ray
 
-    from cluster.cost_report import job_cost_line
-    from cluster.prices import job_prices
-    from cluster.registry import ModelRegistry
+    from cluster.capacity.cost_report import job_cost_line
+    from cluster.capacity.prices import job_prices
+    from cluster.models.registry import ModelRegistry
     from cluster.runtime import connect
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
@@ -151,7 +151,7 @@ def record_models(job, cfg: ChatJobConfig, results: list[dict]) -> None:
     """A ledger row per model on its worker's resources: its share of the worker's start, its load
     and the rest of its answer (template, generation) as the worker timed them; ok -> kept, else
     failed. A model whose worker died has only the time the driver waited, booked as "generate"."""
-    from cluster.ledger import unit_resources
+    from cluster.capacity.ledger import unit_resources
 
     res = unit_resources(cfg.gpus_per_worker, cfg.cpus_per_worker)
     for r in results:

@@ -102,7 +102,7 @@ class RayConfig(YardModel):
 
 
 class CostConfig(YardModel):
-    """How a job's ledger is priced (cluster/prices.py): the price table and the market it runs on."""
+    """How a job's ledger is priced (cluster/capacity/prices.py): the price table and the market it runs on."""
 
     prices: str | None = Field(None, description="price table file (kind: prices); null: configs/prices.yaml")
     market: Literal["on_demand", "spot"] | None = Field(None, description="null: the price table's market")
@@ -126,7 +126,7 @@ class JobConfig(YardModel):
         built, or reused from its cache, first); ConfigError when there is neither."""
         paths = list(self.registry)
         if self.zoo:
-            build_zoo = resolve_capability(ZOO_BUILDER)  # by name: cluster.zoo imports this module
+            build_zoo = resolve_capability(ZOO_BUILDER)  # by name: cluster.models.zoo imports this module
             paths.append(str(build_zoo(load_config(self.zoo)).registry_path))
         if not paths:
             raise ConfigError(f"{self.kind}: registry: empty and no zoo configured (no model to run)")

@@ -10,8 +10,8 @@ import time
 from cluster.capabilities import DEMOS
 from cluster.chat import DEFAULT_CHAT_CONFIG, ChatJobConfig, run_chat
 from cluster.config import load_config
-from cluster.jobs import REPO_ROOT
-from cluster.storage import open_store
+from cluster.ops.jobs import REPO_ROOT
+from cluster.store.storage import open_store
 
 DEFAULT_ZOO_CONFIG = REPO_ROOT / "configs" / "zoo.demo.yaml"
 STEPS = ("chat", *DEMOS)
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     import importlib
     import os
 
-    from cluster.zoo import build_zoo
+    from cluster.models.zoo import build_zoo
 
     parser = argparse.ArgumentParser(prog="yard demo", description="the main job on local Ray and the toy zoo")
     parser.add_argument("--store", default=os.environ.get("YARD_STORE"), help="artifact store (default .yard)")

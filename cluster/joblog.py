@@ -1,6 +1,6 @@
 """A job's log file: everything the frameworks say goes there, not to the console.
 
-`yard` jobs print their progress (cluster/live.py), result tables and report paths. Python logging
+`yard` jobs print their progress (cluster/ops/live.py), result tables and report paths. Python logging
 at INFO (DEBUG with `--verbose`), Ray's workers' and actors' own output (Ray Serve's access and
 replica lines, `Loading weights` bars, Tune's per-trial tables, Ray's log-dedup notices) go to
 the job's log: `<store>/logs/<job_id>.log` on a local store; on S3 a local file uploaded to
@@ -10,7 +10,7 @@ console: warnings, errors and the few lines marked `extra={"console": True}`.
 `yard -v` / `--verbose` or `YARD_LOG=debug` keeps the old behaviour: everything streams to the
 console as well (and the file still gets it).
 
-    with open_job_log(store, job_id) as joblog:   # done by cluster.jobs.run_job
+    with open_job_log(store, job_id) as joblog:   # done by cluster.ops.jobs.run_job
         print(joblog.where)
 """
 from __future__ import annotations

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default=".yard")
     parser.add_argument("--out", default=str(REPO / "docs" / "img"))
     args = parser.parse_args(argv)
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
 
     store = open_store(args.store)
     out = Path(args.out)
@@ -75,15 +75,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import tempfile
 
-    from cluster.cost import read_jobs
-    from cluster.cost_report import spend_png
-    from cluster.prices import load_prices
+    from cluster.capacity.cost import read_jobs
+    from cluster.capacity.cost_report import spend_png
+    from cluster.capacity.prices import load_prices
 
     with tempfile.TemporaryDirectory() as tmp:
         png = spend_png(read_jobs(store, None), load_prices(None), Path(tmp) / "cost.png")
         written.append(_shrink(png.read_bytes(), out / "cost.png"))
 
-    from cluster.status import collect, render_table
+    from cluster.ops.status import collect, render_table
 
     statuses = [j for j in collect(store) if j.job_name in ("chat", "bankroll-demo", "dna")][:3]
     written.append(_svg(render_table(statuses), out / "status.svg", "yard status"))

@@ -69,7 +69,7 @@ class CandidateServer:
                  limits: dict):
         import torch
 
-        from cluster.registry import ModelRegistry
+        from cluster.models.registry import ModelRegistry
         from serve.engine_hf import HFEngine
 
         self.candidate = CandidateConfig.model_validate(candidate)
@@ -356,9 +356,9 @@ class OpenAIIngress(ProbeConsole):
         return await asyncio.to_thread(self._run_probes, model, max_tokens)
 
     def _run_probes(self, model: str, max_tokens: int) -> dict:
-        from cluster.storage import open_store
-        from serve.probe_suite import load_suite
-        from serve.probes import ProbeCandidate, run_probes
+        from cluster.store.storage import open_store
+        from serve.probes.probe_suite import load_suite
+        from serve.probes.probes import ProbeCandidate, run_probes
 
         key = (model, max_tokens)
         with self._probe_locks.setdefault(key, threading.Lock()):  # concurrent calls: one run

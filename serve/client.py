@@ -30,7 +30,7 @@ from typing import Any, Callable
 import httpx
 
 from cluster.config import UserError
-from cluster.storage import STATE_PREFIX, ArtifactStore
+from cluster.store.storage import STATE_PREFIX, ArtifactStore
 
 log = logging.getLogger(__name__)
 

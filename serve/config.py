@@ -65,7 +65,7 @@ class CandidateConfig(YardModel):
     """One served model: its OpenAI model id, where its weights come from, its engine and resources."""
 
     id: str = Field(description="the served model name clients pass as `model`")
-    model: str | None = Field(default=None, description="a registry id (cluster.registry)")
+    model: str | None = Field(default=None, description="a registry id (cluster.models.registry)")
     path: str | None = Field(default=None, description="an HF model dir, s3:// dir, or a store prefix holding model/")
     engine: Literal["hf", "vllm"] = "hf"
     vllm_server: Literal["yard", "ray-serve-llm"] = Field(default="yard", description="vllm engine: behind this "

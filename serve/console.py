@@ -6,10 +6,10 @@
     GET  /console/assets/NAME   its script and style sheet
     GET  /console/suite         the configured probe suite: system prompt, probes, conditions
     POST /console/check         {"replies": [...], "probe": id|null} -> the rule checks
-    POST /console/save          the page's session -> a probe run in the store (serve/probe_runs.py)
+    POST /console/save          the page's session -> a probe run in the store (serve/probes/probe_runs.py)
 
 Replies stream from the app's own /v1/chat/completions. The rule checks are `yard probe`'s
-`grade` (serve/probes.py), computed here, so the page and the reports never disagree. Every
+`grade` (serve/probes/probes.py), computed here, so the page and the reports never disagree. Every
 data route takes the app's API key (`Authorization: Bearer`); the page keeps it in memory only.
 
 `ProbeConsole` is a mixin of the ingress (serve/app.py `OpenAIIngress`): it uses the ingress's
@@ -52,7 +52,7 @@ class ProbeConsole:
 
     def _console_suite(self):
         """The configured suite, loaded once per replica; None when `probe_suite: null`."""
-        from serve.probe_suite import load_suite
+        from serve.probes.probe_suite import load_suite
 
         if not self.probe_suite:
             return None
@@ -98,7 +98,7 @@ class ProbeConsole:
         """The rule checks of one exchange: {"replies": [reply of each turn], "probe": id or null}
         -> {"rules": {rule: {"passed", "reason"}}, "passed", "matched", "expected"}. A probe's fact
         check reads its final reply, as in `yard probe`."""
-        from serve.probes import grade
+        from serve.probes.probes import grade
 
         try:
             body = await self._read_json(request)
@@ -125,9 +125,9 @@ class ProbeConsole:
 
     @console_routes.post("/console/save")
     async def console_save(self, request: Request):
-        """The page's session (serve/probe_runs.py `ConsoleSession`) graded and published as a
+        """The page's session (serve/probes/probe_runs.py `ConsoleSession`) graded and published as a
         probe run: {"run": prefix, "records": n, "failed": n}."""
-        from serve.probe_runs import ConsoleSession
+        from serve.probes.probe_runs import ConsoleSession
 
         try:
             body = await self._read_json(request, max_bytes=SAVE_MAX_BYTES)
@@ -145,8 +145,8 @@ class ProbeConsole:
             return exc.response()
 
     def _save_session(self, suite, session) -> dict:
-        from cluster.storage import open_store
-        from serve.probe_runs import save_console_session
+        from cluster.store.storage import open_store
+        from serve.probes.probe_runs import save_console_session
 
         try:
             saved = save_console_session(open_store(self.storage_uri, self.endpoint_url), suite, session)

@@ -11,7 +11,7 @@ import logging
 import os
 
 from cluster.config import ConfigError, load_config
-from cluster.jobs import REPO_ROOT
+from cluster.ops.jobs import REPO_ROOT
 from cluster.runtime import free_port
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def _judge():
     """The judge the environment names (replay when it names none); a bad setting is one line."""
     from pydantic import ValidationError
 
-    from serve.judge import JudgeEndpoint
+    from serve.judge.judge import JudgeEndpoint
 
     url, model = os.environ.get("YARD_JUDGE_URL"), os.environ.get("YARD_JUDGE_MODEL")
     if not (url and model):
@@ -41,8 +41,8 @@ def demo(store, zoo_registry: str, quick: bool = True) -> dict:
     ignored: the toy models have 512 positions, so the judge and probes always run their short form."""
     from serve.config import ServeConfig
     from serve.deploy import shutdown, start_app
-    from serve.judge import demo_judge
-    from serve.probes import demo_probes
+    from serve.judge.judge import demo_judge
+    from serve.probes.probes import demo_probes
 
     overrides = ["zoo=null", f"registry=[{zoo_registry}]", f"storage.uri={store.uri}", f"port={free_port()}"]
     cfg = load_config(DEMO_CONFIG, ServeConfig, overrides)

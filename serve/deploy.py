@@ -46,8 +46,8 @@ def _probe_suite(path: str | None) -> str | None:
     the first probe request); relative paths are tried in the working directory, then the repo."""
     if not path:
         return None
-    from cluster.jobs import REPO_ROOT
-    from serve.probe_suite import load_suite
+    from cluster.ops.jobs import REPO_ROOT
+    from serve.probes.probe_suite import load_suite
 
     p = Path(path).expanduser()
     if not p.is_absolute() and not p.exists():
@@ -123,7 +123,7 @@ def check_models(cfg: ServeConfig) -> None:
     ids = [(i, c.model) for i, c in enumerate(cfg.candidates) if c.model]
     if not ids:
         return
-    from cluster.registry import ModelRegistry
+    from cluster.models.registry import ModelRegistry
 
     registry = ModelRegistry.load(cfg.registry_paths())
     source = _source(cfg)
@@ -193,7 +193,7 @@ def check_app(cfg: ServeConfig) -> None:
                           "(vllm_server: yard, the default), or put them behind your gateway and set "
                           "allow_unauthenticated_vllm: true")
     if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):  # a local Ray: the replicas run on this node
-        from cluster.engine import EngineConfig, check_engine
+        from cluster.engines.engine import EngineConfig, check_engine
 
         for i, cand in enumerate(cfg.candidates):
             if cand.engine == "vllm":

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 from cluster.config import UserError
-from cluster.loading import LoadError, chat_prompt, hf_cache_dir, load_model
-from cluster.registry import ModelRegistry, ModelSpec
+from cluster.models.loading import LoadError, chat_prompt, hf_cache_dir, load_model
+from cluster.models.registry import ModelRegistry, ModelSpec
 from serve.config import CandidateConfig
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def resolve_model_dir(path: str, storage_uri: str = ".yard", endpoint_url: str |
     for cand in (local, local / "model"):
         if (cand / marker).is_file():
             return str(cand)
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
 
     if path.startswith("s3://"):
         bucket_and_prefix = path[len("s3://"):].strip("/")
@@ -145,7 +145,7 @@ def candidate_source(candidate: CandidateConfig, registry: ModelRegistry | None,
     if candidate.model is not None:
         if registry is None:
             raise LoadError(f"candidate {candidate.id}: model {candidate.model!r} needs a registry")
-        from cluster.loading import decide_load, resolve_source
+        from cluster.models.loading import decide_load, resolve_source
         from cluster.node import node_facts
 
         spec = registry.get(candidate.model)

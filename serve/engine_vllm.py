@@ -8,7 +8,7 @@ continuously (no `@serve.batch` here); greedy at temperature 0; stop strings, se
 max_tokens per request; LoRA adapters as `LoRARequest`s on one base. A stream's client that
 goes away cancels the request's generator, which aborts the request in the engine.
 
-vLLM runs on CUDA GPUs only and is an optional extra (`cluster.engine` has the version table);
+vLLM runs on CUDA GPUs only and is an optional extra (`cluster.engines.engine` has the version table);
 the CPU tests drive this class with a stand-in engine, the GPU machine runs the real one
 (BENCHMARKS.md, "Serve on vLLM through modelyard's ingress").
 
@@ -26,9 +26,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
-from cluster.engine_vllm import VLLM_ENV_DEFAULTS, tensor_parallel_args
-from cluster.loading import LoadError
-from cluster.registry import ModelRegistry
+from cluster.engines.engine_vllm import VLLM_ENV_DEFAULTS, tensor_parallel_args
+from cluster.models.loading import LoadError
+from cluster.models.registry import ModelRegistry
 from serve.config import CandidateConfig
 from serve.engine_hf import GenRequest, GenResult, PromptSide, RequestError, candidate_source, resolve_model_dir
 
@@ -57,7 +57,7 @@ def engine_args(candidate: CandidateConfig, path: str, dtype: str, *, adapters: 
         kwargs.update(enable_lora=True, max_loras=len(adapters),
                       max_lora_rank=max(_lora_rank(d) for d in adapters.values()))
     kwargs.update(candidate.engine_kwargs)
-    return tensor_parallel_args(kwargs)  # no multicast all-reduce (cluster/engine_vllm.py says why)
+    return tensor_parallel_args(kwargs)  # no multicast all-reduce (cluster/engines/engine_vllm.py says why)
 
 
 class VllmApi:
@@ -183,6 +183,6 @@ def _reason(finish_reason: str | None) -> str:
 
 
 def _vllm_version() -> str:
-    from cluster.engine import vllm_version
+    from cluster.engines.engine import vllm_version
 
     return vllm_version() or "stand-in"

@@ -19,17 +19,17 @@ from serve.config import CandidateConfig, ServeConfig
 
 log = logging.getLogger(__name__)
 
-SWEEP_KIND = "sweep"  # the store kind and ranking file the sweep publishes (tune/sweep.py)
+SWEEP_KIND = "sweep"  # the store kind and ranking file the sweep publishes (tune/sweep/sweep.py)
 RANKED_FILE = "ranked.json"
 
 
 def leaderboard_candidates(cfg: ServeConfig, ref: str, top: int) -> list[CandidateConfig]:
     """HF candidates for the `top` best ranked trials of the sweep run `ref` ("NAME", "NAME/RUN"
-    or "sweep/NAME/RUN", `cluster.runs.find_run`), read from the ranking the sweep published
+    or "sweep/NAME/RUN", `cluster.store.runs.find_run`), read from the ranking the sweep published
     (`ranked.json`: data, so Serve never imports the sweep); RunRefError naming what exists when
     the run or enough ranked trials are missing."""
-    from cluster.runs import RunRefError, find_run
-    from cluster.storage import open_store
+    from cluster.store.runs import RunRefError, find_run
+    from cluster.store.storage import open_store
 
     store = open_store(cfg.storage.uri, cfg.storage.endpoint_url)
     run = find_run(store, SWEEP_KIND, ref)
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise ConfigError(f"--from-leaderboard: {str(exc).splitlines()[-1].strip()}") from None
 
-    from cluster.jobs import run_job
-    from cluster.storage import open_store
+    from cluster.ops.jobs import run_job
+    from cluster.store.storage import open_store
     from serve.deploy import check_app, shutdown, start_app
 
     check_app(cfg)  # bad input: one line, before the job record, Ray or Serve
@@ -122,7 +122,7 @@ def record_replicas(job, cfg: ServeConfig, start_s: float, serve_s: float, *, st
     """A ledger row per candidate: its replicas' GPUs and CPUs for the app's start ("start") and
     the time it served ("generate": a replica holds its GPUs serving, busy or not). A start that
     failed is a failed row."""
-    from cluster.ledger import unit_resources
+    from cluster.capacity.ledger import unit_resources
 
     for cand in cfg.candidates:
         res = unit_resources(cand.num_gpus, cand.num_cpus, tasks=cand.num_replicas, accelerator=cand.accelerator_type)

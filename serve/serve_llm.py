@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 from cluster.config import ConfigError, UserError
-from cluster.registry import ModelRegistry
+from cluster.models.registry import ModelRegistry
 from serve.config import CandidateConfig, ServeConfig
 
 log = logging.getLogger(__name__)

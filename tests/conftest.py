@@ -73,22 +73,22 @@ def one_torch_thread():
 HEAVY_FIRST = (
     "tests/cluster/test_demo_sweep_serve_persona.py",
     "tests/cluster/test_demo.py",
-    "tests/cluster/test_zoo.py",
-    "tests/tune/test_sweep.py",
-    "tests/tune/test_prune.py",
+    "tests/cluster/models/test_zoo.py",
+    "tests/tune/sweep/test_sweep.py",
+    "tests/tune/compress/test_prune.py",
     "tests/actors/test_dna_job.py",
-    "tests/tune/test_ffn.py",
+    "tests/tune/compress/test_ffn.py",
     "tests/tune/persona/test_job.py",
     "tests/actors/test_two_nodes.py",
     "tests/serve/test_console.py",
     "tests/serve/test_app.py",
-    "tests/tune/test_sweep_watchdog.py",
+    "tests/tune/sweep/test_sweep_watchdog.py",
     "tests/cluster/test_ray_submit.py",
-    "tests/cluster/test_cost_cli.py",
-    "tests/cluster/test_storage.py",
+    "tests/cluster/capacity/test_cost_cli.py",
+    "tests/cluster/store/test_storage.py",
     "tests/serve/test_app_one_slot.py",
     "tests/cluster/test_chat.py",
-    "tests/tune/test_quantize.py",
+    "tests/tune/compress/test_quantize.py",
     "tests/cluster/test_joblog.py",
     "tests/serve/test_serve_job.py",
     "tests/tune/persona/test_sweep.py",
@@ -98,7 +98,7 @@ HEAVY_FIRST = (
 
 # Modules of `quiet` tests (timing: they need the machine to themselves) run last, when the other
 # worker is down to short tests, so that waiting for it costs seconds.
-QUIET_LAST = ("tests/tune/test_timing_quiet.py",)
+QUIET_LAST = ("tests/tune/sweep/test_timing_quiet.py",)
 
 
 def pytest_collection_modifyitems(session, config, items):

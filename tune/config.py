@@ -13,7 +13,7 @@
 A search dimension is one of `grid` (every value, crossed with the other grids), `choice` (sampled),
 `randint` [lo, hi] (inclusive), `uniform` / `loguniform` [lo, hi], or `value` (fixed). Optuna cannot
 take grids; grid and random can. Every value a dimension can take is checked here (field names in
-the error), and against the base model and the hardware in `tune.sweep.validate` before Ray Tune
+the error), and against the base model and the hardware in `tune.sweep.sweep.validate` before Ray Tune
 starts.
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from cluster.capacity.ledger import unit_resources
 from cluster.config import JobConfig, YardModel
-from cluster.ledger import unit_resources
-from tune.evaluate import EvalConfig
-from tune.quantize import SCHEMES
-from tune.timing import TimingConfig
+from tune.compress.quantize import SCHEMES
+from tune.eval.evaluate import EvalConfig
+from tune.sweep.timing import TimingConfig
 
 DIMENSIONS = ("prune_depth", "kd_samples", "lora_rank", "quant", "ffn_keep_ratio")
 _INT_DIMS = ("prune_depth", "kd_samples", "lora_rank")
@@ -172,7 +172,7 @@ class ResourcesConfig(YardModel):
         return self
 
     def ledger_resources(self) -> dict:
-        """What one trial holds, as ledger fields (`cluster.ledger.unit_resources`) at the cluster's
+        """What one trial holds, as ledger fields (`cluster.capacity.ledger.unit_resources`) at the cluster's
         GPU type; both sweeps' ledgers book their trials on it."""
         return unit_resources(self.gpus_per_trial, self.cpus_per_trial)
 
@@ -211,7 +211,7 @@ class QuantConfig(YardModel):
     num_calibration_samples: int = Field(32, ge=1)
     max_seq_length: int = Field(128, ge=8)
     python: str | None = Field(None, description="interpreter of another environment, with llmcompressor, that "
-                               "quantizes in a child process (tune.quantize.quantize_elsewhere); for trials whose "
+                               "quantizes in a child process (tune.compress.quantize.quantize_elsewhere); for trials whose "
                                "own environment holds vLLM, which cannot share one with llmcompressor. null: in "
                                "the trial's own process")
 
@@ -231,7 +231,7 @@ class SweepConfig(JobConfig):
     register_top: int = Field(3, ge=0, description="the best N candidates join the zoo's lineage as children of "
                               "the base (zoo bases, local store), so `yard dna` can place them; 0: none")
     timing: TimingConfig = Field(default_factory=TimingConfig, description="the Score's speed half: every model "
-                                 "timed alone after the trials, interleaved and repeated (tune/timing.py)")
+                                 "timed alone after the trials, interleaved and repeated (tune/sweep/timing.py)")
     stall_after_s: float = Field(900.0, gt=0, description="a trial with no heartbeat (a step, a batch) for this "
                                  "long is killed")
     load_stall_after_s: float = Field(1800.0, gt=0, description="the limit while a trial starts and loads its base "

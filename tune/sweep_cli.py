@@ -1,6 +1,6 @@
 """`yard sweep CONFIG`: one command for both sweeps, chosen by the config's `kind:`.
 
-`kind: sweep` runs the compression recipe sweep (tune/sweep.py); `kind: persona_sweep` the persona
+`kind: sweep` runs the compression recipe sweep (tune/sweep/sweep.py); `kind: persona_sweep` the persona
 fine-tune's LoRA rank x learning rate sweep (tune/persona/sweep.py), which reuses the compression
 sweep's search space and resources. The choice is made here, above both, so neither sweep module
 imports the other.
@@ -8,8 +8,8 @@ imports the other.
 from __future__ import annotations
 
 from cluster.config import job_source, read_yaml
-from tune import sweep
 from tune.persona import sweep as persona_sweep
+from tune.sweep import sweep
 
 
 def main(argv: list[str]) -> int:

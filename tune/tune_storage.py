@@ -1,6 +1,6 @@
 """Where Ray Tune keeps a sweep's trials and checkpoints: beside the artifact store (`<store>/tune`).
 
-Both sweeps hand it to `tune.RunConfig` (the compression sweep, tune/sweep.py, and the persona
+Both sweeps hand it to `tune.RunConfig` (the compression sweep, tune/sweep/sweep.py, and the persona
 sweep, tune/persona/sweep.py); it lives in a module of its own so that neither sweep imports the
 other. An S3 store with a custom endpoint (MinIO) gets a pyarrow filesystem that reaches it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cluster.storage import ArtifactStore
+from cluster.store.storage import ArtifactStore
 
 
 def tune_storage(store: ArtifactStore, endpoint_url: str | None):

@@ -8,7 +8,7 @@ buffer fills), `$YARD_OUT` (a fresh folder; only what is written there reaches t
 
 Acting on trouble happens here, beside the process: a condition silent for `stall_after_s` is
 killed ("stalled"), one running past `time_limit_s` too ("timeout"). The job decides what
-follows (cluster/attempts.py). A function cannot be killed from its own process: its job watches
+follows (cluster/ops/attempts.py). A function cannot be killed from its own process: its job watches
 its heartbeats from outside and cancels the Ray task (cluster/experiment/job.py).
 """
 from __future__ import annotations
@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.attempts import error_signature
+from cluster.capacity.gpus import gpu_facts
 from cluster.experiment.output import BoundedLog, LineSplitter, OutputReader
-from cluster.gpus import gpu_facts
-from cluster.progress import ProgressReporter
-from cluster.storage import RunWriter, new_run_name, open_store
+from cluster.ops.attempts import error_signature
+from cluster.ops.progress import ProgressReporter
+from cluster.store.storage import RunWriter, new_run_name, open_store
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ stuck at 0/128 an hour later).
 
 The nodes come from this machine (a local Ray is not started to ask it) or, when a cluster address
 is set, from Ray's node table. GPU memory and compute capability come from nvidia-smi locally and
-from `cluster.gpus.ACCELERATORS` by accelerator type on a cluster.
+from `cluster.capacity.gpus.ACCELERATORS` by accelerator type on a cluster.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from cluster.capacity.gpus import ACCELERATORS
 from cluster.experiment.config import Resources
-from cluster.gpus import ACCELERATORS
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Before Ray: the config, the grid, the placeholders, the script or function, and 
 condition fits a node (exit 2 with one line otherwise). Then every condition whose latest run
 finished ok with the same condition and code (`grid.run_key`) is reused, and the rest run as Ray
 tasks with the resources they asked for. Each condition's output is its heartbeat and progress
-(cluster/experiment/condition.py); the retry rules are the playbook's (cluster/attempts.py); each
+(cluster/experiment/condition.py); the retry rules are the playbook's (cluster/ops/attempts.py); each
 attempt is a ledger row. Exit 0 when every condition is ok, 1 otherwise.
 """
 from __future__ import annotations
@@ -24,15 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.attempts import Attempt, RetryPolicy
 from cluster.config import ConfigError, UserError, job_config, job_parser, validate
 from cluster.experiment.condition import KIND, ConditionSpec, run_condition
 from cluster.experiment.config import ExperimentConfig, Resources
 from cluster.experiment.fit import fit, local_nodes, ray_nodes
 from cluster.experiment.grid import check_command, condition_id, conditions, render_argv, run_key, script_files
 from cluster.experiment.results import row, write_results
-from cluster.jobs import REPO_ROOT, run_job
-from cluster.storage import MARKER, StoreError, open_store
+from cluster.ops.attempts import Attempt, RetryPolicy
+from cluster.ops.jobs import REPO_ROOT, run_job
+from cluster.store.storage import MARKER, StoreError, open_store
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = REPO_ROOT / "configs" / "experiment.demo.yaml"
@@ -90,7 +90,7 @@ class Planned:
 
 
 def _hash_files(files: list[Path]) -> str:
-    from cluster.content import file_sha256
+    from cluster.models.content import file_sha256
 
     h = hashlib.sha256()
     for f in sorted(files):
@@ -150,7 +150,7 @@ def measured_seconds(store, experiment: str) -> list[float]:
 
 
 def print_plan(planned: Planned, store, todo: list[dict], reused: dict, prices) -> None:
-    from cluster.ledger import unit_resources
+    from cluster.capacity.ledger import unit_resources
 
     cfg = planned.cfg
     print(f"experiment {cfg.name}: {len(planned.items)} conditions, {len(reused)} finished earlier (reused), "
@@ -188,7 +188,7 @@ def _ledger_outcome(outcome: str, action: str) -> str:
 def run_experiment_job(cfg: ExperimentConfig, config_path: str | None = None, *, resume: bool = False,
                        force: bool = False, plan: bool = False) -> tuple[int, list[dict], dict]:
     """The job; returns (exit code, result rows, summary). UserError (exit 2) before Ray for bad input."""
-    from cluster.prices import job_prices
+    from cluster.capacity.prices import job_prices
 
     planned = Planned(cfg, config_path)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -235,7 +235,7 @@ def run_experiment_job(cfg: ExperimentConfig, config_path: str | None = None, *,
                 by_id[item["id"]] = row(item["id"], item["condition"], "ok", attempts=0, seconds=float(m.get("seconds") or 0),
                                         result=m.get("result"), run=None, reused_from=m["prefix"])
         rows = [by_id[i["id"]] for i in planned.items]
-        from cluster.cost_report import job_cost_line
+        from cluster.capacity.cost_report import job_cost_line
 
         failed = [r for r in rows if r["status"] != "ok"]
         header = [f"{len(rows)} conditions: {len(rows) - len(failed)} ok, {len(failed)} not; "
@@ -255,9 +255,9 @@ def run_experiment_job(cfg: ExperimentConfig, config_path: str | None = None, *,
 def _run_conditions(job, cfg: ExperimentConfig, planned: Planned, todo: list[dict], store) -> list[dict]:
     import ray
 
-    from cluster.ledger import unit_resources
-    from cluster.progress import read_task, stalled
-    from cluster.watch import end_killed
+    from cluster.capacity.ledger import unit_resources
+    from cluster.ops.progress import read_task, stalled
+    from cluster.ops.watch import end_killed
 
     policy = RetryPolicy(retries=cfg.retries, stall_retries=cfg.stall_retries)
     remote = ray.remote(max_retries=0)(run_condition)
@@ -342,7 +342,7 @@ def _run_conditions(job, cfg: ExperimentConfig, planned: Planned, todo: list[dic
 
 def _write_killed_run(store, spec: ConditionSpec, reason: str, kind: str) -> str:
     """A condition the job cancelled (its worker killed with it) wrote no run: record one, failed."""
-    from cluster.storage import RunWriter, new_run_name
+    from cluster.store.storage import RunWriter, new_run_name
 
     run = RunWriter(store, KIND, f"{spec.experiment}/{spec.condition_id}", new_run_name())
     run.put_json("condition.json", {"experiment": spec.experiment, "condition_id": spec.condition_id,

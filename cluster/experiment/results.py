@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from cluster.storage import RunWriter, new_run_name
+from cluster.store.storage import RunWriter, new_run_name
 
 SCALARS = (str, int, float, bool)
 

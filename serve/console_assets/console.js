@@ -6,7 +6,7 @@
 "use strict";
 
 const MIN_COLUMNS = 2, MAX_COLUMNS = 4;
-// Rule -> [label when it passes, label when it fails] (serve/probe_rules.py RULES)
+// Rule -> [label when it passes, label when it fails] (serve/probes/probe_rules.py RULES)
 const RULE_LABELS = {
   empty: ["has text", "empty reply"], think_leak: ["no think tag", "think-tag leak"],
   claims_ai: ["no AI claim", "claims to be an AI"], refusal: ["no refusal", "refusal boilerplate"],

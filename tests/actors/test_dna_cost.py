@@ -1,5 +1,5 @@
 """The DNA job's cost: the plan before launch, the meter's ledger rows, and the failing host that
-tests/cluster/test_cost_cli.py's demo-with-faults run uses (a run with one failed and one retried
+tests/cluster/capacity/test_cost_cli.py's demo-with-faults run uses (a run with one failed and one retried
 model: its ledger and `yard cost`, waste checked against hand arithmetic, are asserted there)."""
 from pathlib import Path
 
@@ -9,11 +9,11 @@ from actors.config import DnaConfig
 from actors.dna_cost import DnaMeter, plan_cost, plan_table_markdown
 from actors.dna_job import DEMO_CONFIG, run_dna
 from actors.planner import HostPlan, Plan
+from cluster.capacity.ledger import Ledger
+from cluster.capacity.prices import load_prices
 from cluster.config import load_config
-from cluster.ledger import Ledger
-from cluster.prices import load_prices
-from cluster.registry import ModelRegistry
-from cluster.storage import open_store
+from cluster.models.registry import ModelRegistry
+from cluster.store.storage import open_store
 
 FAST = ["probes.count=8", "generation.max_new_tokens=60", "generation.batch_size=8", "hosts.max_hosts=2"]
 
@@ -44,7 +44,7 @@ def make_failing_host(flaky: Path):
 
 
 def hand_rate_per_hour(row: dict, prices: dict) -> float:
-    """The price table read with yaml, not with cluster/prices.py: GPUs x rate, else cores x rate."""
+    """The price table read with yaml, not with cluster/capacity/prices.py: GPUs x rate, else cores x rate."""
     market = row["market"]
     if row["gpus"]:
         return row["gpus"] * prices["gpu"][row["accelerator"]][market]
@@ -52,7 +52,7 @@ def hand_rate_per_hour(row: dict, prices: dict) -> float:
 
 
 # A run with one failed and one retried model, its ledger rows and `yard cost` of the job (waste
-# checked against hand arithmetic): tests/cluster/test_cost_cli.py, on the demo-with-faults run
+# checked against hand arithmetic): tests/cluster/capacity/test_cost_cli.py, on the demo-with-faults run
 # that test already makes (`_check_the_dna_jobs_cost`), with this module's failing host.
 
 
@@ -133,8 +133,8 @@ def test_expected_wall_time_counts_hosts_queueing_for_gpus():
 def test_a_fresh_host_per_model_and_the_seeds_node_start_are_priced_and_stated(zoo, tmp_path):
     """Issue 26's two plans in the seed's setting: warm hosts pay one node start and one host start
     per host, the seed's way (`hosts.fresh_per_model`) pays both for every model."""
-    from cluster.cost import money
-    from cluster.prices import DEFAULT_PRICES
+    from cluster.capacity.cost import money
+    from cluster.capacity.prices import DEFAULT_PRICES
 
     registry = ModelRegistry.load([zoo.registry_path])
     store = open_store(str(tmp_path))

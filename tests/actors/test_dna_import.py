@@ -24,7 +24,7 @@ from actors.fingerprint import (
     resolve_encoder,
     write_dna,
 )
-from cluster.storage import open_store
+from cluster.store.storage import open_store
 
 PROBES = [
     "Tell me about the weather today and how it might change by the evening.",

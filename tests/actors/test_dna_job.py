@@ -11,7 +11,7 @@ import pytest
 from actors.config import DnaConfig
 from actors.dna_job import DEMO_CONFIG, run_dna
 from cluster.config import load_config
-from cluster.storage import open_store
+from cluster.store.storage import open_store
 
 pytestmark = pytest.mark.slow
 FAST = ["probes.count=8", "generation.max_new_tokens=60", "generation.batch_size=8", "hosts.max_hosts=2"]
@@ -61,7 +61,7 @@ def make_crash_then_hang_host(crashed: Path, stopped: Path, raised: Path):
 
 
 def test_a_crashed_or_hung_host_is_replaced_and_its_model_retried(ray_local, zoo, tmp_path):
-    from cluster.status import collect
+    from cluster.ops.status import collect
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     crashed, stopped, raised = tmp_path / "crashed", tmp_path / "stopped", tmp_path / "raised"
@@ -147,7 +147,7 @@ def test_deterministic_error_twice_is_skipped_and_others_are_kept(ray_local, zoo
     # a rerun of the finished round: qwen3-b's fingerprint is reused and broken is not retried, so no
     # host starts at all (no progress record, no ledger row, nothing planned) and nothing is written
     # under dna/; the report still covers both (actors/dna_reuse.py)
-    from cluster.cost import read_jobs
+    from cluster.capacity.cost import read_jobs
 
     (first,) = [r.prefix for r in store.runs("dna", "qwen3-b")]
     code, again = run_dna(cfg, accept_suspicious=True)
@@ -219,7 +219,7 @@ def test_a_fresh_host_per_model_is_a_new_process_each_time_and_each_ledger_row_c
         ray_local, zoo, tmp_path):
     """`hosts.fresh_per_model` (the seed's way, issue 26): every model on a new host process, ended
     after its model; each ledger row books its own host's whole start, and the plan priced it so."""
-    from cluster.cost import read_jobs
+    from cluster.capacity.cost import read_jobs
 
     models = ["llama-a", "qwen3-b"]
     code, summary = run_dna(cfg_for(zoo, tmp_path / "store", models, "hosts.max_hosts=1",

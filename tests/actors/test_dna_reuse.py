@@ -9,8 +9,8 @@ from actors.dna_reuse import decide_rerun
 from actors.fingerprint import ProbeSet, make_provenance, probes_sha256, responses_payload
 from actors.host import ModelHost
 from actors.planner import NodeKind, plan_hosts
-from cluster.registry import ModelRegistry
-from cluster.storage import open_store
+from cluster.models.registry import ModelRegistry
+from cluster.store.storage import open_store
 
 PROBES = ["Describe a walk in the forest.", "What should I cook tonight?", "Plan a two-day city trip."]
 PROBE_SET = ProbeSet(PROBES, "test-probes_3", probes_sha256(PROBES), source="test")

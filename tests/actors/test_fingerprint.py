@@ -27,7 +27,7 @@ from actors.fingerprint import (
     write_dna,
 )
 from cluster.config import load_config
-from cluster.jobs import REPO_ROOT
+from cluster.ops.jobs import REPO_ROOT
 
 PROBES = ["Tell me about the weather.", "What should I cook tonight?", "오늘 날씨는 어때요?"]
 ANSWERS = [
@@ -187,7 +187,7 @@ def test_llm_dna_reuses_a_responses_json_modelyard_wrote(tmp_path, ours, theirs)
 def test_dna_signature_json_loads_in_llm_dna_as_is(tmp_path, encoder):
     from llm_dna.dna.DNASignature import DNASignature
 
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
 
     cfg = DnaConfig()
     ps = load_probes(ProbeConfig(file=None, generate_count=3))

@@ -6,8 +6,8 @@ import pytest
 
 from actors.config import GenerationConfig
 from actors.generation import generate_batched, generate_sequential, render_prompts
-from cluster.loading import LoadError, load_model
-from cluster.registry import ModelRegistry
+from cluster.models.loading import LoadError, load_model
+from cluster.models.registry import ModelRegistry
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

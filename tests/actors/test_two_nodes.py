@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from actors.dna_job import DEMO_CONFIG
-from cluster.jobs import REPO_ROOT
+from cluster.ops.jobs import REPO_ROOT
 from cluster.runtime import free_port
-from cluster.storage import open_store
+from cluster.store.storage import open_store
 
 pytestmark = pytest.mark.slow
 

@@ -47,10 +47,10 @@ def main(argv=None) -> None:
     from actors.config import GenerationConfig
     from actors.fingerprint import generate_probes
     from actors.generation import generate_batched, generate_sequential, render_prompts
-    from cluster.loading import load_model
+    from cluster.models.loading import load_model
+    from cluster.models.registry import ModelRegistry
+    from cluster.models.zoo import build_zoo, default_zoo_config
     from cluster.node import node_facts
-    from cluster.registry import ModelRegistry
-    from cluster.zoo import build_zoo, default_zoo_config
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU visible")

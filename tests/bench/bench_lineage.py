@@ -43,11 +43,11 @@ def one_zoo(zoo_config: Path, seed: int, cache: Path, store_root: Path, dna_over
     from actors.config import DnaConfig
     from actors.dna_job import DEMO_CONFIG, run_dna
     from cluster.config import load_config
-    from cluster.registry import ModelRegistry
-    from cluster.storage import open_store
-    from cluster.zoo import build_zoo
-    from cluster.zoo_cli import list_zoo
-    from cluster.zoo import ZooConfig
+    from cluster.models.registry import ModelRegistry
+    from cluster.store.storage import open_store
+    from cluster.models.zoo import build_zoo
+    from cluster.models.zoo_cli import list_zoo
+    from cluster.models.zoo import ZooConfig
 
     name = f"{zoo_config.stem}-s{seed}"
     zoo_cfg = load_config(zoo_config, ZooConfig, [f"seed={seed}", f"zoo_dir={cache / name}", *zoo_overrides])

@@ -62,7 +62,7 @@ def main() -> None:
     model_path = args.model_path
     if model_path is None:
         from tests.plugins.zoo import zoo_cache_dir
-        from cluster.zoo import build_zoo, default_zoo_config
+        from cluster.models.zoo import build_zoo, default_zoo_config
 
         build_zoo(default_zoo_config().model_copy(update={"zoo_dir": str(zoo_cache_dir())}))
         model_path = str(zoo_cache_dir() / "qwen3-b")

@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _registry(args) -> str:
     if args.registry:
         return str(Path(args.registry).expanduser().resolve())
-    from cluster.zoo import build_zoo, default_zoo_config
+    from cluster.models.zoo import build_zoo, default_zoo_config
 
     cfg = default_zoo_config().model_copy(update={"zoo_dir": str(Path(args.zoo_dir).expanduser())})
     return str(build_zoo(cfg).registry_path)

@@ -128,9 +128,9 @@ def _wait_health(url: str, proc: subprocess.Popen | None, timeout_s: float = 600
 
 
 def model_dir(registry: str, model: str) -> str:
-    from cluster.loading import decide_load, resolve_source
+    from cluster.models.loading import decide_load, resolve_source
+    from cluster.models.registry import ModelRegistry
     from cluster.node import node_facts
-    from cluster.registry import ModelRegistry
 
     reg = ModelRegistry.load([registry])
     return resolve_source(decide_load(model, reg.get(model), node_facts()))
@@ -202,7 +202,7 @@ def handle_caller(args):
 
 
 def start_engine(args):
-    from cluster.registry import ModelRegistry
+    from cluster.models.registry import ModelRegistry
     from serve.config import CandidateConfig
     from serve.engine_vllm import VllmServeEngine
 

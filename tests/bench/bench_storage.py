@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
-from cluster.storage_local import LocalStore  # noqa: E402
-from cluster.storage_s3 import MIB, S3Store  # noqa: E402
+from cluster.store.storage_local import LocalStore  # noqa: E402
+from cluster.store.storage_s3 import MIB, S3Store  # noqa: E402
 from tests.plugins.s3 import create_bucket, moto_s3_server  # noqa: E402
 
 KIB = 1024

@@ -26,7 +26,7 @@ def run(registry: str, store: Path, trials: int, kd: int, cpus: float, gpus: flo
         quant: list[str]) -> dict:
     from cluster.config import load_config
     from tune.config import SweepConfig
-    from tune.sweep import run_sweep
+    from tune.sweep.sweep import run_sweep
 
     depths = list(range(trials))
     overrides = [
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from cluster.zoo import build_zoo, default_zoo_config
+    from cluster.models.zoo import build_zoo, default_zoo_config
 
     registry = args.registry or str(build_zoo(default_zoo_config()).registry_path)
     results = {}

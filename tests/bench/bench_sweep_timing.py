@@ -3,7 +3,7 @@
 A copy of the base must score 0.5 (PerfNorm 1, SpeedNorm 0). Each trial still times itself while it
 evaluates (the figure the sweep used before the timing phase, kept as `score_in_trial`); the
 sweep's timing phase then times the base and every copy alone, interleaved and repeated
-(`tune/timing.py`), which gives `score` and its spread. Printed per concurrency: both Scores,
+(`tune/sweep/timing.py`), which gives `score` and its spread. Printed per concurrency: both Scores,
 mean / min / max over the copies, and the timing phase's mean ± spread.
 
     python tests/bench/bench_sweep_timing.py                 # 4 copies, 1 then 4 at a time
@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))
 
 def identity_sweep(copies: int, at_once: int, store_dir: Path, registry: str) -> list[dict]:
     from cluster.config import load_config
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
     from tune.config import SweepConfig
-    from tune.sweep import DEMO_CONFIG, run_sweep
+    from tune.sweep.sweep import DEMO_CONFIG, run_sweep
 
     cfg = load_config(DEMO_CONFIG, SweepConfig, [
         "zoo=null", f"registry=[{registry}]", f"storage.uri={store_dir}", f"name=identity-x{at_once}",
@@ -53,7 +53,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     import ray
 
-    from cluster.zoo import build_zoo, default_zoo_config
+    from cluster.models.zoo import build_zoo, default_zoo_config
 
     registry = str(build_zoo(default_zoo_config([f"zoo_dir={args.zoo_dir}"] if args.zoo_dir else [])).registry_path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -1,7 +1,7 @@
 """GPU bench: DNA generation on a warm host with `engine: vllm`, at real size (random weights).
 
 Parts (run in one process, in this order; `--parts` picks them):
-- build: writes 4 random-weight EXAONE-4.0-1.2B-shaped models (seeds 0-3; `cluster.shapes`) to --out
+- build: writes 4 random-weight EXAONE-4.0-1.2B-shaped models (seeds 0-3; `cluster.models.shapes`) to --out
 - bare:  vLLM's own `LLM.generate` of the prompts (one warm-up prompt first, as the host's sanity
          gate is), the reference the host must not be slower than
 - variants: bare in its own process under async scheduling / no detokenization / eager mode
@@ -46,7 +46,7 @@ def model_ids(n: int = 4) -> list[str]:
 
 
 def build(out: Path, n: int = 4) -> None:
-    from cluster.shapes import build_shape
+    from cluster.models.shapes import build_shape
 
     for i, mid in enumerate(model_ids(n)):
         if not (out / mid / "config.json").is_file():
@@ -89,7 +89,7 @@ def bare(args) -> dict:
     from vllm import LLM, SamplingParams
 
     from actors.generation import render_prompts
-    from cluster.registry import ModelRegistry
+    from cluster.models.registry import ModelRegistry
 
     mid = model_ids()[0]
     registry = ModelRegistry.load([str(Path(args.out) / "models.yaml")])
@@ -159,7 +159,7 @@ def host_run(args, engine: str, mids: list[str]) -> dict:
 
 def same_replies(store_uri: str, run_a: str, run_b: str) -> str:
     """How many replies two runs of one model share, as "n/N"."""
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
 
     store = open_store(store_uri)
     a, b = (store.get_json(f"{run}/responses.json")["items"] for run in (run_a, run_b))
@@ -200,7 +200,7 @@ def main() -> None:
     ap.add_argument("--no-reuse", action="store_true", help="a new engine per model (engine.vllm.reuse_engine false)")
     ap.add_argument("--in-process", action="store_true", help="engine.vllm.in_process true")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--shape", default=DEFAULT_SHAPE, help="a cluster.shapes name, e.g. qwen3-8b (16 GB of weights each)")
+    ap.add_argument("--shape", default=DEFAULT_SHAPE, help="a cluster.models.shapes name, e.g. qwen3-8b (16 GB of weights each)")
     ap.add_argument("--models", type=int, default=4, help="how many models build writes (seeds 0..N-1)")
     args = ap.parse_args()
     global SHAPE

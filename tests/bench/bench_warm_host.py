@@ -77,7 +77,7 @@ def main(argv=None) -> None:
         registry_path = str(Path(args.registry).expanduser().resolve())
     else:
         out, _ = run_py(f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-                        "from cluster.zoo import build_zoo, default_zoo_config\n"
+                        "from cluster.models.zoo import build_zoo, default_zoo_config\n"
                         f"print(build_zoo(default_zoo_config(['zoo_dir={args.zoo_dir}'])).registry_path)")
         registry_path = out.strip().splitlines()[-1]
     # Page cache warm-up, so the first host (warm or fresh) does not also pay cold disk reads.

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 
 def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
-    from cluster.zoo import build_zoo, default_zoo_config  # torch: after --help, not before
+    from cluster.models.zoo import build_zoo, default_zoo_config  # torch: after --help, not before
 
     with tempfile.TemporaryDirectory(prefix="bench-zoo-") as tmp:
         cfg = default_zoo_config([f"zoo_dir={tmp}"])

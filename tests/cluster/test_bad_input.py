@@ -122,9 +122,9 @@ CASES = [
 @pytest.fixture
 def no_work(monkeypatch, no_ray):
     """Ray never starts (conftest's no_ray) and no zoo is built: a bad input is refused before any work."""
-    import cluster.zoo
+    import cluster.models.zoo
 
-    monkeypatch.setattr(cluster.zoo, "build_zoo", no_ray)
+    monkeypatch.setattr(cluster.models.zoo, "build_zoo", no_ray)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

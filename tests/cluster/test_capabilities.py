@@ -38,7 +38,7 @@ def test_every_job_has_one_help_line_and_every_demo_is_a_job():
 
 
 def test_a_config_kind_resolves_to_its_schema_and_an_unknown_one_is_a_key_error():
-    from cluster.registry import ModelsFile
+    from cluster.models.registry import ModelsFile
 
     assert schema_for_kind("models") is ModelsFile
     with pytest.raises(KeyError):

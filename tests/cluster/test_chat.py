@@ -3,7 +3,7 @@ import pytest
 
 from cluster.config import ConfigError, load_config
 from cluster.chat import DEFAULT_CHAT_CONFIG, ChatJobConfig, run_chat
-from cluster.storage import open_store
+from cluster.store.storage import open_store
 
 pytestmark = pytest.mark.slow
 

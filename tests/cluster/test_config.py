@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ConfigError, apply_overrides, check_paths, load_config
-from cluster.registry import ModelsFile
+from cluster.models.registry import ModelsFile
 
 GOOD = """kind: models
 models:

@@ -7,13 +7,13 @@ one process, as the fresh-clone check before an issue is resolved does."""
 import pytest
 
 from cluster.demo import main
-from cluster.storage_local import LocalStore
+from cluster.store.storage_local import LocalStore
 
 
 def test_an_unknown_step_is_one_line_exit_2_before_the_zoo(tmp_path, capsys, no_ray, monkeypatch):
-    import cluster.zoo
+    import cluster.models.zoo
 
-    monkeypatch.setattr(cluster.zoo, "build_zoo", no_ray)
+    monkeypatch.setattr(cluster.models.zoo, "build_zoo", no_ray)
     assert main(["--store", str(tmp_path / "store"), "chat", "dnaa"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["yard demo: unknown step 'dnaa' (steps: chat, run, dna, sweep, serve, persona)"]
@@ -39,7 +39,7 @@ def run_demo_steps(steps, zoo, tmp_path, capsys, monkeypatch):
 
     import yaml
 
-    from cluster.status import collect
+    from cluster.ops.status import collect
 
     zoo_dir = tmp_path / "zoo"
     shutil.copytree(zoo.zoo_dir, zoo_dir)

@@ -2,7 +2,7 @@
 half (the first, and what both share, in test_demo.py)."""
 import pytest
 
-from cluster.storage_local import LocalStore
+from cluster.store.storage_local import LocalStore
 from tests.cluster.test_demo import run_demo_steps
 
 pytestmark = pytest.mark.slow

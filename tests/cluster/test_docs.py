@@ -39,7 +39,7 @@ WHERE = [
     (r"yard run exp0.yaml( --force)?\s*(#|$)", "tests/cluster/experiment/test_job.py (rerun and resume)"),
     (r"ray job submit --working-dir \. -- yard run", "tests/cluster/test_ray_submit.py (a real ray start --head)"),
     (r"ray job submit --address http://HEAD:8265", "tests/cluster/test_ray_submit.py (the same submission; HEAD is yours)"),
-    (r"yard cluster config configs/cluster.example.yaml", "tests/cluster/test_launch.py"),
+    (r"yard cluster config configs/cluster.example.yaml", "tests/cluster/capacity/test_launch.py"),
     (r"yard persona configs/persona.demo.yaml --plan", "tests/tune/persona/test_job.py"),
     (r"yard persona configs/persona.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the persona step)"),
     (r"yard sweep configs/persona-sweep.demo.yaml", "tests/tune/persona/test_sweep.py"),
@@ -47,10 +47,10 @@ WHERE = [
     (r"yard serve configs/serve.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the serve step)"),
     (r"yard judge configs/judge.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the serve step's judge)"),
     (r"yard probe configs/probe.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the serve step's probes)"),
-    (r"yard sweep configs/sweep.demo.yaml --resume", "tests/tune/test_sweep.py (kill and resume)"),
-    (r"yard sweep configs/sweep.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the quick sweep) and tests/tune/test_sweep.py"),
-    (r"yard package demo --top 3", "tests/tune/test_package.py"),
-    (r"tensorboard --logdir", "not here: TensorBoard is not a dependency; tests/tune/test_sweep.py checks the "
+    (r"yard sweep configs/sweep.demo.yaml --resume", "tests/tune/sweep/test_sweep.py (kill and resume)"),
+    (r"yard sweep configs/sweep.demo.yaml", "tests/cluster/test_demo_sweep_serve_persona.py (the quick sweep) and tests/tune/sweep/test_sweep.py"),
+    (r"yard package demo --top 3", "tests/tune/sweep/test_package.py"),
+    (r"tensorboard --logdir", "not here: TensorBoard is not a dependency; tests/tune/sweep/test_sweep.py checks the "
                               "event files it reads"),
     *[(re.escape(c) + r"\s*(#|$)", "demo store") for c in DEMO_STORE],
 ]

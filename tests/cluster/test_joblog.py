@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from cluster import joblog
-from cluster.jobs import REPO_ROOT
-from cluster.storage_local import LocalStore
+from cluster.ops.jobs import REPO_ROOT
+from cluster.store.storage_local import LocalStore
 
 
 @pytest.fixture
@@ -43,8 +43,8 @@ def test_info_goes_to_the_file_warnings_and_marked_lines_to_the_console_too(tmp_
     joblog._pending.extend(["early worker line\n"])  # arrived between ray.init and the job
     with joblog.open_job_log(store, "job-1") as jl:
         logging.getLogger("yard.test.framework").info("CALL generate OK 101.7ms")
-        logging.getLogger("cluster.jobs").info("job started", extra={"console": True})
-        logging.getLogger("tune.sweep").warning("a trial was killed")
+        logging.getLogger("cluster.ops.jobs").info("job started", extra={"console": True})
+        logging.getLogger("tune.sweep.sweep").warning("a trial was killed")
         joblog._to_job_log({"pid": 42, "actor_name": "ModelHost", "ip": "10.0.0.1", "lines": ["Loading weights"]})
     assert jl.path == tmp_path / "store" / "logs" / "job-1.log" and jl.where == str(jl.path)
     text = jl.path.read_text()

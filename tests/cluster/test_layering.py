@@ -1,7 +1,8 @@
 """The floors: cluster < actors < serve < tune. No module imports a package above its own floor,
 lazy imports inside functions included (tune uses serve's judge and probes; serve reads what
 tune publishes from the store, never tune's code). Nor do modules import each other in a circle,
-on one floor or across several: the piece two modules share moves down."""
+on one floor or across several: the piece two modules share moves down. And no folder of the four
+packages or of tests/ holds more than 15 Python modules directly: past that it holds two rooms."""
 import ast
 import subprocess
 import sys
@@ -126,3 +127,37 @@ def test_the_circle_finder_names_each_circle_and_nothing_outside_it():
     graph = {"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1, "d": 1}, "d": {}, "e": {"a": 1, "f": 1}, "f": {"e": 1}}
     assert _circles(graph) == [["a", "b", "c"], ["e", "f"]]
     assert _circles({"a": {"b": 1}, "b": {}}) == []
+
+
+MAX_MODULES = 15
+
+
+def _crowded_folders(roots: list[Path]) -> list[str]:
+    """Folders under `roots` (themselves included) holding more than MAX_MODULES *.py files directly,
+    each as "folder: count"."""
+    crowded = []
+    for root in roots:
+        for folder in sorted({root, *(p for p in root.rglob("*") if p.is_dir() and p.name != "__pycache__")}):
+            count = len(list(folder.glob("*.py")))
+            if count > MAX_MODULES:
+                crowded.append(f"{folder.relative_to(REPO)}: {count}")
+    return crowded
+
+
+def test_no_folder_holds_more_than_15_modules():
+    """Every *.py file directly in a folder counts, __init__.py and conftest.py included: a
+    newcomer opening the folder sees them all."""
+    crowded = _crowded_folders([REPO / p for p in FLOORS] + [REPO / "tests"])
+    assert crowded == [], "folders past 15 modules (split each into rooms):\n" + "\n".join(crowded)
+
+
+def test_the_crowded_folder_finder_counts_modules_directly_in_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
+    (tmp_path / "pkg" / "room").mkdir(parents=True)
+    for i in range(MAX_MODULES):
+        (tmp_path / "pkg" / f"m{i}.py").write_text("")
+        (tmp_path / "pkg" / "room" / f"m{i}.py").write_text("")
+    (tmp_path / "pkg" / "notes.txt").write_text("")
+    assert _crowded_folders([tmp_path / "pkg"]) == []
+    (tmp_path / "pkg" / "room" / "one_more.py").write_text("")
+    assert _crowded_folders([tmp_path / "pkg"]) == [f"pkg/room: {MAX_MODULES + 1}"]

@@ -81,7 +81,7 @@ def test_submitted_job_succeeds_and_lands_its_artifacts(ray_head, zoo, tmp_path)
     from ray.job_submission import JobStatus
 
     client, gcs_port = ray_head
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
 
     store_dir = tmp_path / "store"
     model = sorted(m for m in zoo.models)[0]

@@ -10,7 +10,7 @@ When the zoo is not built yet and the session has tests that need it, one proces
 xdist worker, or the only one) starts `yard zoo build` in the background as soon as the tests are
 collected, with its three bases training at once, while the workers run the tests that need no
 zoo first (`tests/conftest.py` orders them). A test that needs the zoo waits on the build's lock
-(`cluster.zoo.build_zoo`), then gets a cache hit. A build still running when the session ends
+(`cluster.models.zoo.build_zoo`), then gets a cache hit. A build still running when the session ends
 (every zoo test deselected or failed early) is stopped: the next session builds again.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def zoo_cache_dir() -> Path:
 
 
 def zoo_config():
-    from cluster.zoo import default_zoo_config
+    from cluster.models.zoo import default_zoo_config
 
     return default_zoo_config().model_copy(update={"zoo_dir": str(zoo_cache_dir())})
 
@@ -45,7 +45,7 @@ def zoo_ready() -> bool:
     """The test zoo is built for this code (cached per process: asked once per session)."""
     global _READY
     if _READY is None:
-        from cluster.zoo import zoo_cached
+        from cluster.models.zoo import zoo_cached
 
         _READY = zoo_cached(zoo_config())
     return _READY
@@ -80,8 +80,8 @@ def pytest_sessionfinish(session):
 
 @pytest.fixture(scope="session")
 def zoo():
-    """The demo zoo as a `cluster.zoo.ZooBuild` (built on first use, then a cache hit)."""
-    from cluster.zoo import build_zoo
+    """The demo zoo as a `cluster.models.zoo.ZooBuild` (built on first use, then a cache hit)."""
+    from cluster.models.zoo import build_zoo
 
     if _BUILD is not None:
         _BUILD.wait()  # this process started it: do not race it for the lock

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from cluster.storage import open_store
+from cluster.store.storage import open_store
 from serve.client import ChatClient, ChatError, ResponseCache, cache_key
-from serve.replay import ReplayServer
+from serve.judge.replay import ReplayServer
 
 MSG = [{"role": "user", "content": "hello judge"}]
 

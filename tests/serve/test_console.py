@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from cluster.runtime import free_port
-from cluster.storage import open_store
+from cluster.store.storage import open_store
 from serve.config import ServeConfig
-from serve.probe_runs import list_probe_runs
-from serve.probe_suite import load_suite
-from serve.probes import DEMO_SUITE, grade
+from serve.probes.probe_runs import list_probe_runs
+from serve.probes.probe_suite import load_suite
+from serve.probes.probes import DEMO_SUITE, grade
 
 pytestmark = pytest.mark.slow
 

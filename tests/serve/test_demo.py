@@ -5,7 +5,7 @@ probes, about 2 minutes here) runs in tests/cluster/test_demo_sweep_serve_person
 import pytest
 
 from cluster.config import ConfigError, load_config
-from cluster.storage_local import LocalStore
+from cluster.store.storage_local import LocalStore
 from serve import demo as serve_demo
 from serve.config import ServeConfig
 
@@ -56,7 +56,7 @@ def test_a_bad_judge_setting_is_refused(no_judge_env, name, value, says):
 
 # --- config and bad input ------------------------------------------------------------------------
 def test_the_demo_config_serves_two_zoo_models_on_loopback():
-    from cluster.zoo import default_zoo_config
+    from cluster.models.zoo import default_zoo_config
 
     cfg = load_config(serve_demo.DEMO_CONFIG, ServeConfig, ["zoo=null"])
     zoo = default_zoo_config()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ConfigError, load_config
-from cluster.engine import EngineUnavailable
-from cluster.jobs import REPO_ROOT
+from cluster.engines.engine import EngineUnavailable
+from cluster.ops.jobs import REPO_ROOT
 from serve.config import CandidateConfig, ServeConfig
 from serve.deploy import (
     THROUGHPUT_ENV,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from cluster.config import UserError
-from cluster.loading import LoadError
-from cluster.registry import ModelSpec
-from cluster.storage_local import LocalStore
+from cluster.models.loading import LoadError
+from cluster.models.registry import ModelSpec
+from cluster.store.storage_local import LocalStore
 from serve.config import CandidateConfig
 from serve.engine_hf import GenRequest, GenResult, HFEngine, PromptSide, RequestError, candidate_source, resolve_model_dir
 

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from cluster.loading import LoadError
-from cluster.registry import ModelRegistry
+from cluster.models.loading import LoadError
+from cluster.models.registry import ModelRegistry
 from serve.config import CandidateConfig
 from serve.engine_hf import GenRequest, RequestError
 from serve.engine_vllm import VllmServeEngine, engine_args

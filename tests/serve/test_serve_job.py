@@ -26,7 +26,7 @@ def test_unknown_sweep_names_what_is_stored(tmp_path):
 def test_from_leaderboard_serves_a_sweeps_best_candidates(zoo, tmp_path):
     """`--from-leaderboard`: the best ranked trials of a stored sweep become candidates whose
     model comes from the store; the engine loads one and answers."""
-    from cluster.storage_local import LocalStore
+    from cluster.store.storage_local import LocalStore
     from serve.engine_hf import GenRequest, HFEngine
 
     store = LocalStore(tmp_path / "store")
@@ -38,7 +38,7 @@ def test_from_leaderboard_serves_a_sweeps_best_candidates(zoo, tmp_path):
         rows.append({"trial_id": trial, "status": "ok" if score else "stopped", "score": score, "size_mb": 3.6,
                      "perf": 0.3, "sec_per_token": 0.001, "candidate": run.prefix if score else None})
     sweep = store.new_run("sweep", "demo")
-    # what the sweep publishes (tune/sweep.py: publish ranks the rows with tune.leaderboard.rank_rows)
+    # what the sweep publishes (tune/sweep/sweep.py: publish ranks the rows with tune.sweep.leaderboard.rank_rows)
     ranked = [{**rows[1], "rank": 1}, {**rows[0], "rank": 2}, {**rows[2], "rank": None}]
     sweep.put_json("ranked.json", ranked)
     sweep.complete()
@@ -73,7 +73,7 @@ def test_overrides_are_key_value_arguments_as_in_every_job_and_set_is_an_alias(c
 def test_each_candidate_books_its_replicas_on_the_ledger():
     from types import SimpleNamespace
 
-    from cluster.ledger import Ledger
+    from cluster.capacity.ledger import Ledger
     from serve.serve_job import record_replicas
 
     cfg = ServeConfig(candidates=[{"id": "big", "path": "/m/big", "num_gpus": 1, "num_replicas": 2,
@@ -99,7 +99,7 @@ def test_yard_serve_is_a_job_whose_replica_hours_yard_cost_prices(zoo, tmp_path,
 
     from cluster.cli import main as yard
     from cluster.runtime import free_port
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
 
     store_dir = tmp_path / "store"
     assert yard(["serve", "configs/serve.demo.yaml", "zoo=null", f"registry=[{zoo.registry_path}]",

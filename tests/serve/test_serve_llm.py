@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cluster.config import ConfigError
-from cluster.registry import ModelRegistry
+from cluster.models.registry import ModelRegistry
 from serve.config import CandidateConfig, ServeConfig
 from serve.serve_llm import VllmUnavailable, build_llm_config, build_vllm_app
 

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from tune import sweep, sweep_cli
+from tune import sweep_cli
 from tune.persona import sweep as persona_sweep
+from tune.sweep import sweep
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -10,7 +10,7 @@
 
 Every field defaults to the users' recipe (seed 001): LoRA r 64 / alpha 128, SFT 3 epochs at
 1e-4, DPO 2 epochs at 5e-6, `enable_thinking: false`, and the seed's price and step-time table for
-`yard persona CONFIG --plan`. The judge block is `serve.judge.JudgeEndpoint`'s; it is checked
+`yard persona CONFIG --plan`. The judge block is `serve.judge.judge.JudgeEndpoint`'s; it is checked
 lazily (tune/ does not import serve/ at import time).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from cluster.config import JobConfig, YardModel, resolve_config_path
-from cluster.jobs import REPO_ROOT
+from cluster.ops.jobs import REPO_ROOT
 from tune.persona.data import PrepConfig
 from tune.persona.train import DpoSettings, LoraSettings, SftSettings
 
@@ -71,7 +71,7 @@ class ProbeSettings(YardModel):
 
     enabled: bool = True
     suite: str = "configs/probes.persona.yaml"
-    # serve.judge.JudgeEndpoint fields; null = rule checks only; {replay: true} = deterministic
+    # serve.judge.judge.JudgeEndpoint fields; null = rule checks only; {replay: true} = deterministic
     # fake ratings (no judge model runs on a CPU machine; such scores measure nothing).
     judge: dict | None = None
     max_tokens: int = Field(200, ge=1, description="reply length per probe turn")
@@ -84,7 +84,7 @@ class ProbeSettings(YardModel):
     def _judge(cls, v: dict | None) -> dict | None:
         if v is None:
             return None
-        from serve.judge import JudgeEndpoint  # lazily: tune/ never imports serve/ at import time
+        from serve.judge.judge import JudgeEndpoint  # lazily: tune/ never imports serve/ at import time
 
         return JudgeEndpoint.model_validate(v).model_dump()
 

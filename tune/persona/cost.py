@@ -14,7 +14,7 @@ probe failed is not kept (its store run is completed "failed"), so its stages ar
 """
 from __future__ import annotations
 
-from cluster.ledger import unit_resources
+from cluster.capacity.ledger import unit_resources
 
 PARTS = ("sft", "dpo", "merge")
 
@@ -37,8 +37,8 @@ def cost_plan(plan, cfg) -> dict:
 
 def record_stages(job, cfg, actual_s: dict[str, float], prices, *, kept: bool) -> str:
     """A ledger row per stage that ran; returns the job's cost line (or why it is not priced)."""
-    from cluster.cost import JobCost
-    from cluster.cost_report import report_section
+    from cluster.capacity.cost import JobCost
+    from cluster.capacity.cost_report import report_section
 
     for part in PARTS:
         if part in actual_s:
@@ -53,7 +53,7 @@ def record_trials(job, rows: list[dict], sweep_cfg, prices) -> str:
     it (`wall_s`) as "train" (SFT, DPO, merge and probe are one process). ok -> kept, error ->
     failed; the sweep runs no early-stopping scheduler, so no trial is "stopped". Returns the
     leaderboard's cost line (or why it is not priced)."""
-    from cluster.cost_report import job_cost_line
+    from cluster.capacity.cost_report import job_cost_line
 
     res = sweep_cfg.resources.ledger_resources()
     for r in rows:

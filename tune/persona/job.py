@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from cluster.config import ConfigError, UserError, job_config, job_parser, load_config, naming_source
-from cluster.jobs import REPO_ROOT, run_job
-from cluster.registry import ModelRegistry
-from cluster.storage import ArtifactStore, new_run_name, open_store
-from cluster.zoo import zoo_dir_of
+from cluster.models.registry import ModelRegistry
+from cluster.models.zoo import zoo_dir_of
+from cluster.ops.jobs import REPO_ROOT, run_job
+from cluster.store.storage import ArtifactStore, new_run_name, open_store
 from tune.persona.config import PersonaConfig, StageResources
 from tune.persona.plan import Plan, make_plan, measured_step_times, plan_markdown
 from tune.persona.probe import probe_served
@@ -42,7 +42,7 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "persona.demo.yaml"
 # --- pieces that run anywhere (driver or Ray task) ------------------------------------------------
 def base_path(registry_paths: list[str], base: str) -> str:
     """A path or HF id `from_pretrained` reads for the registry id `base` (s3:// downloaded once)."""
-    from cluster.loading import decide_load, resolve_source
+    from cluster.models.loading import decide_load, resolve_source
     from cluster.node import node_facts
 
     registry = ModelRegistry.load(registry_paths)
@@ -52,7 +52,7 @@ def base_path(registry_paths: list[str], base: str) -> str:
 def _reporter(store_uri: str, endpoint_url: str | None, job_id: str | None, task: str, stall_after_s: float):
     if job_id is None:
         return None
-    from cluster.progress import ProgressReporter
+    from cluster.ops.progress import ProgressReporter
 
     return ProgressReporter(open_store(store_uri, endpoint_url), job_id, task=task, stall_after_s=stall_after_s)
 
@@ -111,7 +111,7 @@ def run_stage(stage: str, *, registry_paths: list[str], base: str, rows: list, h
             writer.put_dir(f"{subdir}{stage}/adapter", result.adapter_dir)
     except BaseException as exc:
         if reporter is not None:
-            from cluster.progress import one_line
+            from cluster.ops.progress import one_line
 
             reporter.finish("failed", one_line(exc))
         raise
@@ -200,7 +200,7 @@ def run_watched(submit, store: ArtifactStore, job_id: str, task: str, cfg: Perso
     """`submit()` (a Ray task reporting as `task`) to its result; an attempt that stalls is killed
     and submitted again, `cfg.stall_retries` times at most (then TaskStalled ends the job).
     `on_stall(incident)` runs for each killed attempt (the ledger's "stalled" row), before a rerun."""
-    from cluster.watch import TaskStalled, wait_watched
+    from cluster.ops.watch import TaskStalled, wait_watched
 
     for attempt in range(1, cfg.stall_retries + 2):
         started = time.time()
@@ -223,14 +223,14 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
     for bad input. `stage_fn`: the training stage task (default `run_stage`; tests pass one that hangs)."""
     import ray
 
-    from cluster.prices import job_prices
+    from cluster.capacity.prices import job_prices
     from cluster.runtime import connect
     from tune.persona.cost import cost_plan, record_stages, record_stall
     from tune.persona.data import write_prep_report
     from tune.persona.report import write_report
 
     with naming_source(config_path or "persona config"):  # every input, before Ray
-        from serve.probe_suite import load_suite
+        from serve.probes.probe_suite import load_suite
 
         registry_paths = resolve_registry(cfg)
         if cfg.probe.enabled:
@@ -333,7 +333,7 @@ def run_persona(cfg: PersonaConfig, *, config_path: str | None = None, stage_fn=
 def register(cfg: PersonaConfig, registry_paths: list[str], model_dir: str | None, run: str) -> dict:
     """The merged model joins the zoo's lineage as a child of its base (derivation "persona");
     {"id", "registered", "why"} with the reason when it does not."""
-    from cluster.zoo import register_child
+    from cluster.models.zoo import register_child
 
     child = cfg.resolved_child_id
     zoo_dir = zoo_dir_of(cfg.base, registry_paths)

@@ -1,5 +1,5 @@
 """The persona pipeline's probe step, one for the job and the sweep: the probe suite on a merged
-model with and without the persona's system prompt, through `serve.probes.run_probes`.
+model with and without the persona's system prompt, through `serve.probes.probes.run_probes`.
 
 Two transports for the same suite, conditions and request parameters:
 - `probe_served` (`yard persona`): the merged model, and its base with `probe.compare_base`, behind
@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.runtime import free_port
-from cluster.storage import ArtifactStore
+from cluster.store.storage import ArtifactStore
 from tune.persona.config import PersonaConfig
 
 log = logging.getLogger(__name__)
 
 
 def _suite(cfg: PersonaConfig):
-    from serve.probe_suite import load_suite
+    from serve.probes.probe_suite import load_suite
 
     return load_suite(cfg.resolve_path(cfg.probe.suite))
 
@@ -45,9 +45,9 @@ def probe_served(cfg: PersonaConfig, store: ArtifactStore, model_path: str, regi
 
     from serve.config import CandidateConfig, ServeConfig
     from serve.deploy import shutdown, start_app
-    from serve.judge import JudgeEndpoint
-    from serve.probes import CONDITIONS, ProbeCandidate, make_judge, run_probes
-    from serve.replay import ReplayServer
+    from serve.judge.judge import JudgeEndpoint
+    from serve.judge.replay import ReplayServer
+    from serve.probes.probes import CONDITIONS, ProbeCandidate, make_judge, run_probes
     suite = _suite(cfg)
     res = cfg.resources.probe
     num_cpus, num_gpus = res.num_cpus, res.num_gpus
@@ -119,7 +119,7 @@ def probe_in_process(cfg: PersonaConfig, model_dir: str, out_dir: Path) -> dict:
     """Rule-checked probes of a merged model dir, both conditions, no server: run_probes' summary."""
     from serve.config import CandidateConfig
     from serve.engine_hf import HFEngine
-    from serve.probes import CONDITIONS, ProbeCandidate, run_probes
+    from serve.probes.probes import CONDITIONS, ProbeCandidate, run_probes
 
     cand_id = f"{cfg.name}-merged"
     engine = HFEngine(CandidateConfig(id=cand_id, path=model_dir, chat_template_kwargs=cfg.chat_template_kwargs))

@@ -35,8 +35,8 @@ from pydantic import Field, model_validator
 
 from cluster.config import YardModel, job_config, job_parser
 from cluster.joblog import tune_verbosity
-from cluster.jobs import REPO_ROOT, run_job
-from cluster.storage import new_run_name, open_store
+from cluster.ops.jobs import REPO_ROOT, run_job
+from cluster.store.storage import new_run_name, open_store
 from tune.config import Dimension, ResourcesConfig
 from tune.persona.config import PersonaConfig
 from tune.persona.probe import probe_in_process
@@ -104,7 +104,7 @@ def run_persona_trial(config: dict, setup: dict) -> None:
     """The Tune function trainable: SFT (-> DPO) -> merge -> probe on this trial's slot; one report."""
     from ray import tune
 
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
     from tune.persona.job import base_path, run_stage
     from tune.persona.merge import merge_adapter
 
@@ -147,7 +147,7 @@ def _finite(v) -> bool:
 
 def rank_persona_rows(rows: list[dict]) -> list[dict]:
     """Scored rows by probe consistency (higher first), then held-out loss (lower first); the rest
-    unranked at the end. (The compression sweep ranks by Score: `tune.leaderboard.rank_rows`.)"""
+    unranked at the end. (The compression sweep ranks by Score: `tune.sweep.leaderboard.rank_rows`.)"""
     ok = [r for r in rows if r["status"] == "ok"]
     ok.sort(key=lambda r: (-(r["probe_consistency"] or 0.0),
                            r["heldout_loss"] if _finite(r["heldout_loss"]) else math.inf))
@@ -222,7 +222,7 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
     scored, 1 otherwise (the scored ones are still published)."""
     from ray import tune
 
-    from cluster.prices import job_prices
+    from cluster.capacity.prices import job_prices
     from cluster.runtime import connect
     from tune.persona.cost import record_trials
     from tune.persona.job import prepare_data, resolve_registry

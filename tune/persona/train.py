@@ -167,7 +167,7 @@ def _target_modules(lora: LoraSettings, backend: str):
 
 def _trl(backend: str):
     """The trl module, with a torch log-prob kernel where Triton is missing (CPU; see trl_cpu)."""
-    from cluster.loading import skip_unused_sklearn
+    from cluster.models.loading import skip_unused_sklearn
 
     skip_unused_sklearn()  # trl imports transformers' models
     if backend == "unsloth":

@@ -15,8 +15,8 @@ export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 YARD_LIVE=0
 yard() { python3 -m cluster "$@"; }
 STATUS_PY='
-from cluster.status import collect
-from cluster.storage import open_store
+from cluster.ops.status import collect
+from cluster.store.storage import open_store
 for job in collect(open_store("/tmp/yard-store")):
     for t in job.tasks:
         if t.status == "RUNNING" and t.task != "main":

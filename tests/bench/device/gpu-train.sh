@@ -26,10 +26,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRAC
 [ -d /usr/local/cuda ] && export CUDA_HOME=/usr/local/cuda
 yard() { python3 -m cluster "$@"; }
 
-# what `yard status` reports per running task: its pid and the GPU ids it shows (cluster/gpus.py)
+# what `yard status` reports per running task: its pid and the GPU ids it shows (cluster/capacity/gpus.py)
 STATUS_PY='
-from cluster.status import collect
-from cluster.storage import open_store
+from cluster.ops.status import collect
+from cluster.store.storage import open_store
 for job in collect(open_store("/tmp/yard-store")):
     for t in job.tasks:
         if t.status == "RUNNING":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.experiment.job import run_experiment, run_experiment_job
-from cluster.storage import open_store
+from cluster.store.storage import open_store
 from tests.cluster.experiment.workloads import ran, write_script
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def ledger(store, job_name):
 
 
 def test_progress_shows_in_status_while_it_runs_errors_stop_at_two_and_logs_stay_bounded(ray_local, tmp_path):
-    from cluster.status import collect, main as status_main
+    from cluster.ops.status import collect, main as status_main
 
     cfg = config(tmp_path, "watch", ["tqdm", "error", "huge"], [0], log_limit_kib=64, retries=3,
                  env={"STEP_S": "0.15"})

@@ -3,7 +3,7 @@ fields refused at load time with one line naming the file and the dotted field."
 import pytest
 
 from cluster.config import ConfigError, load_config, validate
-from cluster.jobs import REPO_ROOT
+from cluster.ops.jobs import REPO_ROOT
 from tune.persona.config import SEED_PRICES, SEED_SEC_PER_STEP, PersonaConfig
 
 MINIMAL = {"kind": "persona", "base": "qwen3-8b", "prep": {"data_dir": "unused"}}
@@ -46,7 +46,7 @@ def test_resolved_child_id(fields, child):
 def test_dpo_null_and_the_judge_block():
     assert _cfg(dpo=None).dpo is None
     judge = _cfg(probe={"judge": {"replay": True}}).probe.judge
-    # checked and filled in by serve.judge.JudgeEndpoint
+    # checked and filled in by serve.judge.judge.JudgeEndpoint
     assert judge["replay"] is True and judge["max_tokens"] == 2048 and judge["base_url"] is None
 
 

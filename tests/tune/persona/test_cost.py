@@ -1,12 +1,12 @@
 """tune/persona/cost.py: the persona plan as `yard cost` units, and a ledger row per stage."""
 import pytest
 
+from cluster.capacity.cost import plan_vs_actual
+from cluster.capacity.ledger import Ledger
+from cluster.capacity.prices import load_prices
 from cluster.config import validate
-from cluster.cost import plan_vs_actual
-from cluster.jobs import JobContext
-from cluster.ledger import Ledger
-from cluster.prices import load_prices
-from cluster.storage import open_store
+from cluster.ops.jobs import JobContext
+from cluster.store.storage import open_store
 from tune.persona.config import PersonaConfig
 from tune.persona.cost import cost_plan, record_stages
 from tune.persona.plan import make_plan

@@ -106,8 +106,8 @@ def test_a_stalled_stage_is_killed_and_rerun_on_an_s3_store(zoo_registry, tmp_pa
     server over HTTP): adapters pass between the stage tasks through S3, and the merged model,
     reports and probe results land there. Its first SFT attempt stops for good (SIGSTOP): the job
     kills it after its 5 s stall limit and reruns it."""
-    from cluster.status import collect
-    from cluster.storage import open_store
+    from cluster.ops.status import collect
+    from cluster.store.storage import open_store
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     stopped = tmp_path / "stopped"

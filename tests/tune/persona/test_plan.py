@@ -93,7 +93,7 @@ def _stored_run(store, name: str, *, base="qwen3-8b", r=64, device="NVIDIA H200"
 
 
 def test_plan_uses_step_times_measured_in_the_store(tmp_path):
-    from cluster.storage import open_store
+    from cluster.store.storage import open_store
     from tune.persona.plan import measured_step_times
 
     store = open_store(str(tmp_path))

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from cluster.config import ConfigError, load_config, validate
-from cluster.storage import open_store
+from cluster.store.storage import open_store
 from tune.persona import sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

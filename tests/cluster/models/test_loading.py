@@ -1,0 +1,99 @@
+"""The explicit load decision: quantization x device_map x dtype from the registry, and
+rejections before any weight is read."""
+import pytest
+
+from cluster.models.loading import LoadError, decide_load, load_model
+from cluster.models.registry import ModelRegistry, ModelSpec
+from cluster.node import NodeFacts
+
+CPU = NodeFacts(hostname="laptop", cuda=False, cpu_mem_gib=16.0, cpu_count=2)
+L40S = NodeFacts(hostname="g7e", cuda=True, gpu_names=("NVIDIA L40S",), cuda_capabilities=(8.9,), gpu_mem_gib=(44.4,))
+H100x4 = NodeFacts(hostname="p5", cuda=True, gpu_names=("H100",) * 4, cuda_capabilities=(9.0,) * 4, gpu_mem_gib=(79.1,) * 4)
+
+
+def spec(**kw):
+    return ModelSpec(**{"source": "org/model", "params_b": 1.0, **kw})
+
+
+def test_cpu_bf16_computes_in_fp32_on_plain_cpu_load():
+    plan = decide_load("m", spec(load_in="bf16"), CPU)
+    assert (plan.dtype, plan.device_map, plan.quantization) == ("float32", None, "none")
+    assert any("float32" in r for r in plan.reasons)
+
+
+def test_single_gpu_pins_one_device_and_keeps_dtype():
+    plan = decide_load("m", spec(load_in="fp16"), L40S)
+    assert (plan.dtype, plan.device_map) == ("float16", {"": 0})
+
+
+def test_multi_gpu_gets_device_map_auto():
+    plan = decide_load("big", spec(params_b=70.6, num_gpus=4), H100x4)
+    assert plan.device_map == "auto"
+
+
+def test_4bit_is_explicit_and_quantizes_only_when_asked():
+    assert decide_load("m", spec(params_b=32.8, load_in="4bit"), L40S).quantization == "4bit"
+    # a big bf16 model is never silently switched to 8-bit: it is rejected for memory instead
+    with pytest.raises(LoadError, match="needs ~"):
+        decide_load("m", spec(params_b=32.8, load_in="bf16"), L40S)
+
+
+@pytest.mark.parametrize(
+    "kw, node, match",
+    [
+        (dict(load_in="4bit"), CPU, "model m: load_in 4bit needs a CUDA GPU"),
+        (dict(load_in="8bit"), CPU, "model m: load_in 8bit needs a CUDA GPU"),
+        (dict(min_cuda_capability=9.0), L40S, r"model m: needs compute capability >= 9.0; g7e has NVIDIA L40S \(cc 8.9\)"),
+        (dict(min_cuda_capability=9.0), CPU, "model m: needs a CUDA GPU with compute capability >= 9.0"),
+        (dict(num_gpus=8), H100x4, "model m: needs 8 GPUs; p5 has 4"),
+        (dict(params_b=20.0, load_in="fp32"), CPU, r"model m: needs ~93.1 GiB .* laptop has 16.0 GiB of CPU RAM"),
+    ],
+)
+def test_impossible_loads_are_rejected_with_one_line(kw, node, match):
+    with pytest.raises(LoadError, match=match) as e:
+        decide_load("m", spec(**kw), node)
+    assert "\n" not in str(e.value)
+
+
+def test_rejection_happens_before_any_weight_is_read(tmp_path, monkeypatch):
+    import transformers
+
+    calls = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: calls.append(a))
+    reg = ModelRegistry({"q": spec(source=str(tmp_path / "missing"), load_in="4bit")})
+    with pytest.raises(LoadError, match="load_in 4bit needs a CUDA GPU"):
+        load_model("q", reg, CPU)
+    assert calls == []
+
+
+def test_missing_local_path_is_a_clear_error(tmp_path):
+    reg = ModelRegistry({"gone": spec(source=str(tmp_path / "nowhere"))})
+    with pytest.raises(LoadError, match=r"model gone: local path .*nowhere does not exist"):
+        load_model("gone", reg, CPU)
+
+
+def test_shipped_registry_loads_and_every_entry_has_an_explicit_decision_on_a_big_gpu_node():
+    from pathlib import Path
+
+    reg = ModelRegistry.load([Path(__file__).resolve().parents[3] / "configs" / "models.yaml"])
+    H200x8 = NodeFacts(hostname="h", cuda=True, gpu_names=("H200",) * 8, cuda_capabilities=(9.0,) * 8, gpu_mem_gib=(139.8,) * 8)
+    for mid in reg.ids():
+        plan = decide_load(mid, reg.get(mid), H200x8)
+        assert plan.device_map == ("auto" if reg.get(mid).num_gpus > 1 else {"": 0})
+
+
+def test_a_model_process_loads_and_generates_without_importing_sklearn(zoo):
+    """skip_unused_sklearn: a fresh process that loads a zoo model through load_model and generates
+    never imports scikit-learn, scipy.stats or pandas (1 CPU-s of every model process's start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cluster.models.loading import load_model; from cluster.models.registry import ModelRegistry\n"
+        f"model, tok, _ = load_model('llama-a', ModelRegistry.load([{str(zoo.registry_path)!r}]))\n"
+        "out = model.generate(**tok('hello', return_tensors='pt'), max_new_tokens=4, do_sample=False)\n"
+        "print(out.shape[1] > 1, sorted(m for m in ('sklearn', 'scipy.stats', 'pandas') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "True []"

@@ -1,0 +1,114 @@
+"""tune/sweep/timing.py: the Score's speed half from a timing phase (every model alone, interleaved,
+repeated, fixed token counts), applied to the leaderboard rows."""
+from pathlib import Path
+
+import pytest
+
+from cluster.models.loading import load_model
+from cluster.models.registry import ModelRegistry
+from tune.sweep.leaderboard import rank_rows, render_markdown
+from tune.sweep.timing import BASELINE, TimingConfig, apply_timing, generate_fixed, time_models
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+PROMPTS = ["Tell me about the weather today.", "비 오는 날에는 무엇을 하나요?", "What do you cook at home?"]
+
+
+@pytest.fixture(scope="module")
+def llama(zoo):
+    registry = ModelRegistry.load([zoo.registry_path])
+    model, tokenizer, _ = load_model("llama-a", registry)
+    return model, tokenizer
+
+
+def _texts(tokenizer):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in PROMPTS], False
+
+
+def test_every_row_generates_exactly_new_tokens_even_past_eos(llama):
+    model, tokenizer = llama
+    texts, _ = _texts(tokenizer)
+    # A short answer ends before 40 tokens when EOS may stop it; the timing phase never stops early,
+    # so every model is timed over the same token count.
+    seconds, tokens = generate_fixed(model, tokenizer, texts, 40, 2)
+    assert tokens == len(texts) * 40 and seconds > 0
+
+
+def test_time_models_interleaves_rotates_and_pairs_each_visit(llama):
+    model, tokenizer = llama
+    visits, loads = [], []
+
+    def loader(name):
+        def load():
+            loads.append(name)
+            return model, tokenizer
+        return load
+
+    cfg = TimingConfig(rounds=3, prompts=2, new_tokens=4, repeats=2, min_visit_s=0)
+    out = time_models({BASELINE: loader(BASELINE), "a": loader("a"), "b": loader("b")}, _texts, cfg, 2,
+                      on_visit=lambda done, total, name: visits.append(name))
+    # each round visits every candidate once, starting one further along each time
+    assert visits == ["a", "b", "b", "a", "a", "b"]
+    assert sorted(loads) == sorted([BASELINE, "a", "b"])  # small models stay loaded between rounds
+    models = out["models"]
+    assert {m["generated_tokens"] for m in models.values()} == {2 * 4}
+    assert len(models[BASELINE]["sec_per_token_runs"]) == 6  # timed in every visit, beside each candidate
+    base = models[BASELINE]["sec_per_token_runs"]
+    for name in ("a", "b"):
+        m = models[name]
+        assert len(m["sec_per_token_runs"]) == 3 and len(m["speed_norm_runs"]) == 3
+        paired = [base[i] for i, v in enumerate(visits) if v == name]  # the base's time in the same visit
+        assert m["speed_norm_runs"] == pytest.approx([1 - c / b for c, b in zip(m["sec_per_token_runs"], paired)])
+        assert sorted(m["speed_norm_runs"])[1] == pytest.approx(m["speed_norm"])  # the median
+        assert m["speed_norm_spread"] == pytest.approx((max(m["speed_norm_runs"]) - min(m["speed_norm_runs"])) / 2)
+    assert "speed_norm" not in models[BASELINE]
+
+
+def test_time_models_needs_the_baseline():
+    with pytest.raises(ValueError, match="baseline"):
+        time_models({"a": lambda: None}, _texts, TimingConfig(rounds=1), 1)
+
+
+def _timing(**speed):
+    models = {BASELINE: {"sec_per_token": 0.010}}
+    for name, (spt, norm, spread) in speed.items():
+        models[name] = {"sec_per_token": spt, "speed_norm": norm, "speed_norm_spread": spread}
+    return {"models": models}
+
+
+def test_apply_timing_rescores_ok_rows_and_keeps_the_trials_own_figures():
+    rows = [
+        {"trial_id": "copy", "status": "ok", "perf_norm": 1.0, "sec_per_token": 0.013, "score": 0.403},
+        {"trial_id": "pruned", "status": "ok", "perf_norm": 0.8, "sec_per_token": 0.011, "score": 0.5},
+        {"trial_id": "broken", "status": "error", "error": "boom"},
+    ]
+    baseline = {"model_id": "base", "sec_per_token": 0.009}
+    out = apply_timing(rows, baseline, _timing(copy=(0.0101, -0.01, 0.02), pruned=(0.007, 0.3, 0.04)))
+    copy, pruned, broken = out
+    assert copy["score"] == pytest.approx(0.495) and copy["score_spread"] == pytest.approx(0.01)
+    assert copy["score_in_trial"] == 0.403 and copy["sec_per_token_in_trial"] == 0.013
+    assert pruned["score"] == pytest.approx(0.55) and pruned["speed_norm"] == pytest.approx(0.3)
+    assert broken == rows[2]
+    assert baseline["sec_per_token"] == 0.010
+
+
+def test_leaderboard_flags_scores_within_noise():
+    rows = [
+        {"trial_id": "a", "status": "ok", "score": 0.60, "score_spread": 0.01},
+        {"trial_id": "b", "status": "ok", "score": 0.595, "score_spread": 0.01},  # 0.005 apart: noise
+        {"trial_id": "c", "status": "ok", "score": 0.50, "score_spread": 0.01},
+    ]
+    ranked = rank_rows(rows)
+    assert [r.get("within_noise") for r in ranked] == [None, True, False]
+    md = render_markdown([{**r, "pareto": False} for r in ranked], {"model_id": "base"}, "t")
+    assert "≈ above" in md and "| ≈ |" in md
+    assert md.count("0.0100") == 3  # the ± column
+
+
+def test_timing_config_bounds(tmp_path):
+    from cluster.config import ConfigError, load_config
+    from tune.config import SweepConfig
+
+    demo = Path(__file__).resolve().parents[3] / "configs" / "sweep.demo.yaml"
+    with pytest.raises(ConfigError, match="timing.rounds"):
+        load_config(demo, SweepConfig, ["timing.rounds=0"])
