@@ -36,8 +36,8 @@ TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(8, max(3, (os.cpu_cou
 test: env browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
-# The inner loop: every test that starts no Ray, runs no end-to-end job and times nothing (3.7
-# minutes on 2 cores with the test zoo built). Not a replacement for `make test`, which CI runs.
+# The inner loop: every test that starts no Ray, runs no end-to-end job and times nothing (2.5
+# minutes on 2 cores with the test zoo built, 27aa4a4). Not a replacement for `make test`, which CI runs.
 check: env
 	$(BIN)/python -m compileall -q cluster actors serve tune tests
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not ray and not quiet"
