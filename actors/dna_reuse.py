@@ -27,8 +27,10 @@ what `check_comparable` compares; `--force` regenerates everything.
 from __future__ import annotations
 
 import io
+import os
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,15 +75,24 @@ def reuse_keys(cfg: DnaConfig, registry: ModelRegistry, plan: Plan, probes: Prob
     prov = make_provenance(cfg, probes.sha256, cfg.encoder.name)
     fingerprint = {f: prov.get(f) for f in COMPARED_FIELDS}
     kinds = {k.name: k for k in plan.kinds}
+    placed = [(mid, host.node_kind) for host in plan.hosts for mid in host.models]
+
+    def weights_of(item):
+        mid, kind = item
+        spec = registry.get(mid)
+        try:
+            return mid, model_content_key(spec, decide_load(mid, spec, planned_node(kinds[kind]))), None
+        except Exception as exc:  # noqa: BLE001 - a model we cannot identify is generated, not fatal
+            return mid, None, f"cannot identify its weights here ({one_line(exc, 200)})"
+
     keys, unkeyed = {}, {}
-    for host in plan.hosts:
-        for mid in host.models:
-            spec = registry.get(mid)
-            try:
-                weights = model_content_key(spec, decide_load(mid, spec, planned_node(kinds[host.node_kind])))
-            except Exception as exc:  # noqa: BLE001 - a model we cannot identify is generated, not fatal
-                unkeyed[mid] = f"cannot identify its weights here ({one_line(exc, 200)})"
+    # hashed side by side: sha256 releases the GIL, and one model's files are read one after another
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(placed), os.cpu_count() or 1))) as pool:
+        for mid, weights, why in pool.map(weights_of, placed):
+            if why is not None:
+                unkeyed[mid] = why
                 continue
+            spec = registry.get(mid)
             keys[mid] = _canonical({"weights": weights, "chat_template_kwargs": spec.chat_template_kwargs,
                                     "fingerprint": fingerprint})
     return keys, unkeyed

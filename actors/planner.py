@@ -166,12 +166,40 @@ def plan_hosts(
             device = "cpu" if kind.gpus == 0 else ("single GPU" if gpu_share == 1.0 else f"{gpu_share:g} GPU, side by side")
             device += ", vLLM" if engine == "vllm" else ""
             hosts.append(HostPlan(f"host-{start + i}", kind_name, cpus_per_host, gpu_share, [], 0.0, device))
-        # Longest-processing-time first: biggest models spread over the hosts first.
+        # Longest-processing-time first: biggest spread over the hosts first. With vLLM the unit is
+        # a run of same-shape models, kept together on one host: the engine swaps weights between
+        # them instead of starting again (a group larger than a fair share is split).
+        units = shape_runs(small, slots) if engine == "vllm" else [[ms] for ms in small]
         loads = [0.0] * slots
-        for mid, spec in sorted(small, key=lambda ms: -ms[1].params_b):
+        for unit in sorted(units, key=lambda u: -sum(s.params_b for _, s in u)):
             i = loads.index(min(loads))
             host = hosts[start + i]
-            host.models.append(mid)
-            host.expected_mem_gib = max(host.expected_mem_gib, expected_memory_gib(spec))
-            loads[i] += spec.params_b
+            for mid, spec in unit:
+                host.models.append(mid)
+                host.expected_mem_gib = max(host.expected_mem_gib, expected_memory_gib(spec))
+                loads[i] += spec.params_b
     return Plan(hosts, rejected, list(kinds))
+
+
+def shape_key(spec: ModelSpec) -> tuple:
+    """Models a vLLM engine can swap between without starting again have the same architecture,
+    size and precision; the registry's family, parameter count and dtype stand for that here (the
+    host checks the real configs before it swaps: `cluster/engines/engine_vllm.py: engine_signature`)."""
+    return (spec.family, spec.params_b, spec.dtype, spec.load_in, spec.num_gpus)
+
+
+def shape_runs(models: list[tuple[str, ModelSpec]], slots: int) -> list[list[tuple[str, ModelSpec]]]:
+    """The models in runs of one shape each, in their given order; a run holding more than a fair
+    share of the parameters (total / slots) is cut into that many consecutive parts, so that one
+    big family still spreads over the hosts."""
+    groups: dict[tuple, list[tuple[str, ModelSpec]]] = {}
+    for mid, spec in models:
+        groups.setdefault(shape_key(spec), []).append((mid, spec))
+    fair = sum(s.params_b for _, s in models) / max(1, slots)
+    runs = []
+    for members in groups.values():
+        load = sum(s.params_b for _, s in members)
+        parts = min(len(members), max(1, math.ceil(load / fair - 1e-9))) if fair > 0 else 1
+        size = math.ceil(len(members) / parts)
+        runs += [members[i:i + size] for i in range(0, len(members), size)]
+    return runs

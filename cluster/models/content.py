@@ -11,7 +11,10 @@ silently reuse the old model's results; `model_content_key` names the weights in
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import threading
+import time
 from pathlib import Path
 
 from cluster.models.loading import LoadPlan
@@ -24,23 +27,94 @@ _CHUNK_BYTES = 8 * 2**20
 # rewritten in place changes its mtime, so a stale digest is never returned.
 _FILE_DIGESTS: dict[tuple, str] = {}
 _LOCK = threading.Lock()
+# The same memo on disk, so that the next process (a rerun, a dry run) does not read the weights
+# again: a round of 13 real-size models is ~75 GB, a minute of hashing before any host starts.
+# YARD_DIGEST_CACHE names the file; empty turns it off.
+DIGEST_CACHE_ENV = "YARD_DIGEST_CACHE"
+_RACY_S = 2.0  # a file written this recently may change again within its mtime's resolution: not kept
+_COMPACT_LINES = 20_000
+_disk: dict[tuple, str] | None = None
+
+
+def digest_cache_path() -> Path | None:
+    value = os.environ.get(DIGEST_CACHE_ENV)
+    if value == "":
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "modelyard" / "file-digests.jsonl"
+
+
+def _disk_digests() -> dict[tuple, str]:
+    """The digest file's entries (read once per process; unreadable lines are skipped). A file
+    grown past _COMPACT_LINES is rewritten with only the entries whose file is still unchanged."""
+    global _disk
+    if _disk is not None:
+        return _disk
+    _disk, path, lines = {}, digest_cache_path(), 0
+    if path is None or not path.is_file():
+        return _disk
+    try:
+        for line in path.read_text().splitlines():
+            lines += 1
+            try:
+                row = json.loads(line)
+                _disk[tuple(row["k"])] = row["sha256"]
+            except (ValueError, KeyError, TypeError):
+                continue
+        if lines > _COMPACT_LINES:
+            live = {k: v for k, v in _disk.items() if _stat_key(Path(k[0])) == k}
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text("".join(json.dumps({"k": list(k), "sha256": v}) + "\n" for k, v in live.items()))
+            tmp.replace(path)
+            _disk = live
+    except OSError:
+        pass
+    return _disk
+
+
+def _stat_key(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _keep_on_disk(memo: tuple, digest: str) -> None:
+    path = digest_cache_path()
+    if path is None or time.time() - memo[2] / 1e9 < _RACY_S:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:  # one short line per write: appends from several processes interleave whole
+            f.write(json.dumps({"k": list(memo), "sha256": digest}) + "\n")
+    except OSError:
+        pass  # a read-only home only costs the next process a re-read
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 of one file, streamed in chunks and memoized per process by (path, size, mtime)."""
+    """The sha256 of one file, streamed in chunks and memoized by (path, size, mtime, inode): per
+    process, and across processes in the digest file (`digest_cache_path`)."""
     path = Path(path).resolve()
-    st = path.stat()
-    memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    memo = _stat_key(path)
+    if memo is None:
+        path.stat()  # raises the OSError naming the file
     with _LOCK:
         if memo in _FILE_DIGESTS:
             return _FILE_DIGESTS[memo]
+        known = _disk_digests().get(memo)
+    if known is not None:
+        with _LOCK:
+            _FILE_DIGESTS[memo] = known
+        return known
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK_BYTES):
             h.update(chunk)
+    digest = h.hexdigest()
     with _LOCK:
-        _FILE_DIGESTS[memo] = h.hexdigest()
-    return _FILE_DIGESTS[memo]
+        _FILE_DIGESTS[memo] = digest
+    _keep_on_disk(memo, digest)
+    return digest
 
 
 def dir_sha256(path: str | Path) -> str:

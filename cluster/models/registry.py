@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 
 from cluster.config import ConfigError, YardModel, load_config
 
-Architecture = Literal["llama", "qwen3", "exaone4", "qwen3_moe", "gemma", "mistral", "mixtral", "other"]
+Architecture = Literal["llama", "qwen3", "exaone4", "qwen3_moe", "olmoe", "gemma", "mistral", "mixtral", "other"]
 LoadIn = Literal["fp32", "bf16", "fp16", "8bit", "4bit"]
 Dtype = Literal["fp32", "bf16", "fp16"]
 Derivation = Literal[

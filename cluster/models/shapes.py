@@ -14,12 +14,14 @@ with unreachable entries up to the architecture's size, so every id the model ca
     yard zoo shape qwen3-8b --out /nvme/shapes --device cuda
 
     >>> sorted(SHAPES)
-    ['exaone-4.0-1.2b', 'llama-3.1-8b', 'qwen3-1.7b', 'qwen3-4b', 'qwen3-8b']
+    ['exaone-4.0-1.2b', 'llama-3.1-8b', 'olmoe-1b-7b', 'qwen3-1.7b', 'qwen3-4b', 'qwen3-8b']
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,12 @@ SHAPES: dict[str, Shape] = {
         num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
         rope_parameters=_rope(500_000.0, rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                               original_max_position_embeddings=8192)), "meta-llama/Llama-3.1-8B"),
+    # a mixture of experts: 64 experts of which 8 run per token (1.3 B active of 6.9 B)
+    "olmoe-1b-7b": Shape("olmoe", "OlmoeConfig", "OlmoeForCausalLM", dict(
+        vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        num_experts=64, num_experts_per_tok=8, norm_topk_prob=False, clip_qkv=None,
+        rope_parameters=_rope(10_000.0)), "allenai/OLMoE-1B-7B-0924"),
 }
 
 
@@ -163,15 +171,18 @@ def _register(out: Path, model_id: str, spec: ModelSpec) -> Path:
     from cluster.models.registry import ModelsFile
 
     path = out / REGISTRY_NAME
-    models = {}
-    if path.is_file():
-        models = {mid: s.model_dump(mode="json", exclude_defaults=True)
-                  for mid, s in load_config(path, ModelsFile).models.items()}
-    models[model_id] = spec.model_dump(mode="json", exclude_defaults=True)
-    data = {"kind": "models", "models": models}
-    ModelsFile.model_validate(data)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("# Written by `yard zoo shape`: random-weight models of real shapes (speed work only).\n"
-                   + yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f".{REGISTRY_NAME}.lock", "w") as lock:  # several builds into one folder at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        models = {}
+        if path.is_file():
+            models = {mid: s.model_dump(mode="json", exclude_defaults=True)
+                      for mid, s in load_config(path, ModelsFile).models.items()}
+        models[model_id] = spec.model_dump(mode="json", exclude_defaults=True)
+        data = {"kind": "models", "models": models}
+        ModelsFile.model_validate(data)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("# Written by `yard zoo shape`: random-weight models of real shapes (speed work only).\n"
+                       + yaml.safe_dump(data, sort_keys=False))
+        tmp.replace(path)
     return path

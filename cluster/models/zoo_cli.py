@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     listing = sub.add_parser("list", help="table of the zoo's registered models")
     listing.add_argument("--zoo-dir", default=None, help="zoo directory (default: the demo config's zoo_dir)")
     shape = sub.add_parser("shape", help="a random-weight model of a real architecture's shape (speed work)")
-    shape.add_argument("name", help="exaone-4.0-1.2b, qwen3-1.7b, qwen3-4b, qwen3-8b or llama-3.1-8b")
+    shape.add_argument("name", help="exaone-4.0-1.2b, qwen3-1.7b, qwen3-4b, qwen3-8b, llama-3.1-8b or olmoe-1b-7b")
     shape.add_argument("--out", default=".yard/shapes", help="folder; its models.yaml registers the model")
     shape.add_argument("--id", default=None, help="model id (default NAME-shape)")
     shape.add_argument("--seed", type=int, default=0)

@@ -66,3 +66,32 @@ def test_nodes_of_one_type_are_one_kind_and_kinds_never_share_a_name():
     assert [(k.name, k.count, k.cpu_mem_gib) for k in kinds] == [("cpu", 2, 10.0)]
     mixed = node_kinds_from_ray([ray_node(2), ray_node(8), ray_node(8)])
     assert sorted((k.name, k.count) for k in mixed) == [("cpu-2cpu", 1), ("cpu-8cpu", 2)]
+
+
+def test_vllm_keeps_same_shape_models_together_so_the_engine_swaps_weights():
+    # the issue-26 round's mix on 2 GPUs: LPT by model would split each shape over both hosts
+    # (each host starting an engine per shape); by runs of one shape, every shape starts once
+    shapes = {"llama": ("llama", 8.03, 1), "q4": ("qwen3", 4.02, 2), "moe": ("olmoe", 6.92, 1),
+              "q17": ("qwen3", 2.03, 3), "ex": ("exaone4", 1.28, 5)}
+    specs = {f"{name}-{i}": dict(family=fam, params_b=p) for name, (fam, p, n) in shapes.items() for i in range(n)}
+    ids = list(specs)
+    kinds = node_kinds_from_ray([ray_node(16, 2, "H200", 128)])
+    plan = plan_hosts(ids, reg(**specs), kinds, max_hosts=2, engine="vllm")
+    assert sorted(m for h in plan.hosts for m in h.models) == sorted(ids) and len(plan.hosts) == 2
+    for name in shapes:  # each shape on one host, its models one after another
+        (host,) = [h for h in plan.hosts if any(m.startswith(f"{name}-") for m in h.models)]
+        at = [i for i, m in enumerate(host.models) if m.startswith(f"{name}-")]
+        assert at == list(range(at[0], at[0] + len(at)))
+    # the HF path (no swap) still spreads model by model
+    hf = plan_hosts(ids, reg(**specs), kinds, max_hosts=2, engine="hf")
+    assert sum(any(m.startswith("ex-") for m in h.models) for h in hf.hosts) == 2
+
+
+def test_vllm_splits_one_family_bigger_than_a_fair_share_over_the_hosts():
+    specs = {f"ft-{i}": dict(family="llama", params_b=8.03) for i in range(6)} | {"small": dict(params_b=1.0)}
+    kinds = node_kinds_from_ray([ray_node(16, 2, "H200", 128)])
+    plan = plan_hosts(list(specs), reg(**specs), kinds, max_hosts=2, engine="vllm")
+    per_host = [[m for m in h.models if m.startswith("ft-")] for h in plan.hosts]
+    assert sorted(len(p) for p in per_host) == [3, 3]  # two runs of 3, one per host
+    assert per_host[0] + per_host[1] == [f"ft-{i}" for i in range(3)] + [f"ft-{i}" for i in range(3, 6)] or \
+        per_host[1] + per_host[0] == [f"ft-{i}" for i in range(6)]

@@ -13,7 +13,8 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parents[1]
-SCRIPTS = sorted(p for p in BENCH.glob("*.py") if not p.name.startswith(("test_", "__")))
+SCRIPTS = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("device/*.py")]
+                 if not p.name.startswith(("test_", "__")))
 SHELL = sorted(BENCH.rglob("*.sh"))
 # what `--help` must not pay for: GPU-only engines and the libraries a benchmark loads models with
 HEAVY = ("torch", "vllm", "transformers", "ray", "unsloth", "bitsandbytes")
@@ -35,7 +36,7 @@ def test_there_are_scripts_to_check():
     assert len(SCRIPTS) >= 10 and SHELL  # the globs still find them
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(BENCH).as_posix())
 def test_script_compiles_and_prints_its_help_without_heavy_imports(script, tmp_path):
     py_compile.compile(str(script), cfile=str(tmp_path / "compiled.pyc"), doraise=True)
     proc = subprocess.run([sys.executable, "-c", HELP.format(heavy=HEAVY), str(script)], cwd=ROOT,

@@ -100,3 +100,34 @@ def test_remote_sources_are_keyed_by_source_and_revision_without_reading(source)
 def test_a_folder_without_model_files_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model files"):
         dir_sha256(tmp_path)
+
+
+def test_a_later_process_reads_digests_from_the_digest_file_not_the_weights(zoo, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    register_copy(zoo, tmp_path)
+    weights = tmp_path / "toy" / "model.safetensors"
+    old = time.time() - 60
+    os.utime(weights, (old, old))  # written a minute ago: its mtime is settled
+    cache = tmp_path / "digests.jsonl"
+    env = {**os.environ, content.DIGEST_CACHE_ENV: str(cache)}
+    code = "import sys; from cluster.models.content import dir_sha256; print(dir_sha256(sys.argv[1]))"
+    first = subprocess.run([sys.executable, "-c", code, str(tmp_path / "toy")], env=env, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert str(weights.resolve()) in cache.read_text()
+    # this process: an empty memo, the same digest file
+    monkeypatch.setenv(content.DIGEST_CACHE_ENV, str(cache))
+    monkeypatch.setattr(content, "_FILE_DIGESTS", {})
+    monkeypatch.setattr(content, "_disk", None)
+    opened = []
+    monkeypatch.setattr(content, "open", lambda *a, **k: opened.append(Path(a[0]).name) or open(*a, **k), raising=False)
+    assert content.dir_sha256(tmp_path / "toy") == first
+    assert "model.safetensors" not in opened  # the weights were not read again
+    perturb(tmp_path / "toy")  # rewritten just now: read again, and too recent to be kept on disk
+    assert content.dir_sha256(tmp_path / "toy") != first
+    assert opened.count("model.safetensors") == 1 and "digests.jsonl" not in opened
+    monkeypatch.setenv(content.DIGEST_CACHE_ENV, "")  # off: nothing written
+    assert content.digest_cache_path() is None

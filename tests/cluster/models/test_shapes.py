@@ -54,3 +54,25 @@ def test_a_shape_is_built_registered_and_loaded_like_any_model(tmp_path, monkeyp
     assert out.shape[1] > 1
     cfg = json.loads((tmp_path / "tiny-qwen3-shape" / "config.json").read_text())
     assert cfg["eos_token_id"] == tok.eos_token_id
+
+
+def _register_many(out, prefix, n):
+    from cluster.models.registry import ModelSpec
+    from cluster.models.shapes import _register
+
+    for i in range(n):
+        _register(out, f"{prefix}-{i}", ModelSpec(source=f"./{prefix}-{i}", params_b=1.0))
+
+
+def test_builds_into_one_folder_at_once_keep_every_registry_entry(tmp_path):
+    import multiprocessing
+
+    # `yard zoo shape` runs side by side (one build per GPU): each registration is read-modify-write
+    procs = [multiprocessing.get_context("fork").Process(target=_register_many, args=(tmp_path, p, 15)) for p in "ab"]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    reg = ModelRegistry.load([tmp_path / "models.yaml"])
+    assert sorted(reg.ids()) == sorted(f"{p}-{i}" for p in "ab" for i in range(15))

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Issue 26 on the GPU machine (2 x H200 when lent, else one): the seed's round at real size, as
+# shipped (a) and the seed's way (b), the same list back to back, then (a) again with two more models.
+# Run in the project root on the device, one step or more per device run:
+#     bash tests/bench/device/gpu-round.sh STEP...
+# Steps (each writes what it measured under $OUT, default /tmp/out):
+#   shapes  random-weight models of real shapes in /tmp/shapes, built 6 at a time over the GPUs:
+#           EXAONE-4.0-1.2B x 6, Qwen3-1.7B x 3, OLMoE-1B-7B (MoE), Qwen3-4B x 2, Llama-3.1-8B; a copy answering EOS at once, a copy that never loads; a MiniLM-shaped encoder
+#   plan    `yard dna --dry-run` for (a) and (b), priced as measured and with the seed's node start
+#   a       (a) tests/bench/device/dna.round.yaml as shipped; a host killed on qwen17-s1 (spot interruption)
+#   b       (b) the same with hosts.fresh_per_model=true, store /tmp/round-b, the same kill
+#   rerun   (a) again on its store with exaone-s4 and exaone-s5 added: only those are new work
+#   cost    `yard cost` of both stores (tables, csv, plot)
+#   bg STEP...   those steps in the background (setsid: they outlive the device call, not the machine)
+#   poll SECS    wait for them up to SECS, bring back what they wrote so far (keep calling it: the
+#                machine goes back after 30 s without a call)
+# A round is longer than one 10-minute device call, so:  shapes, then  bg plan a b rerun cost,
+# then  poll 540  until it says done.
+# Both runs start with an empty vLLM compile cache (a cold machine). (b) keeps the cache between its
+# own models, which a fresh spot node would not have: that favours (b), so the comparison is conservative.
+# Needs: vLLM in /tmp/vllm-site (../shared/device/vllm), Ray in /tmp/site (stage-yard-deps.sh),
+# llm-dna (.dev-wheels/extra).
+set -euo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD:/tmp/site:/tmp/vllm-site${PYTHONPATH:+:$PYTHONPATH}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 VLLM_USE_FLASHINFER_SAMPLER=0 \
+  TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 YARD_LIVE=0
+[ -d /usr/local/cuda ] && export CUDA_HOME=/usr/local/cuda
+yard() { python3 -m cluster "$@"; }
+CFG=tests/bench/device/dna.round.yaml
+NEW='models=[exaone-s0,exaone-s1,exaone-s2,exaone-s3,qwen17-s0,qwen17-s1,qwen17-s2,qwen4-s0,qwen4-s1,llama8-s0,olmoe-s0,exaone-eos,exaone-broken,exaone-s4,exaone-s5]'
+KILL_MODEL=qwen17-s1
+gpus=${GPUS:-$(nvidia-smi -L | wc -l)}  # GPUS=2 EXTRA="engine=hf": a CPU rehearsal with tiny shapes
+
+sample_gpus() {  # sample_gpus FILE: nvidia-smi's processes every 5 s until killed
+  while true; do
+    { echo "== $(date +%T)"; nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv,noheader || true; } >> "$1"
+    sleep 5
+  done
+}
+cold() { rm -rf "${VLLM_CACHE_ROOT:-$HOME/.cache/vllm}"; }
+round() {  # round NAME STORE [yard dna args...]: one DNA job, the kill watcher beside it, timings
+  local name=$1 store=$2; shift 2
+  sample_gpus "$OUT/$name-gpus.txt" & local sampler=$!
+  python3 tests/bench/device/round_kill.py --store "$store" --model $KILL_MODEL --out "$OUT/$name-kill.txt" \
+    > "$OUT/$name-kill.log" 2>&1 & local killer=$!
+  local t0; t0=$(date +%s.%N)
+  set +e
+  yard dna $CFG ${EXTRA:-} storage.uri="$store" hosts.max_hosts="$gpus" "$@" --accept-suspicious > "$OUT/$name-run.txt" 2>&1
+  echo "exit $?" >> "$OUT/$name-run.txt"
+  set -e
+  echo "wall_s $(python3 -c "import time; print(round(time.time() - $t0, 1))")" | tee "$OUT/$name-wall.txt"
+  kill $sampler 2>/dev/null || true; kill $killer 2>/dev/null || true
+  tail -45 "$OUT/$name-run.txt"; cat "$OUT/$name-kill.txt" 2>/dev/null || echo "(no kill)"
+  mkdir -p "$OUT/$name-store"
+  find "$store" \( -name "*.md" -o -name "outcome.json" -o -name "*.csv" -o -name "ledger*.json*" -o -name "job.json" \) \
+    -size -2M -exec cp --parents {} "$OUT/$name-store" \; 2>/dev/null || true
+  for log in "$store"/logs/*.log; do [ -e "$log" ] && tail -c 2000000 "$log" > "$OUT/$name-$(basename "$log")"; done
+}
+
+idx=0
+for step in "$@"; do
+  idx=$((idx + 1))
+  echo "=== $step $(date +%T)"
+  case $step in
+  shapes)
+    nvidia-smi --query-gpu=index,pci.bus_id,name,memory.total --format=csv,noheader | tee "$OUT/gpus.csv"
+    df -h /tmp | tail -1
+    # one process per model, 6 at a time over the GPUs (a build is ~10 s of imports and ~10-30 s of work)
+    { for s in 0 1 2 3 4 5; do echo "exaone-4.0-1.2b exaone-s$s $s"; done
+      for s in 0 1 2; do echo "qwen3-1.7b qwen17-s$s $s"; done
+      echo "qwen3-4b qwen4-s0 0"; echo "qwen3-4b qwen4-s1 1"; echo "llama-3.1-8b llama8-s0 0"; echo "olmoe-1b-7b olmoe-s0 0"
+    } | awk -v g="$gpus" '{print (NR - 1) % g, $0}' \
+      | xargs -P 6 -L 1 sh -c 'CUDA_VISIBLE_DEVICES=$0 python3 -m cluster zoo shape $1 --out /tmp/shapes --device cuda --id $2 --seed $3' \
+      > "$OUT/shapes.txt" 2>&1
+    python3 tests/bench/device/round_models.py eos /tmp/shapes exaone-s0 exaone-eos >> "$OUT/shapes.txt" 2>&1
+    python3 tests/bench/device/round_models.py broken /tmp/shapes exaone-s0 exaone-broken >> "$OUT/shapes.txt" 2>&1
+    python3 tests/bench/device/round_models.py encoder /tmp/shapes/minilm-l6-shape >> "$OUT/shapes.txt" 2>&1
+    grep -v "Warning\|warn(" "$OUT/shapes.txt" | grep -E "written|EOS|hidden_size|encoder" | tail -20
+    cp /tmp/shapes/models.yaml "$OUT/shapes-models.yaml"; du -sh /tmp/shapes; df -h /tmp | tail -1 ;;
+  plan)
+    for run in a b; do
+      extra=(); [ $run = b ] && extra=(hosts.fresh_per_model=true)
+      yard dna $CFG ${EXTRA:-} hosts.max_hosts="$gpus" "${extra[@]}" --dry-run > "$OUT/plan-$run.txt" 2>&1 || true
+      yard dna $CFG ${EXTRA:-} hosts.max_hosts="$gpus" "${extra[@]}" cost.prices=configs/prices.seed.yaml --dry-run \
+        > "$OUT/plan-$run-seed.txt" 2>&1 || true
+    done
+    tail -n 25 "$OUT/plan-a.txt" "$OUT/plan-b-seed.txt" ;;
+  a) cold; round a /tmp/round-a ;;
+  b) cold; round b /tmp/round-b hosts.fresh_per_model=true ;;
+  rerun)
+    yard dna $CFG ${EXTRA:-} storage.uri=/tmp/round-a hosts.max_hosts="$gpus" "$NEW" --dry-run > "$OUT/plan-rerun.txt" 2>&1 || true
+    tail -20 "$OUT/plan-rerun.txt"
+    KILL_MODEL=none round rerun /tmp/round-a "$NEW" ;;
+  cost)
+    for s in a b; do
+      yard cost --store /tmp/round-$s --out "$OUT/cost-$s" 2>&1 | tail -40 | tee "$OUT/cost-$s.txt" || true
+    done ;;
+  bg)  # the remaining steps in a process session of their own: it outlives this device call (not the machine)
+    shift_steps=("${@:$((idx + 1))}")
+    mkdir -p /tmp/round-out; rm -f /tmp/round-out/.done
+    OUT=/tmp/round-out setsid nohup bash -c "bash $0 ${shift_steps[*]}; echo \$? > /tmp/round-out/.done" \
+      > /tmp/round-out/round.log 2>&1 < /dev/null &
+    echo "running in the background: ${shift_steps[*]} (log /tmp/round-out/round.log; then: $0 poll SECONDS)"
+    exit 0 ;;
+  poll)  # wait up to the next argument's seconds for the background steps, then bring back what they wrote
+    limit=${*:$((idx + 1)):1}; waited=0
+    while [ ! -e /tmp/round-out/.done ] && [ "$waited" -lt "${limit:-540}" ]; do sleep 5; waited=$((waited + 5)); done
+    cp -r /tmp/round-out/. "$OUT/" 2>/dev/null || true
+    grep -vE "Warning|warn\(|logging.cc" /tmp/round-out/round.log | tail -25
+    [ -e /tmp/round-out/.done ] && echo "background steps done: exit $(cat /tmp/round-out/.done)" || echo "still running"
+    exit 0 ;;
+  [0-9]*) ;;  # poll's seconds
+  *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
+done
