@@ -23,8 +23,9 @@ from cluster.models.registry import ModelSpec
 # What from_pretrained reads from a model folder: weights, configs, tokenizer files, remote code.
 CONTENT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".jinja", ".txt", ".tiktoken", ".py")
 _CHUNK_BYTES = 8 * 2**20
-# (path, size, mtime_ns, inode) -> sha256: a 16 GB model is read once per process, and a file
-# rewritten in place changes its mtime, so a stale digest is never returned.
+# (path, size, mtime_ns, inode, ctime_ns) -> sha256: a 16 GB model is read once per process. A
+# file rewritten in place changes its ctime, which no tool can set back (an mtime can be: rsync -t),
+# so a stale digest is never returned.
 _FILE_DIGESTS: dict[tuple, str] = {}
 _LOCK = threading.Lock()
 # The same memo on disk, so that the next process (a rerun, a dry run) does not read the weights
@@ -76,12 +77,12 @@ def _stat_key(path: Path) -> tuple | None:
         st = path.stat()
     except OSError:
         return None
-    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 def _keep_on_disk(memo: tuple, digest: str) -> None:
     path = digest_cache_path()
-    if path is None or time.time() - memo[2] / 1e9 < _RACY_S:
+    if path is None or time.time() - max(memo[2], memo[4]) / 1e9 < _RACY_S:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ def _keep_on_disk(memo: tuple, digest: str) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 of one file, streamed in chunks and memoized by (path, size, mtime, inode): per
+    """The sha256 of one file, streamed in chunks and memoized by (path, size, mtime, inode, ctime): per
     process, and across processes in the digest file (`digest_cache_path`)."""
     path = Path(path).resolve()
     memo = _stat_key(path)

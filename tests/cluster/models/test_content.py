@@ -110,8 +110,7 @@ def test_a_later_process_reads_digests_from_the_digest_file_not_the_weights(zoo,
 
     register_copy(zoo, tmp_path)
     weights = tmp_path / "toy" / "model.safetensors"
-    old = time.time() - 60
-    os.utime(weights, (old, old))  # written a minute ago: its mtime is settled
+    time.sleep(content._RACY_S + 0.1)  # a file written this recently is not kept on disk: let it settle
     cache = tmp_path / "digests.jsonl"
     env = {**os.environ, content.DIGEST_CACHE_ENV: str(cache)}
     code = "import sys; from cluster.models.content import dir_sha256; print(dir_sha256(sys.argv[1]))"
