@@ -6,12 +6,18 @@ Parts (run in one process, in this order; `--parts` picks them):
          gate is), the reference the host must not be slower than
 - variants: bare in its own process under async scheduling / no detokenization / eager mode
 - host:  `actors.host.ModelHost` with engine vllm, one model: load, gate, generate, embed, unload
+- hostrep: the same host runs that model --repeats times (weights swapped in again, one generate call
+         each): the host's vLLM path measured as often as bare is, for a median against bare's
 - hf:    the same host with engine hf (transformers, batch 64)
 - warm4: one vllm host runs the 4 models one after another (per-model seconds); same shape, so
          models 2-4 get their weights swapped into the running engine (`--no-reuse`: new engines)
 - fresh: one new process per model, as without warm hosts (whole process seconds), `--fresh N`;
          after warm4 it also counts the replies equal to the warm host's (swapped weights must
          answer exactly as a fresh engine does)
+
+Engine mode, like for like: `--mp 1` (the default) runs bare vLLM with its engine core in a process
+of its own (VLLM_ENABLE_V1_MULTIPROCESSING=1), as the host's engine does (`in_process: false`);
+`--mp 0 --in-process` runs both with the engine core inside the calling process.
 
 Every generation: the same 64 generated probes in the model's chat template, greedy, exactly
 `--new-tokens` new tokens (min = max; random weights rarely emit EOS anyway). tokens/s = generated
@@ -84,7 +90,7 @@ def bound(args, batch: int) -> float:
 
 def bare(args) -> dict:
     """vLLM alone: the same prompt ids, the same sampling."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = args.mp  # the same engine mode as the host it is compared with
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
@@ -129,6 +135,7 @@ def variants(args) -> dict:
     out = {}
     for v in VARIANTS:
         proc = subprocess.run([sys.executable, __file__, "--parts", "barechild", "--shape", SHAPE, "--variant", v, "--repeats", "5",
+                               "--mp", args.mp,
                                "--out", args.out, "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens)],
                               capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BARE ")]
@@ -155,6 +162,15 @@ def host_run(args, engine: str, mids: list[str]) -> dict:
                      "tokens_per_s": t.get("tokens_per_s"), "memory": o["memory"],
                      "engine_reused": o.get("engine_reused"), "artifact": o["artifact"]})
     return {"engine": host.engine_version, "host_start_s": round(start_s, 1), "start": host.start, "models": rows}
+
+
+def host_repeats(args) -> dict:
+    """One warm host, one model, --repeats runs: each run's generate tokens/s and their median."""
+    r = host_run(args, "vllm", model_ids()[:1] * args.repeats)
+    rates = [m["tokens_per_s"] for m in r["models"] if m["status"] == "ok" and m["tokens_per_s"]]
+    return {"engine": r["engine"], "in_process": args.in_process, "runs": [round(x, 1) for x in rates],
+            "median_tokens_per_s": round(statistics.median(rates), 1) if rates else None,
+            "failed": [m["reason"] for m in r["models"] if m["status"] != "ok"]}
 
 
 def same_replies(store_uri: str, run_a: str, run_b: str) -> str:
@@ -199,6 +215,8 @@ def main() -> None:
     ap.add_argument("--variant", default="{}", help="bare: extra LLM kwargs as JSON ('sampling': SamplingParams kwargs)")
     ap.add_argument("--no-reuse", action="store_true", help="a new engine per model (engine.vllm.reuse_engine false)")
     ap.add_argument("--in-process", action="store_true", help="engine.vllm.in_process true")
+    ap.add_argument("--mp", choices=("0", "1"), default="1",
+                    help="bare: VLLM_ENABLE_V1_MULTIPROCESSING (1: engine core in its own process, as the host's)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--shape", default=DEFAULT_SHAPE, help="a cluster.models.shapes name, e.g. qwen3-8b (16 GB of weights each)")
     ap.add_argument("--models", type=int, default=4, help="how many models build writes (seeds 0..N-1)")
@@ -218,6 +236,7 @@ def main() -> None:
         return
     result["bound_tokens_per_s_at_batch"] = round(bound(args, args.prompts), 0)
     for part, fn in (("bare", lambda: bare(args)), ("variants", lambda: variants(args)), ("host", lambda: host_run(args, "vllm", model_ids()[:1])),
+                     ("hostrep", lambda: host_repeats(args)),
                      ("hf", lambda: host_run(args, "hf", model_ids()[:1])),
                      ("warm4", lambda: host_run(args, "vllm", model_ids())), ("fresh", lambda: fresh(args, result.get("warm4")))):
         if part in parts:
@@ -230,6 +249,13 @@ def main() -> None:
     print(f"\nbound at batch {args.prompts}: {b:,.0f} tokens/s")
     if "bare" in result:
         print(f"bare vLLM: {result['bare']['median_tokens_per_s']:,.0f} tokens/s ({result['bare']['median_tokens_per_s'] / b:.1%})")
+    if "hostrep" in result and result["hostrep"]["median_tokens_per_s"]:
+        h = result["hostrep"]["median_tokens_per_s"]
+        spread = f"{min(result['hostrep']['runs']):,.0f}-{max(result['hostrep']['runs']):,.0f}"
+        print(f"host, {len(result['hostrep']['runs'])} runs: {h:,.0f} tokens/s median ({spread}; {h / b:.1%})"
+              + (f", {h / result['bare']['median_tokens_per_s']:.3f}x bare's median (bare runs "
+                 f"{min(result['bare']['runs']):,.0f}-{max(result['bare']['runs']):,.0f}, engine mode mp={args.mp})"
+                 if "bare" in result else ""))
     for part in ("host", "hf"):
         if part in result:
             m = result[part]["models"][0]

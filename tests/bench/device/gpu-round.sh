@@ -11,6 +11,8 @@
 #   b       (b) the same with hosts.fresh_per_model=true, store /tmp/round-b, the same kill
 #   rerun   (a) again on its store with exaone-s4 and exaone-s5 added: only those are new work
 #   cost    `yard cost` of both stores (tables, csv, plot)
+#   genspeed  item 3: bare vLLM against the warm host's vLLM path, 5 runs each, 40 probes x 256 tokens at
+#           once, on the 1.2B and 8B shapes, in both engine modes (tests/bench/bench_vllm_dna.py)
 #   bg STEP...   those steps in the background (setsid: they outlive the device call, not the machine)
 #   poll SECS    wait for them up to SECS, bring back what they wrote so far (keep calling it: the
 #                machine goes back after 30 s without a call)
@@ -95,6 +97,16 @@ for step in "$@"; do
   cost)
     for s in a b; do
       yard cost --store /tmp/round-$s --out "$OUT/cost-$s" 2>&1 | tail -40 | tee "$OUT/cost-$s.txt" || true
+    done ;;
+  genspeed)
+    for shape in exaone-4.0-1.2b llama-3.1-8b; do
+      for mode in "--mp 1" "--mp 0 --in-process"; do
+        tag="$shape-mp${mode:5:1}"
+        python3 tests/bench/bench_vllm_dna.py --shape $shape --models 1 --out /tmp/gen-shapes --store /tmp/gen-store \
+          --parts build,bare,hostrep --repeats 5 --prompts 40 --new-tokens 256 $mode --json "$OUT/genspeed-$tag.json" \
+          > "$OUT/genspeed-$tag.txt" 2>&1 || true
+        grep -E "^bound|^bare vLLM|^host, " "$OUT/genspeed-$tag.txt" | sed "s/^/$tag: /"
+      done
     done ;;
   bg)  # the remaining steps in a process session of their own: it outlives this device call (not the machine)
     shift_steps=("${@:$((idx + 1))}")
