@@ -26,6 +26,7 @@ import logging
 import math
 import time
 
+from actors.planner import shape_key
 from cluster.capacity.ledger import Ledger, node_type_facts
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ ASSUMED_START_S = {"gpu": 60.0, "cpu": 20.0}  # imports, CUDA init, encoder load
 ASSUMED_LOAD_S = {"gpu": (10.0, 2.0), "cpu": (2.0, 30.0)}  # fixed s + s per billion parameters
 ASSUMED_TOKENS_PER_S = {"gpu": 25.0, "cpu": 40.0}  # per sequence of a batch; CPU: the toy zoo's size
 ASSUMED_EMBED_S_PER_PROMPT = 0.05
+# engine vllm on a GPU: a model of a new shape starts an engine (spawn, import, torch.compile, CUDA
+# graphs: 45-132 s measured on an H200, BENCHMARKS.md), one of the previous model's shape swaps its
+# weights into the running engine (2.1-2.4 s for 1.3 B): fixed s + s per billion parameters each
+ASSUMED_VLLM_ENGINE_S = (90.0, 2.0)
+ASSUMED_VLLM_SWAP_S = (1.0, 0.5)
 PHASE_OF = {"starting": "start", "loading": "load", "unloading": "load", "gate": "generate",
             "generating": "generate", "validating": "evaluate", "embedding": "evaluate", "idle": "idle"}
 
@@ -91,27 +97,38 @@ def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
     units, basis, walls, assumed, host_starts = [], {}, [], set(), 0
     for host in plan.hosts:
         device = _device(host.node_kind)
+        vllm = cfg.engine.name == "vllm" and device == "gpu"
         accel, _ = node_type_facts(host.node_kind)
         start = start_measured if start_measured is not None else ASSUMED_START_S[device]
         if start_measured is None:
             assumed.add(f"host start {ASSUMED_START_S[device]:.0f} s on {device} (imports, CUDA, encoder)")
         share = 1 if fresh else len(host.models)  # as in the ledger: one host's start over its models
         host_starts += len(host.models) if fresh else 1
-        wall = 0.0
+        wall, previous = 0.0, None
         for i, mid in enumerate(host.models):
             measured = _measured_model(store, mid, probes)
+            shape = shape_key(registry.get(mid))
+            swap = vllm and not fresh and cfg.engine.vllm.reuse_engine and shape == previous
+            previous = shape
             if measured is not None:
                 phases = {k: measured[k] for k in ("load", "generate", "evaluate")}
                 basis[mid] = f"measured (run {measured['run']})"
             else:
                 fixed, per_b = ASSUMED_LOAD_S[device]
+                if vllm:
+                    fixed, per_b = ASSUMED_VLLM_SWAP_S if swap else ASSUMED_VLLM_ENGINE_S
+                    assumed.add(f"vLLM: a new engine per shape {ASSUMED_VLLM_ENGINE_S[0]:.0f} s + "
+                                f"{ASSUMED_VLLM_ENGINE_S[1]:g} s per billion parameters; the next model of the "
+                                f"same shape swaps its weights in: {ASSUMED_VLLM_SWAP_S[0]:g} s + "
+                                f"{ASSUMED_VLLM_SWAP_S[1]:g} s per billion")
                 params_b = registry.get(mid).params_b
                 batches = math.ceil(probes / gen.batch_size)
                 phases = {"load": fixed + per_b * params_b,
                           "generate": batches * gen.max_new_tokens / ASSUMED_TOKENS_PER_S[device],
                           "evaluate": probes * ASSUMED_EMBED_S_PER_PROMPT}
-                basis[mid] = "assumed"
-                assumed.add(f"load {fixed:.0f} s + {per_b:.0f} s per billion parameters on {device}")
+                basis[mid] = "assumed" + (" (weights swapped in)" if swap else " (new engine)" if vllm else "")
+                if not vllm:
+                    assumed.add(f"load {fixed:.0f} s + {per_b:.0f} s per billion parameters on {device}")
                 assumed.add(f"{ASSUMED_TOKENS_PER_S[device]:.0f} new tokens/s per sequence on {device}, "
                             f"batches of {gen.batch_size}, {gen.max_new_tokens} new tokens each")
                 assumed.add(f"embedding {ASSUMED_EMBED_S_PER_PROMPT} s per probe")
@@ -178,7 +195,7 @@ def plan_table_markdown(cost_plan: dict, table) -> str:
                      f"each model pays a whole one.")
     if cost_plan.get("node_start"):
         lines.append(_node_start_range(cost_plan["node_start"], [e for r in by_type.values() for e in r], table, total))
-    measured = [f"{u}: {b}" for u, b in (cost_plan.get("basis") or {}).items() if b != "assumed"]
+    measured = [f"{u}: {b}" for u, b in (cost_plan.get("basis") or {}).items() if not b.startswith("assumed")]
     if measured:
         lines.append("Measured: " + "; ".join(measured) + ".")
     for note in cost_plan.get("assumptions") or []:

@@ -201,3 +201,27 @@ def test_a_new_hosts_process_start_is_booked_as_its_start():
     (row,) = ledger.entries
     assert row.phases["start"] == pytest.approx(7.0, abs=0.01)  # 2 s to a process + 5 s of the host's own start
     assert row.seconds == pytest.approx(20.0, abs=0.5)  # idle keeps the rest: the row still sums to the wall
+
+
+def test_a_vllm_plan_prices_a_new_engine_per_shape_and_a_swap_for_the_next_model_of_it(zoo, tmp_path):
+    # llama-a and llama-a-lora share a shape (the registry's family, size and dtype): one engine, one swap
+    registry = ModelRegistry.load([zoo.registry_path])
+    store = open_store(str(tmp_path / "store"))
+    models = ["llama-a", "llama-a-lora", "qwen3-b"]
+    vllm = DnaConfig(registry=[str(zoo.registry_path)], engine="vllm")
+    plan = plan_cost(vllm, _plan([models]), registry, store, probes=8)
+    load = {u["unit"]: u["phases"]["load"] for u in plan["units"]}
+    assert plan["basis"] == {"llama-a": "assumed (new engine)", "llama-a-lora": "assumed (weights swapped in)",
+                             "qwen3-b": "assumed (new engine)"}
+    assert load["llama-a-lora"] < 5 < 90 < load["llama-a"] and load["qwen3-b"] > 90
+    assert any(a.startswith("vLLM: a new engine per shape 90 s") for a in plan["assumptions"])
+    prices = load_prices()
+    assert "Measured:" not in plan_table_markdown(plan, prices)  # assumed, new engine or swap alike
+    # the seed's way starts an engine for every model; so does reuse_engine: false
+    for cfg in (DnaConfig(registry=[str(zoo.registry_path)], engine="vllm", hosts={"fresh_per_model": True}),
+                DnaConfig(registry=[str(zoo.registry_path)], engine={"name": "vllm", "vllm": {"reuse_engine": False}})):
+        again = plan_cost(cfg, _plan([models]), registry, store, probes=8)
+        assert set(again["basis"].values()) == {"assumed (new engine)"}
+    # the HF path is priced as before
+    hf = plan_cost(DnaConfig(registry=[str(zoo.registry_path)]), _plan([models]), registry, store, probes=8)
+    assert set(hf["basis"].values()) == {"assumed"}
