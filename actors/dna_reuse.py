@@ -27,9 +27,9 @@ what `check_comparable` compares; `--force` regenerates everything.
 from __future__ import annotations
 
 import io
-import os
 import json
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 

@@ -72,17 +72,20 @@ def _disk_digests() -> dict[tuple, str]:
     return _disk
 
 
-def _stat_key(path: Path) -> tuple | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
+def _file_key(path: Path, st: os.stat_result) -> tuple:
     return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def _keep_on_disk(memo: tuple, digest: str) -> None:
+def _stat_key(path: Path) -> tuple | None:
+    try:
+        return _file_key(path, path.stat())
+    except OSError:
+        return None
+
+
+def _keep_on_disk(memo: tuple, st: os.stat_result, digest: str) -> None:
     path = digest_cache_path()
-    if path is None or time.time() - max(memo[2], memo[4]) / 1e9 < _RACY_S:
+    if path is None or time.time() - max(st.st_mtime, st.st_ctime) < _RACY_S:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,9 +99,8 @@ def file_sha256(path: str | Path) -> str:
     """The sha256 of one file, streamed in chunks and memoized by (path, size, mtime, inode, ctime): per
     process, and across processes in the digest file (`digest_cache_path`)."""
     path = Path(path).resolve()
-    memo = _stat_key(path)
-    if memo is None:
-        path.stat()  # raises the OSError naming the file
+    st = path.stat()
+    memo = _file_key(path, st)
     with _LOCK:
         if memo in _FILE_DIGESTS:
             return _FILE_DIGESTS[memo]
@@ -114,7 +116,7 @@ def file_sha256(path: str | Path) -> str:
     digest = h.hexdigest()
     with _LOCK:
         _FILE_DIGESTS[memo] = digest
-    _keep_on_disk(memo, digest)
+    _keep_on_disk(memo, st, digest)
     return digest
 
 

@@ -40,7 +40,6 @@ def _register_copy(shapes: Path, src_id: str, new_id: str, note: str) -> None:
 
 
 def eos_model(shapes: Path, src_id: str, new_id: str) -> None:
-    import torch
     from safetensors.torch import load_file, save_file
 
     src, dst = shapes / src_id, shapes / new_id
@@ -61,7 +60,6 @@ def eos_model(shapes: Path, src_id: str, new_id: str) -> None:
         save_file(tensors, str(dst / f.name), metadata={"format": "pt"})
     _register_copy(shapes, src_id, new_id, "answers EOS at once")
     print(f"{new_id}: EOS ({eos}) at every step")
-    del torch
 
 
 def broken_model(shapes: Path, src_id: str, new_id: str) -> None:
