@@ -154,8 +154,14 @@ class Rerun:
     notes: list[str] = field(default_factory=list)  # lines for the console, in order
 
     def todo(self, model_ids: list[str]) -> list[str]:
-        """`model_ids` less the reused and the not retried, in order."""
-        return [m for m in model_ids if m not in self.reused and m not in self.not_retried]
+        """`model_ids` less the reused and the not retried, in order, those that failed last time
+        after the rest: a vLLM host runs each shape's models one after another on one engine, and
+        one that fails again can cost that engine (a checkpoint vLLM cannot load ends it), so it
+        goes where there is nothing left to swap in (on the H200, the round's rerun started an
+        engine a second time for a new model queued behind such a checkpoint)."""
+        todo = [m for m in model_ids if m not in self.reused and m not in self.not_retried]
+        again = {m for m, (why, _) in self.generate.items() if why in ("failed", "skipped")}
+        return [m for m in todo if m not in again] + [m for m in todo if m in again]
 
     def outcomes(self) -> list[dict]:
         return [*self.reused.values(), *self.not_retried.values()]

@@ -30,8 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.config import UserError
 from cluster.engines.engine import VllmSettings, vllm_version
-from cluster.models.loading import LoadError, decide_load, load_tokenizer, resolve_source
+from cluster.models.loading import LoadError, check_checkpoint, decide_load, load_tokenizer, resolve_source
 from cluster.models.registry import ModelRegistry
 from cluster.node import NodeFacts, node_facts
 
@@ -71,6 +72,13 @@ def tensor_parallel_args(kwargs: dict, *, multicast: bool = False) -> dict:
         passes = {**TP_PASS_CONFIG, **(user.get("pass_config") or {})}
         out["compilation_config"] = {**user, "pass_config": passes}
     return out  # a compilation_config object or level the user gave is theirs
+
+
+class EngineLoadFailed(UserError, RuntimeError):
+    """vLLM could not start an engine on a model (its config and weights disagree, a kernel is
+    missing, memory ran out): unlike a missing path, not known to be deterministic, so the host
+    retries it once as any model-level error and skips it when the second start fails the same way,
+    as with a checkpoint transformers cannot load."""
 
 
 class EngineDied(RuntimeError):
@@ -303,7 +311,7 @@ class VllmModel:
             line = next((ln for ln in reversed(str(exc).strip().splitlines()) if ln.strip()), type(exc).__name__)
             if watch.engine_exited:  # vLLM saw its engine end ("see root cause above"): the cause is in its output
                 line = watch.last_error_line() or line
-            raise LoadError(f"model {model_id}: vLLM {self.version} cannot load {path}: {line}") from exc
+            raise EngineLoadFailed(f"model {model_id}: vLLM {self.version} cannot load {path}: {line}") from exc
 
     def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, min_new_tokens: int = 0,
                  ignore_eos: bool = False, temperature: float = 0.0, top_p: float = 1.0,
@@ -373,6 +381,7 @@ def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, no
     if plan.device_map is None:
         raise LoadError(f"model {model_id}: the vllm engine needs a CUDA GPU; this node has none")
     path = resolve_source(plan)
+    check_checkpoint(model_id, path)  # a broken copy fails in a second, and the warm engine stays
     tokenizer = load_tokenizer(plan, path)
     args = dict(dtype=plan.dtype, num_gpus=spec.num_gpus, revision=plan.revision,
                 trust_remote_code=plan.trust_remote_code,
@@ -389,5 +398,5 @@ def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, no
 def load_vllm_dir(model_id: str, path: str, settings: VllmSettings, *, num_gpus: int = 1) -> VllmModel:
     """A saved model folder in vLLM as it is (a sweep candidate exactly as packaged: plain
     safetensors or compressed-tensors, whose quantization vLLM reads from its config.json).
-    LoadError with vLLM's own last line when vLLM cannot load it."""
+    EngineLoadFailed with vLLM's own last line when vLLM cannot load it."""
     return VllmModel(model_id, str(path), settings=settings, signature=None, dtype="auto", num_gpus=num_gpus)

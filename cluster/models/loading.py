@@ -11,6 +11,7 @@ by `decide_load` with a `LoadError` before any weight is read.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -150,6 +151,78 @@ def resolve_source(plan: LoadPlan) -> str:
         store.download(key, target / key[len(prefix) + 1:])
     (target / ".complete").write_text("ok")
     return str(target)
+
+
+class CheckpointMismatch(UserError, RuntimeError):
+    """A checkpoint whose files cannot hold the model its config describes (`check_checkpoint`). An
+    error the host retries once (a copy may still be arriving), then skips as the same error twice."""
+
+
+def check_checkpoint(model_id: str, path: str) -> None:
+    """What a local checkpoint's own headers say, before an engine starts on it (a vLLM start costs
+    30-100 s on a GPU, and a start that fails also ends the warm engine before it): every shard the
+    index names is there, every safetensors file holds the bytes its header promises, and each tensor
+    the config's model also names has that model's shape. Reads headers only and builds the model on
+    the meta device, in about a second. Leaves alone what it cannot judge: a hub id, no safetensors,
+    a quantized checkpoint (packed shapes), an architecture transformers does not build, names not
+    in common (a layout the engine converts)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise CheckpointMismatch(f"model {model_id}: {path}: {len(missing)} of {len(shards)} shards missing "
+                                     f"(first: {missing[0]})")
+    found: dict[str, list[int]] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        found.update(_safetensors_shapes(model_id, file))
+    config = folder / "config.json"
+    if not found or not config.is_file() or json.loads(config.read_text()).get("quantization_config"):
+        return
+    expected = _meta_shapes(folder)
+    bad = sorted(name for name in set(found) & set(expected) if found[name] != expected[name])
+    if bad:
+        raise CheckpointMismatch(
+            f"model {model_id}: {path}: {len(bad)} tensor(s) do not match config.json, e.g. {bad[0]}: "
+            f"{found[bad[0]]} in the weights, {expected[bad[0]]} by the config")
+
+
+def _safetensors_shapes(model_id: str, file: Path) -> dict[str, list[int]]:
+    """A safetensors file's tensor shapes from its header; CheckpointMismatch when it is cut short."""
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else None
+        if length is None or length > size - 8:
+            raise CheckpointMismatch(f"model {model_id}: {file}: truncated ({size:,} bytes, no whole header)")
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError as exc:
+            raise CheckpointMismatch(f"model {model_id}: {file}: unreadable header ({exc})") from exc
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    needed = 8 + length + max((v["data_offsets"][1] for v in tensors.values()), default=0)
+    if needed > size:
+        raise CheckpointMismatch(f"model {model_id}: {file}: truncated ({size:,} of {needed:,} bytes)")
+    return {k: list(v["shape"]) for k, v in tensors.items()}
+
+
+def _meta_shapes(folder: Path) -> dict[str, list[int]]:
+    """The parameter shapes of the model config.json describes, built on the meta device (no memory);
+    empty when transformers cannot build it here (then the engine judges)."""
+    import torch
+    import transformers
+
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(cfg)
+    except Exception as exc:  # noqa: BLE001 - remote code, an architecture this transformers lacks, ...
+        log.debug("check_checkpoint: cannot build %s on meta: %s", folder, exc)
+        return {}
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
 def _quantization_config(plan: LoadPlan):

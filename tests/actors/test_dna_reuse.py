@@ -127,6 +127,9 @@ def test_failed_is_generated_again_and_skipped_is_not_unless_retry_skipped(world
 
     rerun = decide(store, registry, ["a", "b", "c"], retry_skipped=True)
     assert rerun.todo(["a", "b", "c"]) == ["a", "b", "c"] and rerun.generate["b"][0] == "skipped"
+    # a new model goes first: the ones that failed before queue behind it, in their order
+    rerun = decide(store, registry, ["a", "b", "c", "d"])
+    assert rerun.todo(["a", "b", "c", "d"]) == ["d", "a", "c"]
 
 
 def test_a_skip_is_lifted_when_the_weights_change(world):

