@@ -107,8 +107,9 @@ for step in "$@"; do
     for shape in exaone-4.0-1.2b llama-3.1-8b; do
       for mode in "--mp 1" "--mp 0 --in-process"; do
         tag="$shape-mp${mode:5:1}"
-        python3 tests/bench/bench_vllm_dna.py --shape $shape --models 1 --out /tmp/gen-shapes --store /tmp/gen-store \
+        python3 tests/bench/bench_vllm_dna.py --shape $shape --models 1 --out /dev/shm/gen-shapes --store /tmp/gen-store \
           --parts build,bare,hostrep --repeats 5 --prompts 40 --new-tokens 256 $mode --json "$OUT/genspeed-$tag.json" \
+          --encoder /tmp/shapes/minilm-l6-shape \
           > "$OUT/genspeed-$tag.txt" 2>&1 || true
         grep -E "^bound|^bare vLLM|^host, " "$OUT/genspeed-$tag.txt" | sed "s/^/$tag: /"
       done
