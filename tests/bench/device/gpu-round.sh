@@ -124,7 +124,7 @@ for step in "$@"; do
   poll)  # wait up to the next argument's seconds for the background steps, then bring back what they wrote
     limit=${*:$((idx + 1)):1}; waited=0
     while [ ! -e /tmp/round-out/.done ] && [ "$waited" -lt "${limit:-540}" ]; do sleep 5; waited=$((waited + 5)); done
-    cp -r /tmp/round-out/. "$OUT/" 2>/dev/null || true
+    tar czf "$OUT/round-out.tgz" -C /tmp/round-out . 2>/dev/null || true  # one file: a call brings back only a few
     grep -vE "Warning|warn\(|logging.cc" /tmp/round-out/round.log | tail -25
     [ -e /tmp/round-out/.done ] && echo "background steps done: exit $(cat /tmp/round-out/.done)" || echo "still running"
     exit 0 ;;
