@@ -11,13 +11,16 @@
 #   b       (b) the same with hosts.fresh_per_model=true, store /tmp/round-b, the same kill
 #   rerun   (a) again on its store with exaone-s4 and exaone-s5 added: only those are new work
 #   cost    `yard cost` of both stores (tables, csv, plot)
+#   identity  item 4: an identity recipe of exaone-s0, 3 trials, each evaluated by vLLM on 183 prompts x
+#           256 new tokens (tests/bench/device/sweep.identity.vllm.yaml): speed_norm should be 0 +- 0.02
 #   genspeed  item 3: bare vLLM against the warm host's vLLM path, 5 runs each, 40 probes x 256 tokens at
 #           once, on the 1.2B and 8B shapes, in both engine modes (tests/bench/bench_vllm_dna.py)
 #   bg STEP...   those steps in the background (setsid: they outlive the device call, not the machine)
 #   poll SECS    wait for them up to SECS, bring back what they wrote so far (keep calling it: the
 #                machine goes back after 30 s without a call)
-# A round is longer than one 10-minute device call, so:  shapes, then  bg plan a b rerun cost,
-# then  poll 540  until it says done.
+# A round is longer than one 10-minute device call, so:  bg shapes plan a b rerun cost,  then
+# poll 560  until it says done. On one H200 (30 device-minutes a session) (a) with its rerun is ~16 min
+# and (b) ~25: there, one session runs  bg shapes plan a rerun cost  and the next  bg shapes b cost.
 # Both runs start with an empty vLLM compile cache (a cold machine). (b) keeps the cache between its
 # own models, which a fresh spot node would not have: that favours (b), so the comparison is conservative.
 # Needs: vLLM in /tmp/vllm-site (../shared/device/vllm), Ray in /tmp/site (stage-yard-deps.sh),
@@ -114,6 +117,10 @@ for step in "$@"; do
         grep -E "^bound|^bare vLLM|^host, " "$OUT/genspeed-$tag.txt" | sed "s/^/$tag: /"
       done
     done ;;
+  identity)  # item 4: 3 identity trials of exaone-s0 evaluated by vLLM on 183 prompts x 256 tokens
+    yard sweep tests/bench/device/sweep.identity.vllm.yaml ${EXTRA:-} > "$OUT/identity.txt" 2>&1 || true
+    find /tmp/identity-store -name rows.json -exec cp {} "$OUT/identity-rows.json" \; 2>/dev/null || true
+    python3 -c "import json; [print(r['trial_id'], r.get('status'), r.get('sec_per_token'), r.get('speed_norm')) for r in json.load(open('$OUT/identity-rows.json'))]" || tail -30 "$OUT/identity.txt" ;;
   bg)  # the remaining steps in a process session of their own: it outlives this device call (not the machine)
     shift_steps=("${@:$((idx + 1))}")
     mkdir -p /tmp/round-out; rm -f /tmp/round-out/.done
