@@ -11,6 +11,7 @@
 #   b       (b) the same with hosts.fresh_per_model=true, store /tmp/round-b, the same kill
 #   rerun   (a) again on its store with exaone-s4 and exaone-s5 added: only those are new work
 #   cost    `yard cost` of both stores (tables, csv, plot)
+#   enginedie item 5: a host's vLLM engine processes killed while it starts: noticed within a minute, retried
 #   identity  item 4: an identity recipe of exaone-s0, 3 trials, each evaluated by vLLM on 183 prompts x
 #           256 new tokens (tests/bench/device/sweep.identity.vllm.yaml): speed_norm should be 0 +- 0.02
 #   genspeed  item 3: bare vLLM against the warm host's vLLM path, 5 runs each, 40 probes x 256 tokens at
@@ -117,6 +118,18 @@ for step in "$@"; do
         grep -E "^bound|^bare vLLM|^host, " "$OUT/genspeed-$tag.txt" | sed "s/^/$tag: /"
       done
     done ;;
+  enginedie)  # item 5: exaone-s0's vLLM processes SIGKILLed 15 s into its engine start (the host lives):
+    # the host must notice within a minute and retry the model, not wait for the 30-min load-stall limit
+    rm -rf /tmp/enginedie
+    python3 tests/bench/device/round_kill.py --store /tmp/enginedie --model exaone-s0 --engine-only --after-s 15 \
+      --out "$OUT/enginedie-kill.txt" > "$OUT/enginedie-kill.log" 2>&1 &
+    killer=$!
+    yard dna $CFG ${EXTRA:-} storage.uri=/tmp/enginedie hosts.max_hosts=1 'models=[exaone-s0,exaone-s1]' \
+      --accept-suspicious > "$OUT/enginedie-run.txt" 2>&1 || true
+    kill $killer 2>/dev/null || true
+    cat "$OUT/enginedie-kill.txt" 2>/dev/null || echo "(nothing killed)"
+    grep -hE "engine died|retrying|EngineDied" /tmp/enginedie/logs/*.log "$OUT/enginedie-run.txt" | cut -c1-300 | head -8
+    grep -E "exaone-s[01] " "$OUT/enginedie-run.txt" | head -4 ;;
   identity)  # item 4: 3 identity trials of exaone-s0 evaluated by vLLM on 183 prompts x 256 tokens
     yard sweep tests/bench/device/sweep.identity.vllm.yaml ${EXTRA:-} > "$OUT/identity.txt" 2>&1 || true
     find /tmp/identity-store -name rows.json -exec cp {} "$OUT/identity-rows.json" \; 2>/dev/null || true
