@@ -175,7 +175,10 @@ def check_checkpoint(model_id: str, path: str) -> None:
         return
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointMismatch(f"model {model_id}: {index}: unreadable ({type(exc).__name__}: {exc})") from exc
         missing = [name for name in shards if not (folder / name).is_file()]
         if missing:
             raise CheckpointMismatch(f"model {model_id}: {path}: {len(missing)} of {len(shards)} shards missing "
@@ -210,14 +213,15 @@ def _safetensors_shapes(model_id: str, file: Path) -> dict[str, list[int]]:
         if length is None or length > size - 8:
             raise CheckpointMismatch(f"model {model_id}: {file}: truncated ({size:,} bytes, no whole header)")
         try:
-            header = json.loads(fh.read(length))
-        except ValueError as exc:
-            raise CheckpointMismatch(f"model {model_id}: {file}: unreadable header ({exc})") from exc
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    needed = 8 + length + max((v["data_offsets"][1] for v in tensors.values()), default=0)
+            tensors = {k: v for k, v in json.loads(fh.read(length)).items() if k != "__metadata__"}
+            needed = 8 + length + max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+            shapes = {k: list(v["shape"]) for k, v in tensors.items()}
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise CheckpointMismatch(f"model {model_id}: {file}: unreadable header "
+                                     f"({type(exc).__name__}: {exc})") from exc
     if needed > size:
         raise CheckpointMismatch(f"model {model_id}: {file}: truncated ({size:,} of {needed:,} bytes)")
-    return {k: list(v["shape"]) for k, v in tensors.items()}
+    return shapes
 
 
 def _meta_shapes(folder: Path) -> dict[str, list[int]]:

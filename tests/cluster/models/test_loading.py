@@ -156,7 +156,14 @@ def test_a_truncated_or_incomplete_checkpoint_is_caught_and_retried_not_failed(t
     weights.write_bytes(data[:5])
     with pytest.raises(CheckpointMismatch, match="truncated .*no whole header"):
         check_checkpoint("m", str(folder))
+    garbled = b'{"w": {"dtype": "BF16"}}'  # a header without shapes or offsets
+    weights.write_bytes(len(garbled).to_bytes(8, "little") + garbled)
+    with pytest.raises(CheckpointMismatch, match=r"model m: .*model.safetensors: unreadable header \(KeyError"):
+        check_checkpoint("m", str(folder))
     weights.write_bytes(data)
+    (folder / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(CheckpointMismatch, match=r"model m: .*model.safetensors.index.json: unreadable \(JSONDecodeError"):
+        check_checkpoint("m", str(folder))
     (folder / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     with pytest.raises(CheckpointMismatch, match="1 of 2 shards missing \\(first: model-00002-of-00002.safetensors\\)"):
