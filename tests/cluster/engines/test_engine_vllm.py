@@ -84,10 +84,11 @@ def worker(rank, dies_after_s):
         _until_orphaned()
         return
     time.sleep(dies_after_s)
-    print(f"(Worker_TP{rank} pid={os.getpid()}) ERROR 11-30 12:00:01 [multiproc_executor.py:611] WorkerProc "
-          "hit an exception.", file=sys.stderr)
-    print("RuntimeError: CUDA error: an illegal memory access was encountered", file=sys.stderr)
-    print("CUDA kernel errors might be asynchronously reported at some other API call.", file=sys.stderr, flush=True)
+    # one write: both workers die at once, and print's separate newline could land inside the other's line
+    sys.stderr.write(f"(Worker_TP{rank} pid={os.getpid()}) ERROR 11-30 12:00:01 [multiproc_executor.py:611] "
+                     "WorkerProc hit an exception.\\nRuntimeError: CUDA error: an illegal memory access was "
+                     "encountered\\nCUDA kernel errors might be asynchronously reported at some other API call.\\n")
+    sys.stderr.flush()
     sys.exit(1)
 
 
