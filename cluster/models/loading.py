@@ -266,11 +266,13 @@ def load_tokenizer(plan: LoadPlan, path: str | None = None):
 
 
 def skip_unused_sklearn() -> None:
-    """Start a model process 1.4 CPU-s sooner: transformers' generation code imports scikit-learn's
+    """Start a model process 1.7 CPU-s sooner: transformers' generation code imports scikit-learn's
     metrics (and with them scipy.stats and pandas) when sklearn is installed, for one heuristic of
-    assisted generation that no modelyard job uses; llm-dna installs sklearn. Called before the
-    first model class is imported, it tells transformers sklearn is absent. Once that code has
-    loaded, or in a transformers without the check, it does nothing."""
+    assisted generation that no modelyard job uses; llm-dna installs sklearn. Its loss module
+    imports scipy.optimize (with numpy.f2py: 0.3-0.5 CPU-s) for object-detection losses when scipy
+    is installed. Called before the first model class is imported, it tells transformers both are
+    absent (modelyard's own code imports scipy where it needs it, unaffected). Once that code has
+    loaded, or in a transformers without the checks, it does nothing."""
     import sys
 
     if "transformers.generation.candidate_generator" in sys.modules:
@@ -279,8 +281,9 @@ def skip_unused_sklearn() -> None:
     import transformers.utils.import_utils as hf_import_utils
 
     for module in (hf_utils, hf_import_utils):
-        if hasattr(module, "is_sklearn_available"):
-            module.is_sklearn_available = lambda: False
+        for check in ("is_sklearn_available", "is_scipy_available"):
+            if hasattr(module, check):
+                setattr(module, check, lambda: False)
 
 
 def load_model(model_id: str, registry: ModelRegistry, node: NodeFacts | None = None):

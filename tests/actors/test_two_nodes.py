@@ -84,7 +84,9 @@ class TwoNodes:
         self.base, self.port = base, free_port()
         # a token of our own (Ray 2.60 turns token authentication on for a new head)
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-                    "PYTHONUNBUFFERED": "1"}  # `ray start`'s lines reach its log as it prints them
+                    "PYTHONUNBUFFERED": "1",  # `ray start`'s lines reach its log as it prints them
+                    "YARD_DASHBOARD": "0", "YARD_PROGRESS_EVERY_S": "2"}  # progress lines on a console without a terminal
+        self.env.pop("YARD_LOG", None)
         self.env.pop("RAY_ADDRESS", None)
         self.procs: dict[str, subprocess.Popen] = {}
         self.seen: set[tuple[int, int]] = set()  # every process of the cluster ever snapshotted
@@ -205,6 +207,20 @@ def _records(store) -> dict[str, dict]:
     return out
 
 
+def _check_the_console_holds_tables_and_paths_not_workers(console: str, store_dir: Path) -> None:
+    """`yard dna` as a user runs it, without a terminal (cluster/joblog.py): the workers' output
+    (progress log lines, model loading, Ray's pid-prefixed lines) is in the job's log file, not on
+    the console, which holds the job's own lines, tables and paths: the log's path printed once, and
+    plain progress lines every 2 s (YARD_PROGRESS_EVERY_S) that keep the console short."""
+    logs = list((store_dir / "logs").glob("dna-*.log"))
+    assert len(logs) == 1 and console.count(str(logs[0])) == 1  # the path, printed once
+    text = logs[0].read_text()
+    assert "pid=" in text  # the hosts' own lines, prefixed as Ray prefixes them
+    assert "pid=" not in console and "Loading weights" not in console
+    assert "report:" in console
+    assert len(console.splitlines()) < 80, console
+
+
 def _completed_at(run) -> float:
     return datetime.fromisoformat(run.marker["completed_at"]).timestamp()
 
@@ -248,6 +264,7 @@ def test_stopping_a_node_mid_run_keeps_finished_models_and_finishes_the_rest_on_
     seconds = time.time() - started
     out = log_path.read_text()
     assert code == 0, out[-5000:]
+    _check_the_console_holds_tables_and_paths_not_workers(out, store_dir)
     assert stopped_at is not None, f"node2's host never started a second model: {node_of}\n{out[-3000:]}"
     lost_host, interrupted, kept = stopped_while
 

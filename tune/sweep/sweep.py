@@ -252,21 +252,81 @@ class _Progress:
         return Callback()
 
 
+def search_algorithm(cfg: SweepConfig):
+    """The search algorithm, its concurrency limit inside it (Tune ignored `max_concurrent_trials`
+    beside a BasicVariantGenerator of our own: random search ran every trial at once), and ours to
+    reach on `--resume` (`release_finished`)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    limit = cfg.search.max_concurrent_trials
+    if cfg.search.algorithm == "optuna":
+        import optuna
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(metric="score", mode="max",
+                                               sampler=optuna.samplers.TPESampler(seed=cfg.search.seed)), limit)
+    if cfg.search.algorithm == "random":
+        return BasicVariantGenerator(random_state=cfg.search.seed, max_concurrent=limit)
+    return BasicVariantGenerator(max_concurrent=limit)
+
+
+def _live_ids(search_alg) -> set | None:
+    """The trial ids a search algorithm counts against its concurrency limit (None: not one of ours)."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if isinstance(search_alg, BasicVariantGenerator):
+        return search_alg._live_trials
+    if isinstance(search_alg, ConcurrencyLimiter):
+        return search_alg.live_trials
+    return None
+
+
+class release_finished:
+    """A Tune callback for a resumed sweep: at its first step, the trials the restored experiment
+    holds as finished stop counting against the search algorithm's concurrency limit.
+
+    Tune restores the experiment's trials and the search algorithm's state from two files. A run
+    killed between their uploads left a finished trial still "live" in the search algorithm's state:
+    with one trial at a time, the resumed sweep then waited for the next trial forever (Tune's
+    "Blocking for next trial", seen once in `test_sweep_killed_and_resumed...`: 0 of 2 trials, no
+    trial running, for 20 minutes). Only at the first step: later, Tune tells the search algorithm
+    itself, and a ConcurrencyLimiter forwards a trial's result to its searcher only while it still
+    counts it as live."""
+
+    def __new__(cls, search_alg):
+        from ray import tune
+        from ray.tune.experiment import Trial
+
+        class Callback(tune.Callback):
+            done = False
+
+            def on_step_begin(self, iteration, trials, **info):
+                if self.done:
+                    return
+                self.done = True
+                live = _live_ids(search_alg)
+                if live is None:
+                    return
+                stale = {t.trial_id for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)} & live
+                for trial_id in stale:
+                    live.discard(trial_id)
+                if stale and hasattr(search_alg, "num_unfinished_live_trials"):
+                    search_alg.num_unfinished_live_trials = max(0, search_alg.num_unfinished_live_trials - len(stale))
+                if stale:
+                    log.info("resume: %d finished trial(s) no longer counted as running by the search "
+                             "algorithm: %s", len(stale), ", ".join(sorted(stale)))
+
+        return Callback()
+
+
 def _tuner(cfg: SweepConfig, trainable, storage_path: str, filesystem, experiment: str, reporter,
            callbacks: list | None = None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    search_alg = None
-    if cfg.search.algorithm == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(metric="score", mode="max", sampler=optuna.samplers.TPESampler(seed=cfg.search.seed))
-    elif cfg.search.algorithm == "random":
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        search_alg = BasicVariantGenerator(random_state=cfg.search.seed)
+    search_alg = search_algorithm(cfg)
     scheduler = None
     if cfg.search.asha.enabled:
         # ASHA compares trials on the validation loss each stage reports; Optuna ranks on the final score.
@@ -277,8 +337,9 @@ def _tuner(cfg: SweepConfig, trainable, storage_path: str, filesystem, experimen
         trainable,
         param_space=cfg.search.space.to_tune(),
         # reuse_actors: a trial process (imports, CUDA context) serves the next trial too
+        # max_concurrent_trials: inside search_alg (search_algorithm)
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=cfg.search.num_samples,
-                                    max_concurrent_trials=cfg.search.max_concurrent_trials, reuse_actors=True),
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=filesystem,
                                   callbacks=[_Progress(reporter), *(callbacks or [])], failure_config=tune.FailureConfig(max_failures=0),
                                   # Tune's per-trial tables: the job log's (our live view shows trials)
@@ -344,7 +405,8 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=restart_errored, storage_filesystem=filesystem)
             # the pickled callbacks report to the interrupted job: this job's replace them
-            tuner._local_tuner.get_run_config().callbacks = [_Progress(reporter), watchdog]
+            tuner._local_tuner.get_run_config().callbacks = [
+                _Progress(reporter), watchdog, release_finished(tuner._local_tuner._tune_config.search_alg)]
         else:
             tuner = _tuner(cfg, trainable, storage_path, filesystem, experiment, reporter, [watchdog])
         t_trials, job.plan = time.time(), sweep_plan(cfg, store)
