@@ -85,7 +85,8 @@ class TwoNodes:
         # a token of our own (Ray 2.60 turns token authentication on for a new head)
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "PYTHONUNBUFFERED": "1",  # `ray start`'s lines reach its log as it prints them
-                    "YARD_DASHBOARD": "0", "YARD_PROGRESS_EVERY_S": "2"}  # progress lines on a console without a terminal
+                    # plain progress lines, as on a console without a terminal
+                    "YARD_DASHBOARD": "0", "YARD_PROGRESS_EVERY_S": "2"}
         self.env.pop("YARD_LOG", None)
         self.env.pop("RAY_ADDRESS", None)
         self.procs: dict[str, subprocess.Popen] = {}

@@ -248,12 +248,15 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
         if cfg.search.algorithm == "random":
             from ray.tune.search.basic_variant import BasicVariantGenerator
 
-            search_alg = BasicVariantGenerator(random_state=cfg.search.seed)
+            # the limit inside it: Tune ignores max_concurrent_trials beside a search algorithm of our own
+            search_alg = BasicVariantGenerator(random_state=cfg.search.seed,
+                                               max_concurrent=cfg.search.max_concurrent_trials)
         storage_path, filesystem = tune_storage(store, persona.storage.endpoint_url)
         walls: dict[str, float] = {}
         tuner = tune.Tuner(trainable, param_space=cfg.search.space.to_tune(),
                            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=cfg.search.num_samples,
-                                                       max_concurrent_trials=cfg.search.max_concurrent_trials),
+                                                       max_concurrent_trials=None if search_alg else
+                                                       cfg.search.max_concurrent_trials),
                            run_config=tune.RunConfig(name=f"{cfg.name}-{run}", storage_path=storage_path,
                                                      storage_filesystem=filesystem, verbose=tune_verbosity(),
                                                      failure_config=tune.FailureConfig(max_failures=0),
