@@ -36,14 +36,16 @@ TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(8, max(3, (os.cpu_cou
 # PYTHONDONTWRITEBYTECODE (set on some machines, this project's dev VMs among them) is left out of the
 # test run: with it, every xdist worker re-did pytest's assertion rewrite of every test module (5 CPU-s
 # each) and every Ray worker and subprocess compiled the project's modules again, on every run.
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
+
 test: env browser
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 # The inner loop: every test that starts no Ray, runs no end-to-end job and times nothing (2.5
 # minutes on 2 cores with the test zoo built, 27aa4a4). Not a replacement for `make test`, which CI runs.
 check: env
 	$(BIN)/python -m compileall -q cluster actors serve tune tests
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not ray and not quiet"
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not ray and not quiet"
 
 # README's pictures (docs/img/) from a demo store: `make demo` first (YARD_STORE or .yard). The probe
 # console's screenshot comes from its browser test.

@@ -40,6 +40,7 @@ from cluster.store.storage import new_run_name, open_store
 from tune.config import Dimension, ResourcesConfig
 from tune.persona.config import PersonaConfig
 from tune.persona.probe import probe_in_process
+from tune.search_alg import search_algorithm
 from tune.tune_storage import tune_storage
 
 log = logging.getLogger(__name__)
@@ -244,19 +245,11 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
         reporter.phase("trials")
         trainable = tune.with_resources(tune.with_parameters(run_persona_trial, setup=setup),
                                         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial})
-        search_alg = None
-        if cfg.search.algorithm == "random":
-            from ray.tune.search.basic_variant import BasicVariantGenerator
-
-            # the limit inside it: Tune ignores max_concurrent_trials beside a search algorithm of our own
-            search_alg = BasicVariantGenerator(random_state=cfg.search.seed,
-                                               max_concurrent=cfg.search.max_concurrent_trials)
+        search_alg = search_algorithm(cfg)  # its concurrency limit inside it
         storage_path, filesystem = tune_storage(store, persona.storage.endpoint_url)
         walls: dict[str, float] = {}
         tuner = tune.Tuner(trainable, param_space=cfg.search.space.to_tune(),
-                           tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=cfg.search.num_samples,
-                                                       max_concurrent_trials=None if search_alg else
-                                                       cfg.search.max_concurrent_trials),
+                           tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=cfg.search.num_samples),
                            run_config=tune.RunConfig(name=f"{cfg.name}-{run}", storage_path=storage_path,
                                                      storage_filesystem=filesystem, verbose=tune_verbosity(),
                                                      failure_config=tune.FailureConfig(max_failures=0),

@@ -1,12 +1,12 @@
 """`yard sweep --resume` after a kill between Tune's two state uploads: a trial the restored experiment
 holds as finished, still "live" in the restored search algorithm's state, must not hold the sweep's one
-trial slot forever (`release_finished`, tune/sweep/sweep.py). No Ray: the search algorithms are driven
+trial slot forever (`release_finished`, tune/search_alg.py). No Ray: the search algorithms are driven
 directly (the end-to-end resume: test_sweep.py)."""
 from types import SimpleNamespace
 
 import pytest
 
-from tune.sweep.sweep import release_finished, search_algorithm
+from tune.search_alg import release_finished, search_algorithm
 
 
 def _cfg(algorithm: str, limit: int = 1):
