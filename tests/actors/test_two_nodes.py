@@ -96,7 +96,7 @@ class TwoNodes:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, name: str, args: list[str], nodes: int) -> None:
+    def start(self, name: str, args: list[str], nodes: int, attempts: int = 2) -> None:
         with open(self.base / f"{name}.log", "w") as log:
             self.procs[name] = subprocess.Popen(
                 [str(RAY_CLI), "start", *args, "--temp-dir", str(self.base / name),
@@ -105,6 +105,11 @@ class TwoNodes:
         deadline = time.time() + 120
         # `ray start --block` says so once its node is up; each `ray status` costs a Python start
         while "Ray runtime started" not in (self.base / f"{name}.log").read_text(errors="replace"):
+            if self.procs[name].poll() is not None and attempts > 1 and "timed out during startup" in self.log(name):
+                # Ray gives a raylet 30 s (fixed) to register with the GCS: on a busy 2-core machine
+                # that ran out once (a fresh-clone run). Stopped whole and started again, as an operator would.
+                self.stop(name, grace_s=5.0)
+                return self.start(name, args, nodes, attempts - 1)
             assert self.procs[name].poll() is None, f"ray start {name} exited: {self.log(name)}"
             assert time.time() < deadline, f"ray start {name}: not up after 120 s: {self.log(name)}"
             time.sleep(0.5)
