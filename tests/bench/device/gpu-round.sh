@@ -16,6 +16,8 @@
 #           256 new tokens (tests/bench/device/sweep.identity.vllm.yaml): speed_norm should be 0 +- 0.02
 #   genspeed  item 3: bare vLLM against the warm host's vLLM path, 5 runs each, 40 probes x 256 tokens at
 #           once, on the 1.2B and 8B shapes, in both engine modes (tests/bench/bench_vllm_dna.py)
+#   (env) SHAPE_IDS=REGEX builds only the shapes whose "arch id seed" line matches; GENSPEED_SHAPES="A B"
+#           and GENSPEED_HOST_MODE_ONLY=1 (the host's engine mode, --mp 1, only) narrow genspeed to what is missing
 #   bg STEP...   those steps in the background (setsid: they outlive the device call, not the machine)
 #   poll SECS    wait for them up to SECS, bring back what they wrote so far (keep calling it: the
 #                machine goes back after 30 s without a call)
@@ -81,7 +83,7 @@ for step in "$@"; do
     { for s in 0 1 2 3 4 5; do echo "exaone-4.0-1.2b exaone-s$s $s"; done
       for s in 0 1 2; do echo "qwen3-1.7b qwen17-s$s $s"; done
       echo "qwen3-4b qwen4-s0 0"; echo "qwen3-4b qwen4-s1 1"; echo "llama-3.1-8b llama8-s0 0"; echo "olmoe-1b-7b olmoe-s0 0"
-    } | awk -v g="$gpus" '{print (NR - 1) % g, $0}' \
+    } | grep -E "${SHAPE_IDS:-.}" | awk -v g="$gpus" '{print (NR - 1) % g, $0}' \
       | xargs -P 6 -L 1 sh -c 'CUDA_VISIBLE_DEVICES=$0 python3 -m cluster zoo shape $1 --out /tmp/shapes --device cuda --id $2 --seed $3' \
       > "$OUT/shapes.txt" 2>&1
     python3 tests/bench/device/round_models.py eos /tmp/shapes exaone-s0 exaone-eos >> "$OUT/shapes.txt" 2>&1
@@ -108,8 +110,9 @@ for step in "$@"; do
       yard cost --store /tmp/round-$s --out "$OUT/cost-$s" 2>&1 | tail -40 | tee "$OUT/cost-$s.txt" || true
     done ;;
   genspeed)
-    for shape in exaone-4.0-1.2b llama-3.1-8b; do
-      for mode in "--mp 1" "--mp 0 --in-process"; do
+    for shape in ${GENSPEED_SHAPES:-exaone-4.0-1.2b llama-3.1-8b}; do
+      modes=("--mp 1"); [ -n "${GENSPEED_HOST_MODE_ONLY:-}" ] || modes+=("--mp 0 --in-process")
+      for mode in "${modes[@]}"; do
         tag="$shape-mp${mode:5:1}"
         python3 tests/bench/bench_vllm_dna.py --shape $shape --models 1 --out /dev/shm/gen-shapes --store /tmp/gen-store \
           --parts build,bare,hostrep --repeats 5 --prompts 40 --new-tokens 256 $mode --json "$OUT/genspeed-$tag.json" \
@@ -144,6 +147,11 @@ for step in "$@"; do
   poll)  # wait up to the next argument's seconds for the background steps, then bring back what they wrote
     limit=${*:$((idx + 1)):1}; waited=0
     while [ ! -e /tmp/round-out/.done ] && [ "$waited" -lt "${limit:-540}" ]; do sleep 5; waited=$((waited + 5)); done
+    for store in /tmp/round-a /tmp/round-b; do  # a round still running: its ledger so far (the machine may go first)
+      [ -d "$store" ] && [ ! -e /tmp/round-out/.done ] && mkdir -p "/tmp/round-out/live-$(basename "$store")" && \
+        find "$store" \( -name "ledger*.json*" -o -name "job.json" -o -name "outcome.json" \) -size -2M \
+          -exec cp --parents {} "/tmp/round-out/live-$(basename "$store")" \; 2>/dev/null || true
+    done
     tar czf "$OUT/round-out.tgz" -C /tmp/round-out . 2>/dev/null || true  # one file: a call brings back only a few
     grep -vE "Warning|warn\(|logging.cc" /tmp/round-out/round.log | tail -25
     [ -e /tmp/round-out/.done ] && echo "background steps done: exit $(cat /tmp/round-out/.done)" || echo "still running"
