@@ -209,9 +209,9 @@ def load_encoder(cfg: EncoderConfig, device: str | None = None) -> "SentenceTran
         device = "cuda" if torch.cuda.is_available() else "cpu"
     source = resolve_encoder(cfg.name)
     try:
-        from sentence_transformers import SentenceTransformer
+        from cluster.models.loading import import_sentence_transformers
 
-        encoder = SentenceTransformer(source, device=device)
+        encoder = import_sentence_transformers().SentenceTransformer(source, device=device)
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line naming the encoder
         where = f" from {source}" if source != cfg.name else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -84,9 +84,12 @@ class ModelHost:
             self.reporter.phase("starting", stall_after_s=self.cfg.hosts.load_stall_after_s)
 
         t0 = time.perf_counter()
-        import sentence_transformers  # noqa: F401  (paid once per host, not per model)
         import torch
         import transformers  # noqa: F401
+
+        from cluster.models.loading import import_sentence_transformers
+
+        import_sentence_transformers()  # paid once per host, not per model
 
         imports_s = _since(t0)
 

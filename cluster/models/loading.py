@@ -286,6 +286,49 @@ def skip_unused_sklearn() -> None:
                 setattr(module, check, lambda: False)
 
 
+def import_sentence_transformers():
+    """`import sentence_transformers`, 1.1-1.4 CPU-s sooner in a process without scikit-learn loaded.
+
+    Its similarity module imports `sklearn.metrics.pairwise_distances` at import, for one sparse
+    manhattan score that llm-dna's encoding never calls; that import is all of sklearn (and
+    scipy.stats). Here sklearn is a placeholder while sentence_transformers imports, and the name it
+    binds imports the real function on first call. The placeholder is gone once the import returns:
+    any later `import sklearn` in the process gets the real package. torch's dynamo, which records
+    where sklearn lives when it is first imported, is imported before the placeholder."""
+    import importlib.machinery
+    import sys
+    import types
+
+    if "sentence_transformers" in sys.modules or "sklearn" in sys.modules:
+        import sentence_transformers
+
+        return sentence_transformers
+    skip_unused_sklearn()
+    import torch._dynamo  # noqa: F401  (records sklearn's real path in its skip list)
+
+    def pairwise_distances(*args, **kwargs):
+        from sklearn.metrics import pairwise_distances as real
+
+        return real(*args, **kwargs)
+
+    stubs = {}
+    for name in ("sklearn", "sklearn.metrics"):
+        stub = types.ModuleType(name)
+        stub.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        stub.__path__ = []
+        stubs[name] = stub
+    stubs["sklearn.metrics"].pairwise_distances = pairwise_distances
+    stubs["sklearn"].metrics = stubs["sklearn.metrics"]
+    sys.modules.update(stubs)
+    try:
+        import sentence_transformers
+    finally:
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+    return sentence_transformers
+
+
 def load_model(model_id: str, registry: ModelRegistry, node: NodeFacts | None = None):
     """Decide, then load: returns (model, tokenizer, plan). Rejections happen before any read."""
     import torch
