@@ -119,7 +119,7 @@ def test_a_host_that_keeps_gpu_memory_is_replaced_before_the_next_model(ray_loca
     assert all(status == "succeeded" for status in done.values())
 
 
-def test_deterministic_error_twice_is_skipped_and_others_are_kept(ray_local, zoo, tmp_path):
+def test_deterministic_error_twice_is_skipped_others_kept_and_one_model_alone_has_no_tree(ray_local, zoo, tmp_path):
     import shutil
 
     import yaml
@@ -163,6 +163,18 @@ def test_deterministic_error_twice_is_skipped_and_others_are_kept(ray_local, zoo
                and Path(again["report"]).parent.name in k]
     assert {o["model_id"]: o.get("reused_from") for o in rows["outcomes"]} == {"broken": None, "qwen3-b": first}
 
+    # one model alone (seen on the H200: a one-model job, a tensor-parallel host, exited 3, "refused
+    # to publish: suspicious pairs []", although nothing was refused: one fingerprint has no
+    # distances): kept, and the job succeeds without a tree. Its fingerprint is the reused one, so
+    # no host starts: the analysis and report of one fingerprint are what is tested
+    code, alone = run_dna(cfg.model_copy(update={"models": ["qwen3-b"]}))
+    assert code == 0 and alone["outcomes"] == {"qwen3-b": "reused"}
+    assert not alone["published"] and alone["suspicious"] == []
+    assert "a tree needs 2 or more" in alone["no_tree"]
+    report = Path(alone["report"])
+    assert "one fingerprint" in report.read_text() and "REFUSED" not in report.read_text()
+    assert not (report.parent / "tree.nwk").exists()
+
 
 def test_bad_probe_file_is_one_line_exit_2(zoo, tmp_path, capsys):
     from cluster.cli import main as yard
@@ -199,20 +211,6 @@ def test_same_model_twice_is_distance_zero_and_the_outlier_gate_refuses_to_publi
     assert set(summary["reused"]) == {"llama-a", "llama-a-twin", "qwen3-b"}
     newick = (Path(summary["report"]).parent / "tree.nwk").read_text()
     assert all(m in newick for m in ("llama-a-twin", "qwen3-b"))
-
-
-def test_one_model_alone_is_kept_and_the_job_succeeds_without_a_tree(ray_local, zoo, tmp_path):
-    # seen on the H200: a one-model job (a tensor-parallel host) exited 3, "refused to publish:
-    # suspicious pairs []", although nothing was refused: one fingerprint has no distances
-    code, summary = run_dna(cfg_for(zoo, tmp_path / "store", ["qwen3-b"]))
-    assert code == 0 and summary["outcomes"] == {"qwen3-b": "ok"}
-    assert not summary["published"] and summary["suspicious"] == []
-    assert "a tree needs 2 or more" in summary["no_tree"]
-    store = open_store(str(tmp_path / "store"))
-    assert store.latest("dna", "qwen3-b", prefer=(".npy",)) is not None
-    report = Path(summary["report"])
-    assert "one fingerprint" in report.read_text() and "REFUSED" not in report.read_text()
-    assert not (report.parent / "tree.nwk").exists()
 
 
 def test_a_fresh_host_per_model_is_a_new_process_each_time_and_each_ledger_row_carries_its_start(
