@@ -16,6 +16,7 @@ to put vectors with different provenance into one distance matrix.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # llm-dna's id for the math of TextDNAExtractor (its extractor_config "pipeline_version").
 PIPELINE_ID = "text-dna-concat-v1"
+# Answers per encoder batch when the config names none (EncoderConfig.batch_size says why CPU is small).
+ENCODE_BATCH_GPU, ENCODE_BATCH_CPU = 64, 4
 # Provenance fields that must agree for two vectors to be compared. The llm-dna version is
 # recorded but not compared: the pipeline id changes when the math does.
 COMPARED_FIELDS = (
@@ -220,6 +223,9 @@ def load_encoder(cfg: EncoderConfig, device: str | None = None) -> "SentenceTran
         ) from None
     if cfg.max_seq_length is not None:
         encoder.max_seq_length = cfg.max_seq_length
+    # llm-dna's encode_answers calls encode() without a batch size; this instance's default is ours
+    batch_size = cfg.batch_size or (ENCODE_BATCH_GPU if str(device).startswith("cuda") else ENCODE_BATCH_CPU)
+    encoder.encode = functools.partial(encoder.encode, batch_size=batch_size)
     return encoder
 
 

@@ -3,7 +3,14 @@
 The demo's six steps run in two tests of two modules, so that two test workers share them: this
 one runs `yard demo chat run dna` and the commands README runs on a demo store;
 test_demo_sweep_serve_persona.py runs `yard demo sweep serve persona`. `make demo` runs all six in
-one process, as the fresh-clone check before an issue is resolved does."""
+one process at their shipped size, as the fresh-clone check before an issue is resolved does.
+
+What these tests check is the demo's wiring (each step's config, job, report and store, one after
+another on one zoo), plus what only the demo's full size shows: DNA lineage over all nine zoo
+models, and a persona fine-tune that teaches. Where size is not what is tested, a step runs
+smaller here: the experiment on one model's two framings (`smaller_experiment`; the grid is tested
+in tests/cluster/experiment/) and the sweep on two trials. Chat stays on every model: at 0.7 CPU-s a
+model, three instead of nine saved little."""
 import pytest
 
 from cluster.demo import main
@@ -19,8 +26,22 @@ def test_an_unknown_step_is_one_line_exit_2_before_the_zoo(tmp_path, capsys, no_
     assert err == ["yard demo: unknown step 'dnaa' (steps: chat, run, dna, sweep, serve, persona)"]
 
 
+EXPERIMENT_GRID = {"model": ["llama-a"], "framing": ["plain", "goal"]}
+
+
+def smaller_experiment(monkeypatch):
+    """The experiment step of `yard demo` at a test's size (the module docstring says why): its
+    config as shipped, then EXPERIMENT_GRID's two conditions instead of six (6 CPU-s each)."""
+    import cluster.experiment.job
+
+    run_experiment_job = cluster.experiment.job.run_experiment_job
+    monkeypatch.setattr(cluster.experiment.job, "run_experiment_job",
+                        lambda cfg, *a, **k: run_experiment_job(cfg.model_copy(update={"grid": EXPERIMENT_GRID}), *a, **k))
+
+
 @pytest.mark.slow
 def test_yard_demo_runs_and_prints_reports(ray_local, zoo, tmp_path, capsys, monkeypatch):
+    smaller_experiment(monkeypatch)
     store, out, _ = run_demo_steps(["chat", "run", "dna"], zoo, tmp_path, capsys, monkeypatch)
     assert "chat       ok" in out and f"report: {store}/reports/chat/" in out
     assert "run        ok" in out and f"report: {store}/experiments/bankroll-demo/results/" in out
@@ -123,22 +144,26 @@ def _check_chat_step(store, models):
 
 
 def _check_experiment_step(store, registry):
-    """The experiment step (`yard run` of configs/experiment.demo.yaml: an unchanged script over 3
-    models x 2 framings): a row per condition with the script's own JSON result, a ledger row per
-    condition, and a second run on the same store that reuses all six instead of running them."""
+    """The experiment step (`yard run` of configs/experiment.demo.yaml, an unchanged script, on
+    EXPERIMENT_GRID: one model x 2 framings): a row per condition with the script's own JSON result,
+    a ledger row per condition, and a second run on the same store that reuses both instead of
+    running them."""
     import json
 
     from cluster.experiment.job import demo
 
     (results,) = [k for k in store.list_keys("experiments/bankroll-demo/results/") if k.endswith("results.jsonl")]
     rows = [json.loads(line) for line in store.get_bytes(results).decode().splitlines()]
-    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    conditions = len(EXPERIMENT_GRID["model"]) * len(EXPERIMENT_GRID["framing"])
+    assert len(rows) == conditions and {r["status"] for r in rows} == {"ok"}
+    assert {(r["model"], r["framing"]) for r in rows} == {("llama-a", f) for f in EXPERIMENT_GRID["framing"]}
     assert all(isinstance(r["bankrupt"], bool) and 1 <= r["rounds_played"] <= 8 for r in rows), rows
     ledger = [json.loads(line) for key in store.list_keys("jobs/bankroll-demo/") if key.endswith("/ledger.jsonl")
               for line in store.get_bytes(key).decode().splitlines()]
-    assert len(ledger) == 6 and {r["outcome"] for r in ledger} == {"kept"} and all(r["phases"]["load"] > 0 for r in ledger)
+    assert len(ledger) == conditions and {r["outcome"] for r in ledger} == {"kept"}
+    assert all(r["phases"]["load"] > 0 for r in ledger)
     again = demo(store, registry)
-    assert again["status"] == "ok" and again["reused"] == 6 and again["conditions"] == 6
+    assert again["status"] == "ok" and again["reused"] == conditions and again["conditions"] == conditions
 
 
 def _check_dna_step(store, models):

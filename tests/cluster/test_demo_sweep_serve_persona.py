@@ -9,13 +9,20 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_sweep_serve_and_persona_steps_run_and_print_reports(ray_local, zoo, tmp_path, capsys, monkeypatch):
+    import tune.sweep.sweep
+
+    # the quick sweep's 2 x 2 grid on one depth: two trials, one of them quantized (the wiring is
+    # tested, not the grid: tests/tune/sweep/; test_demo.py's docstring says why)
+    load_config = tune.sweep.sweep.load_config
+    monkeypatch.setattr(tune.sweep.sweep, "load_config",
+                        lambda path, kind, overrides: load_config(path, kind, [*overrides, "search.space.prune_depth={value: 2}"]))
     store, out, registered = run_demo_steps(["sweep", "serve", "persona"], zoo, tmp_path, capsys, monkeypatch)
     assert "sweep      ok" in out and f"report: {store}/sweep/demo-quick/" in out
     assert "serve      ok" in out and f"report: {store}/probe/" in out  # Serve -> judge -> probes
     assert "persona    ok" in out and f"report: {store}/persona/" in out  # prep -> SFT -> DPO -> merge -> probes
     assert "chat " not in out.split("yard demo summary")[1]  # only the steps asked for
     children = {m: s for m, s in registered.items() if m.startswith("demo-quick.")}
-    assert 1 <= len(children) <= 3 and all(s["parent"] == "exaone4-c" for s in children.values())
+    assert 1 <= len(children) <= 2 and all(s["parent"] == "exaone4-c" for s in children.values())
     _check_persona_step(LocalStore(str(store)), registered)
 
 
