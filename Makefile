@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: env
 	$(BIN)/yard demo
 
-# The probe console's browser test (tests/serve/test_console.py) drives Debian's chromium: as root with
+# The probe console's browser test (tests/serve/test_app.py) drives Debian's chromium: as root with
 # apt-get, install it when missing (quietly, once); anywhere else that test skips and says why.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || [ "$$(id -u)" != 0 ] || \
 		! command -v apt-get >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
-		echo "browser: could not install chromium; tests/serve/test_console.py will skip its browser test"
+		echo "browser: could not install chromium; tests/serve/test_app.py will skip its browser test"
 
 # One more xdist worker than cores (3 on 2 cores, at most 8): the scenario tests spend part of their
 # time waiting on processes they stopped or started, and a third worker keeps both cores busy then.
@@ -51,7 +51,7 @@ check: env
 # console's screenshot comes from its browser test.
 pictures: env browser
 	$(BIN)/python docs/pictures.py --store $${YARD_STORE:-.yard} --out docs/img
-	YARD_TEST_ARTIFACTS=docs/img $(BIN)/python -m pytest -q -p no:cacheprovider tests/serve/test_console.py -k browser
+	YARD_TEST_ARTIFACTS=docs/img $(BIN)/python -m pytest -q -p no:cacheprovider tests/serve/test_app.py -k browser
 
 bench: env
 	for b in tests/bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -88,7 +88,6 @@ HEAVY_FIRST = (
     "tests/tune/compress/test_ffn.py",
     "tests/tune/persona/test_job.py",
     "tests/actors/test_two_nodes.py",
-    "tests/serve/test_console.py",
     "tests/serve/test_app.py",
     "tests/tune/sweep/test_sweep_watchdog.py",
     "tests/cluster/test_ray_submit.py",
