@@ -332,12 +332,15 @@ def quantize_elsewhere(python: str, model_dir, scheme: str, calibration_texts: l
 
 def _child(request_path: str) -> int:
     """The child's side of `quantize_elsewhere` (`python -m tune.compress.quantize REQUEST`)."""
+    req = json.loads(Path(request_path).read_text())
+    if not (Path(req["model_dir"]) / "config.json").is_file():  # before seconds of imports
+        print(f"quant: {req['model_dir']}: no config.json there (not a saved model)", file=sys.stderr)
+        return 1
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tune.compress.lm import lm_loss
 
-    req = json.loads(Path(request_path).read_text())
     torch.set_num_threads(max(1, req["threads"]))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(req["model_dir"], dtype="auto", device_map=device)
