@@ -13,7 +13,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parents[1]
-SCRIPTS = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("device/*.py")]
+SCRIPTS = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("*/*.py")]
                  if not p.name.startswith(("test_", "__")))
 SHELL = sorted(BENCH.rglob("*.sh"))
 # what `--help` must not pay for: GPU-only engines and the libraries a benchmark loads models with

