@@ -440,6 +440,21 @@ def register_child(zoo_dir: str | Path, model_id: str, path: str | Path, parent:
     return spec
 
 
+def unregister(zoo_dir: str | Path, model_ids: list[str]) -> dict[str, str]:
+    """Remove `model_ids` (children registered with `register_child`; never a zoo base or its own
+    children, which `build_zoo` would only train again) from the zoo's `models.yaml`. Their model
+    dirs are left where they are. Returns {id: notes} of what was removed (unknown ids are skipped)."""
+    zoo_dir = Path(zoo_dir).expanduser().resolve()
+    with _exclusive(zoo_dir):
+        models = read_registry(zoo_dir)
+        gone = {mid: models.pop(mid).notes for mid in model_ids if mid in models}
+        if gone:
+            _write_registry(zoo_dir, models)
+    if gone:
+        log.info("unregistered %s from %s", ", ".join(gone), zoo_dir / REGISTRY_NAME)
+    return gone
+
+
 def zoo_dir_of(model_id: str, registry_paths: list[str]) -> Path | None:
     """The zoo directory whose models.yaml registers `model_id` (None: not a zoo model), where
     derived models of it are registered with `register_child`."""

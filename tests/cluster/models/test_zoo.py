@@ -15,7 +15,7 @@ import yaml
 from cluster.config import ConfigError, load_config
 from cluster.models import zoo_train
 from cluster.models.registry import ModelRegistry
-from cluster.models.zoo import ZooConfig, build_zoo, default_zoo_config, register_child, zoo_cached
+from cluster.models.zoo import ZooConfig, build_zoo, default_zoo_config, register_child, unregister, zoo_cached
 from cluster.models.zoo_cli import list_zoo
 
 CLASSES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "exaone4": "Exaone4ForCausalLM"}
@@ -148,8 +148,10 @@ def test_crash_mid_build_leaves_no_half_model_and_no_lock(tmp_path, monkeypatch)
     assert build_zoo(tiny_cfg(tmp_path)).built == ["base", "kid"]
 
 
-def test_register_child_adds_lineage_and_survives_a_cache_hit(tmp_path):
+def test_register_child_adds_lineage_and_survives_a_cache_hit(tmp_path, capsys):
     import shutil
+
+    from tests.plugins.zoo import only_the_zoos_own
 
     build_zoo(tiny_cfg(tmp_path))
     shutil.copytree(tmp_path / "kid", tmp_path / "kid-pruned")
@@ -167,6 +169,12 @@ def test_register_child_adds_lineage_and_survives_a_cache_hit(tmp_path):
         register_child(tmp_path, "kid-pruned", tmp_path / "kid", "kid", "pruned")
     with pytest.raises(ConfigError, match="derivation"):
         register_child(tmp_path, "y", tmp_path / "kid", "kid", "sharpened")
+
+    # the test session's zoo fixture: a child left registered in the shared zoo is unregistered and named
+    build = only_the_zoos_own(build_zoo(tiny_cfg(tmp_path)), tiny_cfg(tmp_path))
+    assert "kid-pruned" not in build.models and build.cache_hit and (tmp_path / "kid-pruned" / "config.json").is_file()
+    assert "kid-pruned was registered in the shared zoo (dropped no layers)" in capsys.readouterr().err
+    assert unregister(tmp_path, ["kid-pruned", "kid-nope"]) == {}  # nothing left to remove
 
 
 # --- bad config ------------------------------------------------------------------------------------
