@@ -36,12 +36,14 @@ def test_identity_recipe_scores_half_while_trials_share_the_node(ray_local, zoo,
 
     monkeypatch.setattr(sweep, "time_candidates", alone)
 
+    # three timing rounds (a spread needs two or more): the phase runs with every other worker
+    # paused, at the end of the suite, so each round is wall time nothing else uses (5 rounds: 14 s)
     benches = [f"eval.benchmarks.{i}.limit=6" for i in range(2)]
     cfg = _cfg(zoo, tmp_path, "name=ident", "register_top=0", "calibration.count=8", "calibration.holdout=2",
                "search.space.prune_depth={value: 0}", "search.space.kd_samples={value: 0}",
                "search.space.lora_rank={value: 0}", "search.space.quant={value: none}", "search.num_samples=2",
                "search.max_concurrent_trials=2", "search.asha.enabled=false", "eval.max_new_tokens=16",
-               "timing.rounds=5", "timing.prompts=8", "timing.new_tokens=24", "quant.num_calibration_samples=2",
+               "timing.rounds=3", "timing.prompts=8", "timing.new_tokens=24", "quant.num_calibration_samples=2",
                *benches)
     code, summary = run_sweep(cfg, config_path=str(DEMO))
     assert code == 0 and summary["ok"] == 2
@@ -56,9 +58,9 @@ def test_identity_recipe_scores_half_while_trials_share_the_node(ray_local, zoo,
         # items; the MCQ benchmark scores log-likelihoods and generates nothing)
         assert timing["prompts"] == 6
         assert timing["models"][row["trial_id"]]["generated_tokens"] == 6 * 24
-        assert len(timing["models"][row["trial_id"]]["speed_norm_runs"]) == 5
+        assert len(timing["models"][row["trial_id"]]["speed_norm_runs"]) == 3
         assert abs(row["score"] - 0.5) <= max(0.05, 2 * row["score_spread"]), rows
     assert timing["models"]["__baseline__"]["generated_tokens"] == 6 * 24
-    assert summary["timing"]["rounds"] == 5
+    assert summary["timing"]["rounds"] == 3
     md = (tmp_path / "store" / run.prefix / "leaderboard.md").read_text()
     assert "| ± |" in md
