@@ -441,17 +441,15 @@ def register_child(zoo_dir: str | Path, model_id: str, path: str | Path, parent:
 
 
 def unregister(zoo_dir: str | Path, model_ids: list[str]) -> dict[str, str]:
-    """Remove `model_ids` (children registered with `register_child`; never a zoo base or its own
-    children, which `build_zoo` would only train again) from the zoo's `models.yaml`. Their model
-    dirs are left where they are. Returns {id: notes} of what was removed (unknown ids are skipped)."""
+    """Remove `model_ids` (models added with `register_child`) from the zoo's `models.yaml`; their
+    model dirs stay. Returns {id: notes} of what was removed (ids not registered are skipped)."""
     zoo_dir = Path(zoo_dir).expanduser().resolve()
     with _exclusive(zoo_dir):
         models = read_registry(zoo_dir)
         gone = {mid: models.pop(mid).notes for mid in model_ids if mid in models}
         if gone:
             _write_registry(zoo_dir, models)
-    if gone:
-        log.info("unregistered %s from %s", ", ".join(gone), zoo_dir / REGISTRY_NAME)
+            log.info("unregistered %s from %s", ", ".join(gone), zoo_dir / REGISTRY_NAME)
     return gone
 
 

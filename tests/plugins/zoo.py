@@ -15,6 +15,7 @@ zoo first (`tests/conftest.py` orders them). A test that needs the zoo waits on 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -98,13 +99,11 @@ def only_the_zoos_own(build, cfg):
     but a cache dir that outlives sessions (CI's) once came with two sweep candidates registered in
     it, and tests that count the zoo failed: such extras are removed here (their dirs stay), and
     each is named on stderr with its notes (which run registered it)."""
-    from cluster.models.zoo import build_zoo, unregister
+    from cluster.models.zoo import unregister
 
     own = {spec.name for spec in cfg.specs()}
     extra = [mid for mid in build.models if mid not in own]
-    if not extra:
-        return build
     for mid, notes in unregister(build.zoo_dir, extra).items():
         print(f"test zoo {build.zoo_dir}: {mid} was registered in the shared zoo ({notes}); unregistered",
               file=sys.stderr)
-    return build_zoo(cfg)  # a cache hit: the registry now holds the config's models only
+    return dataclasses.replace(build, models=[mid for mid in build.models if mid in own])
