@@ -22,7 +22,7 @@ of its own (VLLM_ENABLE_V1_MULTIPROCESSING=1), as the host's engine does (`in_pr
 Every generation: the same 64 generated probes in the model's chat template, greedy, exactly
 `--new-tokens` new tokens (min = max; random weights rarely emit EOS anyway). tokens/s = generated
 tokens / the generate call's seconds. The bound: batch x HBM bandwidth / weight bytes (every decode
-step reads every weight once; 4.3 TB/s as measured for the issue's table).
+step reads every weight once; the HBM bandwidth is measured first, a 2 GiB device copy, 4.3 TB/s on the H200).
 
     python tests/bench/bench_vllm_dna.py --parts build,bare,host,hf --json $OUT/a.json
     python tests/bench/bench_vllm_dna.py --parts warm4,fresh --fresh 2 --json $OUT/b.json
@@ -83,6 +83,30 @@ def probes(args):
 
 def weight_bytes(out: Path, mid: str) -> int:
     return sum(p.stat().st_size for p in (out / mid).glob("*.safetensors"))
+
+
+_HBM_PROBE = """
+import torch, time
+x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+torch.cuda.synchronize(); t0 = time.perf_counter()
+for _ in range(20): y.copy_(x)
+torch.cuda.synchronize(); print(2 * 20 * x.numel() / (time.perf_counter() - t0), torch.cuda.get_device_name())
+"""
+
+
+def hbm_bytes_per_s() -> float:
+    """This GPU's HBM bandwidth as a device-to-device copy reaches it (read + write, 2 GiB, in a
+    process of its own so that vLLM later finds the GPU empty); 4.3 TB/s (the H200's) without a GPU."""
+    global HBM_BYTES_PER_S
+    try:
+        out = subprocess.run([sys.executable, "-c", _HBM_PROBE], capture_output=True, text=True, timeout=120)
+        rate, name = out.stdout.split(maxsplit=1)
+        HBM_BYTES_PER_S = float(rate)
+        print(f"HBM copy bandwidth on {name.strip()}: {HBM_BYTES_PER_S / 1e12:.2f} TB/s (the bound uses it)", flush=True)
+    except (ValueError, OSError, subprocess.SubprocessError):
+        print(f"no GPU bandwidth measured: the bound uses {HBM_BYTES_PER_S / 1e12:.1f} TB/s", flush=True)
+    return HBM_BYTES_PER_S
 
 
 def bound(args, batch: int) -> float:
@@ -236,6 +260,7 @@ def main() -> None:
         r = host_run(args, "vllm", [args.model])
         print(json.dumps({"total_s": r["models"][0]["total_s"], "artifact": r["models"][0]["artifact"]}))
         return
+    result["hbm_bytes_per_s"] = hbm_bytes_per_s()
     result["bound_tokens_per_s_at_batch"] = round(bound(args, args.prompts), 0)
     for part, fn in (("bare", lambda: bare(args)), ("variants", lambda: variants(args)), ("host", lambda: host_run(args, "vllm", model_ids()[:1])),
                      ("hostrep", lambda: host_repeats(args)),
