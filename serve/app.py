@@ -12,13 +12,14 @@ replica. Building and starting: serve/deploy.py. The probe console (GET /, /cons
 
 import asyncio
 import hmac
+import inspect
 import json
 import logging
 import re
 import threading
 import time
 import uuid
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -108,7 +109,8 @@ class CandidateServer:
                 add_special, param = False, "messages"
             else:
                 prompt, add_special, param = payload["prompt"], True, "prompt"
-            n_prompt = self.engine.count_tokens(prompt, add_special)
+            ids = self.engine.tokenize(prompt, add_special)
+            n_prompt = len(ids)
         except RequestError as exc:
             return {"error": [400, str(exc), "messages", None]}
         max_tokens = payload["max_tokens"]
@@ -121,7 +123,9 @@ class CandidateServer:
                                    f"context of {context}", "max_tokens", "context_length_exceeded"]}
         request = dict(prompt=prompt, max_tokens=max_tokens, temperature=payload["temperature"],
                        top_p=payload["top_p"], stop=payload["stop"], adapter=payload.get("adapter"),
-                       seed=payload.get("seed"), add_special_tokens=add_special)
+                       seed=payload.get("seed"), add_special_tokens=add_special,
+                       # vLLM takes these ids as they are (no second tokenizing on the event loop)
+                       prompt_token_ids=ids if self.vllm else None)
         return {"request": request, "prompt_tokens": n_prompt, "prompt": prompt}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
@@ -210,6 +214,48 @@ class HandleChatClient(ChatClient):
         return ChatReply(result["text"], cached=False, attempts=1, usage=usage, finish_reason=result["finish_reason"])
 
 
+class LocalHandle:
+    """A candidate object in this process, called as its deployment handle would be (for `ingress:
+    colocated`): `h.complete.remote(p)` is awaitable, and from a worker thread `.result()` runs it on
+    the replica's event loop (`loop()`); `h.options(stream=True).stream.remote(r)` is the async
+    generator itself. No Ray hop: the call is a method call."""
+
+    def __init__(self, obj, loop):
+        self._obj, self._loop = obj, loop
+
+    def options(self, **_options) -> "LocalHandle":
+        return self
+
+    def __getattr__(self, name: str):
+        return _LocalMethod(getattr(self._obj, name), self._loop)
+
+
+class _LocalMethod:
+    def __init__(self, fn, loop):
+        self._fn, self._loop = fn, loop
+
+    def remote(self, *args):
+        if inspect.isasyncgenfunction(self._fn):
+            return self._fn(*args)
+        return _LocalCall(self._fn, args, self._loop)
+
+
+class _LocalCall:
+    def __init__(self, fn, args, loop):
+        self._fn, self._args, self._loop = fn, args, loop
+
+    async def _run(self):
+        if inspect.iscoroutinefunction(self._fn):
+            return await self._fn(*self._args)
+        return await asyncio.to_thread(self._fn, *self._args)  # a blocking method, off the loop
+
+    def __await__(self):
+        return self._run().__await__()
+
+    def result(self, timeout_s: float | None = None):
+        return asyncio.run_coroutine_threadsafe(self._run(), self._loop()).result(timeout_s)
+
+
 # --- the ingress -----------------------------------------------------------------------------
 # Everything the ingress uses is defined above it: serve.ingress pickles the app when the class
 # is defined, so a name defined later in this module is missing on the replica.
@@ -248,7 +294,12 @@ class OpenAIIngress(ProbeConsole):
     def __init__(self, settings: dict, servers: dict):
         self.limits = LimitsConfig.model_validate(settings["limits"])
         self.api_key = settings.get("api_key")
-        self.servers = servers  # candidate id -> DeploymentHandle
+        self.servers = servers  # candidate id -> DeploymentHandle (LocalHandle when colocated)
+        self._loop = None  # this replica's event loop, once a request ran on it
+        self._colocated = None
+        if settings.get("colocated"):  # `ingress: colocated`: the one candidate's engine lives here
+            self._colocated = CandidateServer.func_or_class(*settings["colocated"])
+            self.servers = {self._colocated.candidate.id: LocalHandle(self._colocated, lambda: self._loop)}
         self.model_ids: dict[str, tuple[str, str | None]] = {}  # served id -> (candidate id, adapter)
         for cand in settings["candidates"]:
             self.model_ids[cand["id"]] = (cand["id"], None)
@@ -318,6 +369,19 @@ class OpenAIIngress(ProbeConsole):
             raise BadRequest(404, f"model: {model!r} does not exist (served: {known})", "model", "model_not_found")
         return self.model_ids[model]
 
+    def _engine_here(self):
+        if self._colocated is None:
+            raise RuntimeError("no candidate runs in this ingress (ingress: separate): call its own deployment")
+        return self._colocated
+
+    def info(self) -> dict:
+        """The colocated candidate's `CandidateServer.info()` (its deployment is this one)."""
+        return self._engine_here().info()
+
+    async def complete(self, payload: dict) -> dict:
+        """The colocated candidate's `CandidateServer.complete`, for callers holding this handle."""
+        return await self._engine_here().complete(payload)
+
     @api.get("/health")
     async def health(self) -> dict:
         return {"status": "ok"}
@@ -353,6 +417,7 @@ class OpenAIIngress(ProbeConsole):
             max_tokens = int(_number(body, "max_tokens", 64, 1, self.limits.max_tokens))
         except BadRequest as exc:
             return exc.response()
+        self._loop = asyncio.get_running_loop()  # a colocated candidate's calls from the worker run here
         return await asyncio.to_thread(self._run_probes, model, max_tokens)
 
     def _run_probes(self, model: str, max_tokens: int) -> dict:
@@ -432,17 +497,19 @@ class OpenAIIngress(ProbeConsole):
 
         if chat:
             yield chunk(None, None, first=True)
-        try:
-            async for item in server.options(stream=True).stream.remote(prepared["request"]):
-                if "text" in item:
-                    yield chunk(item["text"], None)
-                else:
-                    yield chunk(None, item["finish_reason"])
-                    if include_usage:
-                        usage = {"prompt_tokens": item["prompt_tokens"], "completion_tokens": item["completion_tokens"],
-                                 "total_tokens": item["prompt_tokens"] + item["completion_tokens"]}
-                        yield "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": model,
-                                                     "choices": [], "usage": usage}) + "\n\n"
+        items = server.options(stream=True).stream.remote(prepared["request"])
+        try:  # a colocated candidate's generator is closed with the response (a client gone stops it)
+            async with aclosing(items) if hasattr(items, "aclose") else nullcontext(items):
+                async for item in items:
+                    if "text" in item:
+                        yield chunk(item["text"], None)
+                    else:
+                        yield chunk(None, item["finish_reason"])
+                        if include_usage:
+                            n_in, n_out = item["prompt_tokens"], item["completion_tokens"]
+                            usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+                            yield "data: " + json.dumps({"id": cid, "object": kind, "created": created, "model": model,
+                                                         "choices": [], "usage": usage}) + "\n\n"
         except Exception as exc:  # the status line is sent already: report in-band, as OpenAI does
             log.exception("stream for %s failed", model)
             yield "data: " + json.dumps({"error": {"message": f"generation failed: {type(exc).__name__}",

@@ -23,7 +23,7 @@ import os
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from cluster.config import JobConfig, YardModel
 
@@ -114,6 +114,11 @@ class CandidateConfig(YardModel):
         return [self.id] + [f"{self.id}:{name}" for name in self.lora_adapters]
 
 
+def _behind_ingress(candidates: list[CandidateConfig]) -> list[CandidateConfig]:
+    """The candidates this app's ingress serves (not Ray Serve LLM's)."""
+    return [c for c in candidates if not (c.engine == "vllm" and c.vllm_server == "ray-serve-llm")]
+
+
 class ServeConfig(JobConfig):
     """`yard serve CONFIG`: candidates behind one OpenAI-compatible HTTP API on Ray Serve."""
 
@@ -136,6 +141,33 @@ class ServeConfig(JobConfig):
         "'throughput' (Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED: user code on the replica's own event loop, gRPC "
         "between proxy and replicas, buffered access logs; the proxy, its port and the router's own loop stay) "
         "or Ray's 'default'; a cluster reached by address keeps what its `ray start` was given")
+    ingress: Literal["auto", "separate", "colocated"] = Field(
+        default="auto", description="where the candidate's engine runs: 'colocated' in the ingress's own replica "
+        "(one Ray hop a request, as vLLM's own server has none; needs exactly one candidate behind the ingress, "
+        "whose num_cpus, num_gpus and replicas the ingress takes), 'separate' in a replica of its own (a hop "
+        "from the ingress to it), 'auto' colocated for a single vLLM candidate (its engine core is a process of "
+        "its own, so the replica's event loop stays free for HTTP) and separate otherwise")
+
+    @field_validator("ingress")
+    @classmethod
+    def _one_to_colocate(cls, v: str, info: ValidationInfo) -> str:
+        if v != "colocated" or "candidates" not in info.data:  # bad candidates are reported by themselves
+            return v
+        ours = _behind_ingress(info.data["candidates"])
+        if len(ours) != 1:
+            raise ValueError(f"puts one candidate's engine in the ingress replica; {len(ours)} candidates are "
+                             "served behind the ingress")
+        return v
+
+    def _behind_ingress(self) -> list[CandidateConfig]:
+        return _behind_ingress(self.candidates)
+
+    def colocated(self) -> CandidateConfig | None:
+        """The candidate whose engine runs in the ingress replica (`ingress`), or None."""
+        ours = self._behind_ingress()
+        if self.ingress == "separate" or len(ours) != 1:
+            return None
+        return ours[0] if self.ingress == "colocated" or ours[0].engine == "vllm" else None
 
     @model_validator(mode="after")
     def _unique(self):

@@ -61,25 +61,32 @@ def on_serve_llm(candidate) -> bool:
     return candidate.engine == "vllm" and candidate.vllm_server == "ray-serve-llm"
 
 
+def _replica_options(cand, max_ongoing: int) -> dict:
+    """A candidate's deployment options: its resources, then replicas or autoscaling."""
+    options = dict(name=deployment_name(cand.id), max_ongoing_requests=max_ongoing,
+                   ray_actor_options={"num_cpus": cand.num_cpus, "num_gpus": cand.num_gpus})
+    if cand.autoscaling is not None:
+        options["autoscaling_config"] = cand.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = cand.num_replicas
+    return options
+
+
 def build_app(cfg: ServeConfig):
     """The Serve application for the config's candidates behind this app's ingress (HF, and vLLM
-    with `vllm_server: yard`); Ray Serve LLM's ids are listed and redirected."""
+    with `vllm_server: yard`); Ray Serve LLM's ids are listed and redirected. With `ingress`
+    colocated the one candidate's engine lives in the ingress's replica (that deployment takes the
+    candidate's name, resources and replicas), else each candidate is a deployment of its own."""
     hf = [c for c in cfg.candidates if not on_serve_llm(c)]
     registry_paths = [_absolute(p) for p in cfg.registry_paths()]
     storage_uri = cfg.storage.uri if cfg.storage.uri.startswith("s3://") else _absolute(cfg.storage.uri)
+    colocated = cfg.colocated()
     servers = {}
-    for cand in hf:
-        options = dict(name=deployment_name(cand.id), ray_actor_options={"num_cpus": cand.num_cpus,
-                                                                          "num_gpus": cand.num_gpus},
-                       # room for a full batch to queue at the replica (Serve's default is 5); vLLM
-                       # schedules every request it holds, so it gets all the ingress lets in
-                       max_ongoing_requests=(cfg.limits.max_concurrent_requests if cand.engine == "vllm"
-                                             else max(2 * cand.max_batch_size, 8)))
-        if cand.autoscaling is not None:
-            options["autoscaling_config"] = cand.autoscaling.model_dump()
-        else:
-            options["num_replicas"] = cand.num_replicas
-        servers[cand.id] = CandidateServer.options(**options).bind(
+    for cand in hf if colocated is None else []:
+        # room for a full batch to queue at the replica (Serve's default is 5); vLLM schedules
+        # every request it holds, so it gets all the ingress lets in
+        ongoing = cfg.limits.max_concurrent_requests if cand.engine == "vllm" else max(2 * cand.max_batch_size, 8)
+        servers[cand.id] = CandidateServer.options(**_replica_options(cand, ongoing)).bind(
             cand.model_dump(), registry_paths, storage_uri, cfg.storage.endpoint_url, cfg.limits.model_dump())
     vllm_ids = [sid for c in cfg.candidates if on_serve_llm(c) for sid in c.served_ids()]
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
@@ -88,6 +95,11 @@ def build_app(cfg: ServeConfig):
                 "self_url": f"http://{host}:{cfg.port}/v1", "storage_uri": storage_uri,
                 "endpoint_url": cfg.storage.endpoint_url,
                 "probe_suite": _probe_suite(cfg.probe_suite)}
+    if colocated is not None:
+        settings["colocated"] = [colocated.model_dump(), registry_paths, storage_uri, cfg.storage.endpoint_url,
+                                 cfg.limits.model_dump()]
+        return OpenAIIngress.options(**_replica_options(colocated, cfg.limits.max_concurrent_requests)).bind(
+            settings, servers)
     return OpenAIIngress.options(max_ongoing_requests=cfg.limits.max_concurrent_requests).bind(settings, servers)
 
 
@@ -206,7 +218,8 @@ def check_app(cfg: ServeConfig) -> None:
 
 
 def candidate_info(candidate_id: str) -> dict:
-    """`CandidateServer.info()` of one replica of a running candidate (batch sizes, replica id)."""
+    """`CandidateServer.info()` of one replica of a running candidate (batch sizes, replica id; a
+    colocated candidate's deployment is the ingress, which answers for its engine)."""
     handle = serve.get_deployment_handle(deployment_name(candidate_id), APP_NAME)
     return handle.info.remote().result()
 

@@ -42,6 +42,7 @@ class GenRequest:
     adapter: str | None = None
     seed: int | None = None
     add_special_tokens: bool = False  # chat templates hold BOS already; raw completions do not
+    prompt_token_ids: list[int] | None = None  # `prompt` tokenized already (the vLLM engine takes them as they are)
 
 
 @dataclass
@@ -131,9 +132,12 @@ class PromptSide:
         except Exception as exc:  # a template that raises on its input (roles, types) is the request's fault
             raise RequestError(f"messages: the chat template rejected them ({str(exc).splitlines()[0]})") from None
 
-    def count_tokens(self, text: str, add_special_tokens: bool = False) -> int:
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
         with self._tok_lock:
-            return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+            return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def count_tokens(self, text: str, add_special_tokens: bool = False) -> int:
+        return len(self.tokenize(text, add_special_tokens))
 
 
 

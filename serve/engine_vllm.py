@@ -134,8 +134,11 @@ class VllmServeEngine(PromptSide):
                                  stop=[s for s in req.stop if s] or None, skip_special_tokens=True)
 
     def _prompt(self, req: GenRequest) -> tuple[dict, int]:
-        with self._tok_lock:
-            ids = self.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"]
+        """The prompt as vLLM takes it: the ids the request's check counted (`prepare`, off the event
+        loop), else tokenized here."""
+        ids = req.prompt_token_ids
+        if ids is None:
+            ids = self.tokenize(req.prompt, req.add_special_tokens)
         return {"prompt_token_ids": ids}, len(ids)
 
     async def generate(self, req: GenRequest) -> GenResult:

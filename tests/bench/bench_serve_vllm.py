@@ -9,9 +9,10 @@ are all up at once on one GPU (each holds `--share` of its memory), so every row
 under the same conditions and the rows of one round are taken back to back:
 - `vllm`: vLLM's own server (`vllm.entrypoints.openai.api_server`, a process of its own), HTTP;
 - `yard`: `yard serve` with the candidate at `engine: vllm` (Ray Serve proxy, this project's
-  ingress with its key check, limits and request checks, the candidate replica), HTTP;
-- `handle`: the same candidate replica called through its Ray Serve handle (`complete`), no
-  HTTP and no ingress: what Ray Serve's replica hop costs;
+  ingress with its key check, limits and request checks, the engine: `--ingress auto`, the default,
+  holds it in the ingress's replica; `separate` in a replica of its own, one more hop), HTTP;
+- `handle`: the candidate's deployment called through its Ray Serve handle (`complete`), no HTTP
+  and no request checks: what Ray Serve's replica hop costs;
 - `engine`: the candidate's engine (`VllmServeEngine`: template, tokenizer, `AsyncLLM`) in this
   process, no Ray: the floor of modelyard's path.
 For each client count: completion tokens/s (median over rounds), p50 / p95 latency (all rounds),
@@ -51,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--ray-serve-mode", default="throughput", choices=["throughput", "default"],
                    help="yard serve's ray_serve_mode (Ray Serve's request-path flags)")
+    p.add_argument("--ingress", default="auto", choices=["auto", "colocated", "separate"],
+                   help="yard serve's ingress: the engine in the ingress's replica (auto, for one vLLM candidate) "
+                   "or in a replica of its own (one more Ray hop a request)")
     p.add_argument("--eager", action="store_true", help="both engines with enforce_eager (no compile, no CUDA graphs)")
     p.add_argument("--num-gpus", type=int, default=1, help="GPUs per engine: vLLM's tensor_parallel_size, the "
                    "candidate's num_gpus")
@@ -173,7 +177,7 @@ def start_yard(args) -> str:
 
     cfg = ServeConfig.model_validate({"kind": "serve", "registry": [args.registry], "port": args.port + 1,
                                       "api_key": KEY, "ray": {"dashboard": False}, "limits": LIMITS,
-                                      "ray_serve_mode": args.ray_serve_mode,
+                                      "ray_serve_mode": args.ray_serve_mode, "ingress": args.ingress,
                                       "candidates": [candidate(args)]})
     t0 = time.time()
     url = start_app(cfg)
@@ -269,7 +273,7 @@ def main(argv=None) -> int:
     rows = asyncio.run(run(args))
     print(f"\n{args.model}, {args.requests} greedy chat requests per row, max_tokens {args.max_tokens}, "
           f"{args.rounds} rounds, {args.num_gpus} GPU(s) per engine, "
-          f"yard's ray_serve_mode {args.ray_serve_mode}")
+          f"yard's ray_serve_mode {args.ray_serve_mode}, ingress {args.ingress}")
     print(f"{'path':6s} {'clients':>7s} {'tok/s':>8s} {'p50_s':>6s} {'p95_s':>6s}  tok/s of each round")
     summary = {}
     for (part, c), runs in rows.items():

@@ -35,6 +35,8 @@ def test_defaults_are_loopback_hf_and_modest_limits():
     ({"candidates": [{"id": "a", "model": "m"}], "limits": {"max_body_bytes": 10}}, r"limits.max_body_bytes: 10: "),
     ({"candidates": [{"id": "a", "model": "m"}], "limits": {"max_json_depth": 2}}, r"limits.max_json_depth: 2: "),
     ({"candidates": [{"id": "a", "model": "m"}], "colour": "red"}, r"serve.yaml: colour: 'red': .*\(unknown field\)"),
+    ({"candidates": [{"id": "a", "model": "m"}, {"id": "b", "model": "m"}], "ingress": "colocated"},
+     r"serve.yaml: ingress: 'colocated': puts one candidate's engine in the ingress replica; 2 candidates"),
 ])
 def test_bad_values_name_the_field(data, match):
     with pytest.raises(ConfigError, match=match):
@@ -75,3 +77,16 @@ def test_limits_defaults_offer_only_enable_thinking():
 def test_the_shipped_demo_config_is_valid():
     cfg = load_config("configs/serve.demo.yaml")
     assert isinstance(cfg, ServeConfig) and [c.id for c in cfg.candidates][:2] == ["llama-a", "qwen3-b"]
+
+
+@pytest.mark.parametrize("ingress, candidates, expected", [
+    ("auto", [{"engine": "vllm"}], "a"),                                # one vLLM candidate: in the ingress
+    ("auto", [{}], None),                                               # one HF candidate: a replica of its own
+    ("auto", [{"engine": "vllm"}, {"id": "b"}], None),                  # two behind the ingress
+    ("auto", [{"engine": "vllm"}, {"id": "b", "engine": "vllm", "vllm_server": "ray-serve-llm"}], "a"),
+    ("colocated", [{}], "a"),
+    ("separate", [{"engine": "vllm"}], None),
+])
+def test_which_candidate_runs_in_the_ingress(ingress, candidates, expected):
+    cfg = check({"ingress": ingress, "candidates": [{"id": "a", "path": "/m", **c} for c in candidates]})
+    assert (cfg.colocated().id if cfg.colocated() else None) == expected

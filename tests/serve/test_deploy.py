@@ -119,6 +119,22 @@ def test_build_app_binds_each_candidate_with_its_resources(tmp_path, monkeypatch
     assert small.init_args[0]["max_batch_size"] == 3 and small.init_args[2] == str(tmp_path / "store")
 
 
+def test_a_colocated_candidate_is_built_into_the_ingress(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg({"id": "fast", "path": "/m3", "engine": "vllm", "num_gpus": 1, "num_cpus": 2,
+                "autoscaling": {"min_replicas": 1, "max_replicas": 3}},
+               storage={"uri": "store"}, limits={"max_concurrent_requests": 7}, probe_suite=None)
+    ingress = _deployment(build_app(cfg))  # ingress: auto, one vLLM candidate
+    settings, servers = ingress.init_args
+    assert servers == {}  # no deployment of its own: the ingress builds the engine
+    cand, registry_paths, storage_uri, _endpoint, limits = settings["colocated"]
+    assert cand["id"] == "fast" and storage_uri == str(tmp_path / "store") and limits["max_concurrent_requests"] == 7
+    # the ingress takes the candidate's name (candidate_info finds it), resources and replicas
+    assert ingress.name == "candidate-fast" and ingress.max_ongoing_requests == 7
+    assert ingress.ray_actor_options == {"num_cpus": 2.0, "num_gpus": 1.0}
+    assert ingress._deployment_config.autoscaling_config.max_replicas == 3
+
+
 def test_build_app_keeps_an_s3_store_and_takes_the_environment_key(tmp_path, monkeypatch):
     monkeypatch.setenv("YARD_API_KEY", "from-env")
     cfg = _cfg({"id": "a", "path": "/m"}, host="10.0.0.5", port=8123, api_key="from-config",

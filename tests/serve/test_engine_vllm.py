@@ -102,6 +102,10 @@ def test_generate_hands_token_ids_and_greedy_params_to_vllm(registry, gpu_node):
                       "stop": ["\n"], "skip_special_tokens": True} and lora is None
     assert (result.text, result.completion_tokens, result.finish_reason) == ("".join(REPLY), 5, "stop")
     assert result.prompt_tokens == len(sent["prompt_token_ids"])
+    # ids the ingress's check counted already (`prepare`) go to vLLM as they are, not tokenized again
+    again = asyncio.run(engine.generate(GenRequest(prompt=prompt, max_tokens=4, temperature=0,
+                                                   prompt_token_ids=[5, 6, 7])))
+    assert api.requests[1][0] == {"prompt_token_ids": [5, 6, 7]} and again.prompt_tokens == 3
 
 
 def test_stream_yields_pieces_then_the_counts_and_max_tokens_is_length(registry, gpu_node):

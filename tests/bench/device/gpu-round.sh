@@ -14,6 +14,7 @@
 #   enginedie item 5: a host's vLLM engine processes killed while it starts: noticed within a minute, retried
 #   identity  item 4: an identity recipe of exaone-s0, 3 trials, each evaluated by vLLM on 183 prompts x
 #           256 new tokens (tests/bench/device/sweep.identity.vllm.yaml): speed_norm should be 0 +- 0.02
+#   serve   item 6: tests/bench/bench_serve_vllm.py, yard serve vs vLLM's own server on exaone-s0, 3 runs
 #   genspeed  item 3: bare vLLM against the warm host's vLLM path, 5 runs each, 40 probes x 256 tokens at
 #           once, on the 1.2B and 8B shapes, in both engine modes (tests/bench/bench_vllm_dna.py)
 #   (env) SHAPE_IDS=REGEX builds only the shapes whose "arch id seed" line matches; GENSPEED_SHAPES="A B"
@@ -120,6 +121,15 @@ for step in "$@"; do
           > "$OUT/genspeed-$tag.txt" 2>&1 || true
         grep -E "^bound|^bare vLLM|^host, " "$OUT/genspeed-$tag.txt" | sed "s/^/$tag: /"
       done
+    done ;;
+  serve)  # item 6: yard serve (the engine in the ingress's replica, ingress auto) against vLLM's own server,
+    # exaone-s0 (the 1.2B shape), 16 and 64 clients; SERVE_RUNS runs of the command (default 3), 3 rounds each
+    for i in $(seq 1 "${SERVE_RUNS:-3}"); do
+      python3 tests/bench/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model exaone-s0 \
+        --parts vllm,yard,handle --clients 16 64 --requests 512 --rounds 3 --max-tokens 128 --share 0.3 ${SERVE_ARGS:-} \
+        > "$OUT/serve-$i.txt" 2>&1 || true
+      tail -c 20000 "$OUT/vllm-server.log" > "$OUT/serve-$i-vllm-server.log" 2>/dev/null || true; rm -f "$OUT/vllm-server.log"
+      grep -E "GET /health|clients: |^path|^(vllm|yard|handle) " "$OUT/serve-$i.txt" | sed "s/^/run $i: /"
     done ;;
   enginedie)  # item 5: exaone-s0's vLLM processes SIGKILLed 15 s into its engine start (the host lives):
     # the host must notice within a minute and retry the model, not wait for the 30-min load-stall limit
