@@ -12,7 +12,6 @@ replica. Building and starting: serve/deploy.py. The probe console (GET /, /cons
 
 import asyncio
 import hmac
-import inspect
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve.client import ChatClient, ChatError, ChatReply
 from serve.config import CandidateConfig, LimitsConfig
 from serve.console import ProbeConsole, console_routes
+from serve.local_handle import LocalHandle
 from serve.requests import (BadRequest, check_origin, error_body, json_depth_exceeds, number as _number,
                             parse_chat, parse_completion)
 
@@ -212,48 +212,6 @@ class HandleChatClient(ChatClient):
             raise ChatError(f"model {self.model}: {result['error'][1]}")
         usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]}
         return ChatReply(result["text"], cached=False, attempts=1, usage=usage, finish_reason=result["finish_reason"])
-
-
-class LocalHandle:
-    """A candidate object in this process, called as its deployment handle would be (for `ingress:
-    colocated`): `h.complete.remote(p)` is awaitable, and from a worker thread `.result()` runs it on
-    the replica's event loop (`loop()`); `h.options(stream=True).stream.remote(r)` is the async
-    generator itself. No Ray hop: the call is a method call."""
-
-    def __init__(self, obj, loop):
-        self._obj, self._loop = obj, loop
-
-    def options(self, **_options) -> "LocalHandle":
-        return self
-
-    def __getattr__(self, name: str):
-        return _LocalMethod(getattr(self._obj, name), self._loop)
-
-
-class _LocalMethod:
-    def __init__(self, fn, loop):
-        self._fn, self._loop = fn, loop
-
-    def remote(self, *args):
-        if inspect.isasyncgenfunction(self._fn):
-            return self._fn(*args)
-        return _LocalCall(self._fn, args, self._loop)
-
-
-class _LocalCall:
-    def __init__(self, fn, args, loop):
-        self._fn, self._args, self._loop = fn, args, loop
-
-    async def _run(self):
-        if inspect.iscoroutinefunction(self._fn):
-            return await self._fn(*self._args)
-        return await asyncio.to_thread(self._fn, *self._args)  # a blocking method, off the loop
-
-    def __await__(self):
-        return self._run().__await__()
-
-    def result(self, timeout_s: float | None = None):
-        return asyncio.run_coroutine_threadsafe(self._run(), self._loop()).result(timeout_s)
 
 
 # --- the ingress -----------------------------------------------------------------------------

@@ -109,14 +109,14 @@ class CandidateConfig(YardModel):
             raise ValueError("give num_replicas or autoscaling, not both")
         return self
 
+    @property
+    def on_serve_llm(self) -> bool:
+        """Served by Ray Serve LLM's own app (`vllm_server: ray-serve-llm`), not this app's ingress."""
+        return self.engine == "vllm" and self.vllm_server == "ray-serve-llm"
+
     def served_ids(self) -> list[str]:
         """The model ids this candidate answers to: its own, then '<id>:<adapter>' per LoRA adapter."""
         return [self.id] + [f"{self.id}:{name}" for name in self.lora_adapters]
-
-
-def _behind_ingress(candidates: list[CandidateConfig]) -> list[CandidateConfig]:
-    """The candidates this app's ingress serves (not Ray Serve LLM's)."""
-    return [c for c in candidates if not (c.engine == "vllm" and c.vllm_server == "ray-serve-llm")]
 
 
 class ServeConfig(JobConfig):
@@ -153,18 +153,19 @@ class ServeConfig(JobConfig):
     def _one_to_colocate(cls, v: str, info: ValidationInfo) -> str:
         if v != "colocated" or "candidates" not in info.data:  # bad candidates are reported by themselves
             return v
-        ours = _behind_ingress(info.data["candidates"])
+        ours = [c for c in info.data["candidates"] if not c.on_serve_llm]
         if len(ours) != 1:
             raise ValueError(f"puts one candidate's engine in the ingress replica; {len(ours)} candidates are "
                              "served behind the ingress")
         return v
 
-    def _behind_ingress(self) -> list[CandidateConfig]:
-        return _behind_ingress(self.candidates)
+    def behind_ingress(self) -> list[CandidateConfig]:
+        """The candidates this app's ingress serves (not Ray Serve LLM's)."""
+        return [c for c in self.candidates if not c.on_serve_llm]
 
     def colocated(self) -> CandidateConfig | None:
         """The candidate whose engine runs in the ingress replica (`ingress`), or None."""
-        ours = self._behind_ingress()
+        ours = self.behind_ingress()
         if self.ingress == "separate" or len(ours) != 1:
             return None
         return ours[0] if self.ingress == "colocated" or ours[0].engine == "vllm" else None

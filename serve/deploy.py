@@ -58,7 +58,7 @@ def _probe_suite(path: str | None) -> str | None:
 
 def on_serve_llm(candidate) -> bool:
     """Served by Ray Serve LLM's own app (`vllm_server: ray-serve-llm`), not this app's ingress."""
-    return candidate.engine == "vllm" and candidate.vllm_server == "ray-serve-llm"
+    return candidate.on_serve_llm
 
 
 def _replica_options(cand, max_ongoing: int) -> dict:
@@ -77,7 +77,7 @@ def build_app(cfg: ServeConfig):
     with `vllm_server: yard`); Ray Serve LLM's ids are listed and redirected. With `ingress`
     colocated the one candidate's engine lives in the ingress's replica (that deployment takes the
     candidate's name, resources and replicas), else each candidate is a deployment of its own."""
-    hf = [c for c in cfg.candidates if not on_serve_llm(c)]
+    hf = cfg.behind_ingress()
     registry_paths = [_absolute(p) for p in cfg.registry_paths()]
     storage_uri = cfg.storage.uri if cfg.storage.uri.startswith("s3://") else _absolute(cfg.storage.uri)
     colocated = cfg.colocated()

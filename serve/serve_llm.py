@@ -132,8 +132,7 @@ def build_llm_config(candidate: CandidateConfig, registry: ModelRegistry | None 
 def build_llm_configs(cfg: ServeConfig) -> list:
     """An LLMConfig per vLLM candidate of the config."""
     registry = ModelRegistry.load(cfg.registry_paths()) if cfg.registry_paths() else None
-    return [build_llm_config(c, registry, storage_uri=cfg.storage.uri) for c in cfg.candidates
-            if c.engine == "vllm" and c.vllm_server == "ray-serve-llm"]
+    return [build_llm_config(c, registry, storage_uri=cfg.storage.uri) for c in cfg.candidates if c.on_serve_llm]
 
 
 def build_vllm_app(cfg: ServeConfig):
@@ -143,7 +142,7 @@ def build_vllm_app(cfg: ServeConfig):
         import vllm  # noqa: F401
         from ray.serve.llm import build_openai_app
     except ImportError:
-        ids = ", ".join(c.id for c in cfg.candidates if c.engine == "vllm" and c.vllm_server == "ray-serve-llm")
+        ids = ", ".join(c.id for c in cfg.candidates if c.on_serve_llm)
         raise VllmUnavailable(f"candidates {ids}: engine vllm needs vllm (pip install 'modelyard[vllm]' on a GPU "
                               f"node) or engine: hf") from None
     return build_openai_app({"llm_configs": configs})

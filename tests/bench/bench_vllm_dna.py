@@ -98,19 +98,18 @@ torch.cuda.synchronize(); print(2 * 20 * x.numel() / (time.perf_counter() - t0),
 def hbm_bytes_per_s() -> float:
     """This GPU's HBM bandwidth as a device-to-device copy reaches it (read + write, 2 GiB, in a
     process of its own so that vLLM later finds the GPU empty); 4.3 TB/s (the H200's) without a GPU."""
-    global HBM_BYTES_PER_S
     try:
         out = subprocess.run([sys.executable, "-c", _HBM_PROBE], capture_output=True, text=True, timeout=120)
         rate, name = out.stdout.split(maxsplit=1)
-        HBM_BYTES_PER_S = float(rate)
-        print(f"HBM copy bandwidth on {name.strip()}: {HBM_BYTES_PER_S / 1e12:.2f} TB/s (the bound uses it)", flush=True)
+        print(f"HBM copy bandwidth on {name.strip()}: {float(rate) / 1e12:.2f} TB/s (the bound uses it)", flush=True)
+        return float(rate)
     except (ValueError, OSError, subprocess.SubprocessError):
         print(f"no GPU bandwidth measured: the bound uses {HBM_BYTES_PER_S / 1e12:.1f} TB/s", flush=True)
-    return HBM_BYTES_PER_S
+        return HBM_BYTES_PER_S
 
 
-def bound(args, batch: int) -> float:
-    return batch * HBM_BYTES_PER_S / weight_bytes(Path(args.out), model_ids()[0])
+def bound(args, batch: int, hbm: float) -> float:
+    return batch * hbm / weight_bytes(Path(args.out), model_ids()[0])
 
 
 def bare(args) -> dict:
@@ -261,7 +260,7 @@ def main() -> None:
         print(json.dumps({"total_s": r["models"][0]["total_s"], "artifact": r["models"][0]["artifact"]}))
         return
     result["hbm_bytes_per_s"] = hbm_bytes_per_s()
-    result["bound_tokens_per_s_at_batch"] = round(bound(args, args.prompts), 0)
+    result["bound_tokens_per_s_at_batch"] = round(bound(args, args.prompts, result["hbm_bytes_per_s"]), 0)
     for part, fn in (("bare", lambda: bare(args)), ("variants", lambda: variants(args)), ("host", lambda: host_run(args, "vllm", model_ids()[:1])),
                      ("hostrep", lambda: host_repeats(args)),
                      ("hf", lambda: host_run(args, "hf", model_ids()[:1])),
