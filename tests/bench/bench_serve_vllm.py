@@ -50,8 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS), help=f"which paths, of {', '.join(PARTS)}")
     p.add_argument("--share", type=float, default=0.25, help="GPU memory share of each engine")
     p.add_argument("--port", type=int, default=8100)
-    p.add_argument("--ray-serve-mode", default="throughput", choices=["throughput", "default"],
-                   help="yard serve's ray_serve_mode (Ray Serve's request-path flags)")
+    p.add_argument("--ray-serve-mode", default="throughput", choices=["throughput", "direct", "default"],
+                   help="yard serve's ray_serve_mode (Ray Serve's request-path flags; direct: HAProxy in front of "
+                   "the ingress replica's own HTTP server, no proxy actor)")
     p.add_argument("--ingress", default="auto", choices=["auto", "colocated", "separate"],
                    help="yard serve's ingress: the engine in the ingress's replica (auto, for one vLLM candidate) "
                    "or in a replica of its own (one more Ray hop a request)")

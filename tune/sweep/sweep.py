@@ -348,10 +348,7 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
         baseline = _baseline_row(cfg, prep)
         timing = None
         candidates = {r["trial_id"]: r["candidate"] for r in rows if r["status"] == "ok" and r.get("candidate")}
-        if cfg.timing.enabled and candidates and cfg.eval.engine.name == "vllm":
-            log.info("timing phase skipped: with eval.engine vllm each trial timed its candidate on a GPU of "
-                     "its own (vLLM), as the baseline was", extra={"console": True})
-        elif cfg.timing.enabled and candidates:
+        if cfg.timing.enabled and candidates:
             reporter.phase("timing")
             timing = time_candidates(cfg, registry_paths, store, checked.benchmarks, candidates, job.job_id)
             summary_timing_s = time.time() - t_trials - trial_seconds

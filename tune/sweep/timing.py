@@ -52,7 +52,8 @@ class TimingConfig(YardModel):
     rounds: int = Field(5, ge=1, le=50, description="visits per model, interleaved with the others")
     prompts: int = Field(16, ge=1, description="the first N generate-mode benchmark prompts")
     new_tokens: int = Field(32, ge=1, le=4096, description="tokens every row generates (EOS ignored)")
-    batch_size: int | None = Field(None, ge=1, description="default: eval.batch_size")
+    batch_size: int | None = Field(None, ge=1, description="default: eval.batch_size (HF; vLLM takes every prompt "
+                                   "at once, up to eval.engine.vllm.max_num_seqs)")
     repeats: int = Field(3, ge=1, le=100, description="timed generations per visit at least; the fastest counts")
     min_visit_s: float = Field(1.0, ge=0, le=600, description="repeat within a visit until this much was timed")
 
@@ -188,23 +189,72 @@ def time_models(loaders: dict[str, Loader], texts_for: Callable[[object], tuple[
             if on_visit is not None:
                 on_visit(done, total, name)
     out = {"rounds": cfg.rounds, "new_tokens": cfg.new_tokens, "prompts": texts_count[0],
-           "batch_size": batch_size, "models": {}}
-    for name in loaders:
-        entry = {"sec_per_token": statistics.median(runs[name]) if runs[name] else None,
-                 "sec_per_token_runs": runs[name], "generated_tokens": tokens.get(name)}
-        if name != baseline:
-            entry.update(speed_norm=statistics.median(norms[name]), speed_norm_runs=norms[name],
-                         speed_norm_spread=_half_range(norms[name]))
-        out["models"][name] = entry
+           "batch_size": batch_size, "models": _per_model(runs, norms, tokens)}
     kept.clear()
     release_memory()
+    return out
+
+
+Measure = Callable[[str], tuple[float, int]]  # name -> (fastest seconds, tokens), in a process of its own
+
+
+def time_in_fresh_processes(measure: Measure, names: list[str], cfg: TimingConfig, batch_size: int, *,
+                            baseline: str = BASELINE,
+                            on_visit: Callable[[int, int, str], None] | None = None) -> dict:
+    """Time the baseline and each candidate (`names`), each visit a process of its own: how a
+    vLLM sweep is timed (tune/sweep/timing_phase.py). `measure(name)` starts the model in a fresh
+    process, generates `cfg.repeats` times and returns the fastest (seconds, tokens).
+
+    A vLLM engine cannot be kept beside another on one GPU, and the trials' own figures depended on
+    where they were taken: on an H100, three identical copies of the base, each timed in its trial's
+    process, came out 22%, 34% and 42% slower than the base timed in the prepare step (issue 26),
+    slower with each trial the process had served. Here every model is timed in the same
+    conditions: a new process, its first engine. Round r times the baseline first (last on odd
+    rounds) and the candidates in an order rotated by r; a candidate's speed_norm in round r is
+    against the baseline of round r. Returns the dict `time_models` returns, with "fresh_process"."""
+    if baseline in names:
+        raise ValueError(f"timing: the baseline {baseline!r} is timed in every round; do not list it")
+    runs: dict[str, list[float]] = {n: [] for n in [baseline, *names]}
+    norms: dict[str, list[float]] = {n: [] for n in names}
+    tokens: dict[str, int] = {}
+    total, done = len(names) * cfg.rounds, 0
+    for r in range(cfg.rounds):
+        shift = r % max(1, len(names))
+        order = names[shift:] + names[:shift]
+        order = [baseline, *order] if r % 2 == 0 else [*order, baseline]
+        seconds: dict[str, float] = {}
+        for name in order:
+            seconds[name], tokens[name] = measure(name)
+            runs[name].append(seconds[name] / tokens[name])
+            if name != baseline:
+                done += 1
+                if on_visit is not None:
+                    on_visit(done, total, name)
+        for name in names:
+            norms[name].append(1.0 - runs[name][-1] / runs[baseline][-1])
+    return {"rounds": cfg.rounds, "new_tokens": cfg.new_tokens, "prompts": tokens.get(baseline, 0) // cfg.new_tokens,
+            "batch_size": batch_size, "fresh_process": True, "models": _per_model(runs, norms, tokens)}
+
+
+def _per_model(runs: dict[str, list[float]], norms: dict[str, list[float]], tokens: dict[str, int]) -> dict:
+    """The "models" entry of a timing result: every model's seconds per token (median over visits),
+    and each candidate's (those in `norms`) speed_norm, per visit, median and spread."""
+    out = {}
+    for name in runs:
+        entry = {"sec_per_token": statistics.median(runs[name]) if runs[name] else None,
+                 "sec_per_token_runs": runs[name], "generated_tokens": tokens.get(name)}
+        if name in norms:
+            entry.update(speed_norm=statistics.median(norms[name]), speed_norm_runs=norms[name],
+                         speed_norm_spread=_half_range(norms[name]))
+        out[name] = entry
     return out
 
 
 def timing_summary(timing: dict | None) -> dict | None:
     if timing is None:
         return None
-    return {k: timing[k] for k in ("rounds", "new_tokens", "prompts", "batch_size", "device", "torch_threads")}
+    return {k: timing.get(k) for k in ("rounds", "new_tokens", "prompts", "batch_size", "device", "torch_threads",
+                                       "fresh_process")}
 
 
 def apply_timing(rows: list[dict], baseline_row: dict, timing: dict) -> list[dict]:
@@ -216,12 +266,15 @@ def apply_timing(rows: list[dict], baseline_row: dict, timing: dict) -> list[dic
     out = []
     for row in rows:
         t = models.get(row["trial_id"])
-        if row.get("status") != "ok" or t is None or row.get("perf_norm") is None:
+        if row.get("status") != "ok" or t is None:
             out.append(row)
             continue
         speed = t["speed_norm"]
-        score = max(0.5 * row["perf_norm"] + 0.5 * speed, 0.0)
+        # a base whose perf is 0 (random weights) leaves no PerfNorm and no Score: the speed still counts
+        perf_norm = row.get("perf_norm")
+        score = None if perf_norm is None else round(max(0.5 * perf_norm + 0.5 * speed, 0.0), 6)
         out.append({**row, "sec_per_token_in_trial": row.get("sec_per_token"), "score_in_trial": row.get("score"),
+                    "speed_norm_in_trial": row.get("speed_norm"),
                     "sec_per_token": round(t["sec_per_token"], 9), "speed_norm": round(speed, 6),
-                    "score": round(score, 6), "score_spread": round(0.5 * t["speed_norm_spread"], 6)})
+                    "score": score, "score_spread": round(0.5 * t["speed_norm_spread"], 6)})
     return out

@@ -6,6 +6,9 @@ config composes) because this task rebuilds the sweep's own config (`tune.config
 the config imports timing, and this module imports both.
 
     timing = time_candidates(cfg, registry_paths, store, benchmarks, {trial_id: store_prefix}, job_id)
+
+With `eval.engine: vllm` each visit is a process of its own (`time_one_vllm`, a Ray task that
+never serves a second call), scheduled by `tune.sweep.timing.time_in_fresh_processes`.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tune.config import SweepConfig
-from tune.sweep.timing import BASELINE, Loader, time_models
+from tune.sweep.timing import BASELINE, Loader, time_in_fresh_processes, time_models
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +73,105 @@ def run_timing(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoi
     return result
 
 
+def time_one_vllm(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoint_url: str | None,
+                  benchmarks: list, name: str, prefix: str | None) -> tuple[float, int, str]:
+    """One visit of a vLLM sweep's timing phase, in a process of its own: the base (`prefix` None,
+    loaded as the baseline was) or a candidate's saved `model/` in vLLM; one untimed generation,
+    then `timing.repeats` generations of exactly `timing.new_tokens` tokens for each of the first
+    `timing.prompts` prompts (EOS ignored), all handed to vLLM at once, garbage collection off while
+    timed. Returns the fastest (seconds, tokens) and the GPU's name."""
+    import gc
+
+    import torch
+
+    from cluster.engines.engine_vllm import load_vllm, load_vllm_dir
+    from cluster.models.registry import ModelRegistry
+    from cluster.store.storage import open_store
+    from tune.eval.evaluate import generation_prompts, render_for
+
+    cfg = SweepConfig.model_validate(cfg_dict)
+    registry = ModelRegistry.load(registry_paths)
+    settings, timing = cfg.eval.engine.vllm, cfg.timing
+    with tempfile.TemporaryDirectory(prefix="yard-timing-") as tmp:
+        if prefix is None:
+            model, tokenizer = load_vllm(cfg.base, registry, settings)[:2]
+        else:
+            path = _model_dir(open_store(store_uri, endpoint_url), prefix, Path(tmp))
+            model, tokenizer = load_vllm_dir(name, str(path), settings, num_gpus=int(cfg.resources.gpus_per_trial)), \
+                _tokenizer(path)
+        try:
+            texts, special = render_for(tokenizer, cfg.eval, registry.get(cfg.base), cfg.base,
+                                        generation_prompts(benchmarks, timing.prompts))
+            ids = [tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
+            model.generate(ids[:1], max_new_tokens=2)  # untimed: first-call costs are not the model's speed
+            best, tokens = float("inf"), 0
+            for _ in range(timing.repeats):
+                collecting = gc.isenabled()
+                gc.disable()  # as timeit does
+                try:
+                    out = model.generate(ids, max_new_tokens=timing.new_tokens, min_new_tokens=timing.new_tokens,
+                                         ignore_eos=True)
+                finally:
+                    if collecting:
+                        gc.enable()
+                tokens = sum(out.new_tokens)
+                if tokens != len(ids) * timing.new_tokens:
+                    raise RuntimeError(f"timing {name}: expected {len(ids) * timing.new_tokens} tokens, "
+                                       f"generated {tokens}")
+                best = min(best, out.seconds)
+        finally:
+            model.close()
+    return best, tokens, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def time_candidates(cfg, registry_paths: list[str], store, benchmarks: list,
                     candidates: dict[str, str], job_id: str | None) -> dict:
-    """The timing phase (`run_timing`) as one Ray task, after every trial has finished: the base
-    and each candidate timed alone, interleaved and repeated. A whole GPU when trials use one."""
+    """The timing phase after every trial has finished: the base and each candidate timed alone,
+    interleaved and repeated. HF: one Ray task (`run_timing`), a whole GPU when trials use one.
+    vLLM: every visit a Ray task of its own (`time_one_vllm`), on the trials' GPUs."""
     import ray
 
+    if cfg.eval.engine.name == "vllm":
+        return _time_vllm(cfg, registry_paths, store, benchmarks, candidates, job_id)
     gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0
     task = ray.remote(run_timing).options(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus)
     timing = ray.get(task.remote(cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url,
                                  benchmarks, candidates, job_id))
     log.info("timing phase: %d models x %d rounds", len(timing["models"]), timing["rounds"])
+    return timing
+
+
+def _time_vllm(cfg, registry_paths: list[str], store, benchmarks: list, candidates: dict[str, str],
+               job_id: str | None) -> dict:
+    import ray
+
+    # max_calls=1: the worker exits after its visit, so the next visit is a new process and its engine the first
+    task = ray.remote(time_one_vllm).options(num_cpus=cfg.resources.cpus_per_trial,
+                                             num_gpus=int(cfg.resources.gpus_per_trial), max_calls=1)
+    args = (cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url, benchmarks)
+    reporter = None
+    if job_id is not None:
+        from cluster.ops.progress import ProgressReporter
+
+        reporter = ProgressReporter(store, job_id, task="timing", total=len(candidates) * cfg.timing.rounds)
+        reporter.phase("timing", item=cfg.base)
+
+    devices = set()
+
+    def measure(name: str) -> tuple[float, int]:
+        seconds, tokens, device = ray.get(task.remote(*args, name, candidates.get(name)))
+        devices.add(device)
+        return seconds, tokens
+
+    on_visit = None if reporter is None else (lambda done, total, name: reporter.advance(item=name))
+    timing = time_in_fresh_processes(measure, list(candidates), cfg.timing, cfg.eval.engine.vllm.max_num_seqs,
+                                     on_visit=on_visit)
+    if reporter is not None:
+        reporter.finish("succeeded")
+    timing["device"] = " + ".join(sorted(devices)) + " (vLLM)"
+    timing["torch_threads"] = None  # vLLM's own
+    log.info("timing phase: %d models x %d rounds, each visit a process of its own (vLLM)", len(timing["models"]),
+             timing["rounds"])
     return timing
 
 

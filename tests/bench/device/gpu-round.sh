@@ -13,7 +13,8 @@
 #   cost    `yard cost` of both stores (tables, csv, plot)
 #   enginedie item 5: a host's vLLM engine processes killed while it starts: noticed within a minute, retried
 #   identity  item 4: an identity recipe of exaone-s0, 3 trials, each evaluated by vLLM on 183 prompts x
-#           256 new tokens (tests/bench/device/sweep.identity.vllm.yaml): speed_norm should be 0 +- 0.02
+#           256 new tokens, then the timing phase, each visit a fresh vLLM process (2 rounds, 183 x 512
+#           tokens; tests/bench/device/sweep.identity.vllm.yaml): speed_norm should be 0 +- 0.02
 #   serve   item 6: tests/bench/bench_serve_vllm.py, yard serve vs vLLM's own server on exaone-s0, 3 runs
 #   genspeed  item 3: bare vLLM against the warm host's vLLM path, 5 runs each, 40 probes x 256 tokens at
 #           once, on the 1.2B and 8B shapes, in both engine modes (tests/bench/bench_vllm_dna.py)
@@ -123,10 +124,11 @@ for step in "$@"; do
       done
     done ;;
   serve)  # item 6: yard serve (the engine in the ingress's replica, ingress auto) against vLLM's own server,
-    # exaone-s0 (the 1.2B shape), 16 and 64 clients; SERVE_RUNS runs of the command (default 3), 3 rounds each
+    # exaone-s0 (the 1.2B shape), 16 and 64 clients; SERVE_RUNS runs of the command (default 3), 3 rounds each;
+    # SERVE_ARGS (default --ray-serve-mode direct: HAProxy, no proxy actor; the proxy's path added ~80 ms a request)
     for i in $(seq 1 "${SERVE_RUNS:-3}"); do
       python3 tests/bench/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model exaone-s0 \
-        --parts vllm,yard,handle --clients 16 64 --requests 512 --rounds 3 --max-tokens 128 --share 0.3 ${SERVE_ARGS:-} \
+        --parts vllm,yard,handle --clients 16 64 --requests 512 --rounds 3 --max-tokens 128 --share 0.3 ${SERVE_ARGS:---ray-serve-mode direct} \
         > "$OUT/serve-$i.txt" 2>&1 || true
       tail -c 20000 "$OUT/vllm-server.log" > "$OUT/serve-$i-vllm-server.log" 2>/dev/null || true; rm -f "$OUT/vllm-server.log"
       grep -E "GET /health|clients: |^path|^(vllm|yard|handle) " "$OUT/serve-$i.txt" | sed "s/^/run $i: /"
@@ -146,7 +148,8 @@ for step in "$@"; do
   identity)  # item 4: 3 identity trials of exaone-s0 evaluated by vLLM on 183 prompts x 256 tokens
     yard sweep tests/bench/device/sweep.identity.vllm.yaml ${EXTRA:-} > "$OUT/identity.txt" 2>&1 || true
     find /tmp/identity-store -name rows.json -exec cp {} "$OUT/identity-rows.json" \; 2>/dev/null || true
-    python3 -c "import json; [print(r['trial_id'], r.get('status'), r.get('sec_per_token'), r.get('speed_norm')) for r in json.load(open('$OUT/identity-rows.json'))]" || tail -30 "$OUT/identity.txt" ;;
+    python3 -c "import json; [print(r['trial_id'], r.get('status'), 'timed', r.get('sec_per_token'), r.get('speed_norm'), 'in trial', r.get('sec_per_token_in_trial'), r.get('speed_norm_in_trial')) for r in json.load(open('$OUT/identity-rows.json'))]" || tail -30 "$OUT/identity.txt"
+    find /tmp/identity-store -name "*.log" -path "*logs*" -exec tail -c 300000 {} \; > "$OUT/identity-job.log" 2>/dev/null || true ;;
   bg)  # the remaining steps in a process session of their own: it outlives this device call (not the machine)
     shift_steps=("${@:$((idx + 1))}")
     mkdir -p /tmp/round-out; rm -f /tmp/round-out/.done

