@@ -90,6 +90,7 @@ class EngineDied(RuntimeError):
 # process is gone vLLM gets ENGINE_GRACE_S to raise its own error, then the rest of the engine is
 # ended, then the start is interrupted: all within a minute, against a 30 min load-stall limit.
 ENGINE_POLL_S, ENGINE_GRACE_S = 3.0, 15.0
+_START_FAILED = "Engine core initialization failed"  # vLLM's own summary: the cause is elsewhere
 _EXCEPTION_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S")
 _VLLM_DECORATION = re.compile(r"^(?:\(\S+ pid=\d+\)\s*)?(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) [\d-]+ [\d:.]+ "
                               r"\[[^]]*\]\s*)?")
@@ -145,9 +146,11 @@ class EngineWatch:
             self.engine_exited = any(key not in alive for key in self._seen)
         return False
 
-    def last_error_line(self) -> str:
-        """The engine's last error line written to this process's output since the watch began."""
-        return _last_error_line(self._outputs)
+    def last_error_line(self, own: bool = False) -> str:
+        """The engine's last error line written to this process's output since the watch began.
+        `own`: only an exception line other than vLLM's summary of a failed start ("Engine core
+        initialization failed"), else ""."""
+        return _last_error_line(self._outputs, own=own)
 
     def _engine_processes(self) -> dict[tuple[int, float], tuple[object, str]]:
         """{(pid, start time): (process, its name without the prefix)} of the titled descendants."""
@@ -221,9 +224,10 @@ def _output_files() -> list[tuple[str, int]]:
     return files
 
 
-def _last_error_line(outputs: list[tuple[str, int]], max_bytes: int = 256 * 1024) -> str:
+def _last_error_line(outputs: list[tuple[str, int]], max_bytes: int = 256 * 1024, own: bool = False) -> str:
     """The last `SomethingError: ...` line written to `outputs` since their recorded sizes (from the
-    exception's name on: vLLM's `(Worker_TP0 pid=N)` and log headers dropped), else the last line."""
+    exception's name on: vLLM's `(Worker_TP0 pid=N)` and log headers dropped), else the last line
+    (`own`: else "", and vLLM's summary of a failed start does not count)."""
     lines = []
     for path, since in outputs:
         try:
@@ -235,8 +239,10 @@ def _last_error_line(outputs: list[tuple[str, int]], max_bytes: int = 256 * 1024
             continue
     for line in reversed(lines):
         match = _EXCEPTION_LINE.search(line)
-        if match:
+        if match and not (own and _START_FAILED in line):
             return line[match.start():].strip()[:300]
+    if own:
+        return ""
     last = next((ln for ln in reversed(lines) if ln.strip()), "")
     return _VLLM_DECORATION.sub("", last.strip())[:300]
 
@@ -310,7 +316,11 @@ class VllmModel:
                                  f"{watch.verdict}") from exc
             line = next((ln for ln in reversed(str(exc).strip().splitlines()) if ln.strip()), type(exc).__name__)
             if watch.engine_exited:  # vLLM saw its engine end ("see root cause above"): the cause is in its output
-                line = watch.last_error_line() or line
+                own = watch.last_error_line(own=True)
+                if not own:  # nothing of its own to say: ended from outside (a signal, the kernel's OOM killer)
+                    raise EngineDied(f"model {model_id}: vLLM {self.version} engine died while starting: its "
+                                     f"process ended with no error of its own (killed?); vLLM: {line}") from exc
+                line = own
             raise EngineLoadFailed(f"model {model_id}: vLLM {self.version} cannot load {path}: {line}") from exc
 
     def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, min_new_tokens: int = 0,

@@ -220,7 +220,10 @@ def clean_serve_env(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for key in [*DIRECT_ENV, "RAY_SERVE_HAPROXY_BINARY_PATH"]:
-        monkeypatch.delenv(key, raising=False)
+        # set, then removed: monkeypatch records the variable, so what serve_env sets is undone after
+        # the test (a later test's local Ray must not start with these flags)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     return monkeypatch
 
 

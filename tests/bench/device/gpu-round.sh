@@ -15,7 +15,7 @@
 #   identity  item 4: an identity recipe of exaone-s0, 3 trials, each evaluated by vLLM on 183 prompts x
 #           256 new tokens, then the timing phase, each visit a fresh vLLM process (2 rounds, 183 x 512
 #           tokens; tests/bench/device/sweep.identity.vllm.yaml): speed_norm should be 0 +- 0.02
-#   serve   item 6: tests/bench/bench_serve_vllm.py, yard serve vs vLLM's own server on exaone-s0, 3 runs
+#   serve   item 6: tests/bench/serve/bench_serve_vllm.py, yard serve vs vLLM's own server on exaone-s0, 3 runs
 #   genspeed  item 3: bare vLLM against the warm host's vLLM path, 5 runs each, 40 probes x 256 tokens at
 #           once, on the 1.2B and 8B shapes, in both engine modes (tests/bench/bench_vllm_dna.py)
 #   (env) SHAPE_IDS=REGEX builds only the shapes whose "arch id seed" line matches; GENSPEED_SHAPES="A B"
@@ -127,7 +127,7 @@ for step in "$@"; do
     # exaone-s0 (the 1.2B shape), 16 and 64 clients; SERVE_RUNS runs of the command (default 3), 3 rounds each;
     # SERVE_ARGS (default --ray-serve-mode direct: HAProxy, no proxy actor; the proxy's path added ~80 ms a request)
     for i in $(seq 1 "${SERVE_RUNS:-3}"); do
-      python3 tests/bench/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model exaone-s0 \
+      python3 tests/bench/serve/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model exaone-s0 \
         --parts vllm,yard,handle --clients 16 64 --requests 512 --rounds 3 --max-tokens 128 --share 0.3 ${SERVE_ARGS:---ray-serve-mode direct} \
         > "$OUT/serve-$i.txt" 2>&1 || true
       tail -c 20000 "$OUT/vllm-server.log" > "$OUT/serve-$i-vllm-server.log" 2>/dev/null || true; rm -f "$OUT/vllm-server.log"

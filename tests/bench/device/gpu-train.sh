@@ -96,12 +96,12 @@ for step in "$@"; do
       -newer "$OUT/gpus.csv" -exec cp --parents {} "$OUT/$step-store" \; ;;
   serve-tp)  # the same num_gpus 2 model served: vLLM's own server vs yard serve, both tensor_parallel_size 2
     sample_gpus "$OUT/$step-gpus.txt" & sampler=$!
-    python3 tests/bench/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model qwen3-4b-tp2 --num-gpus 2 ${SERVE_TP_ARGS:-} \
+    python3 tests/bench/serve/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model qwen3-4b-tp2 --num-gpus 2 ${SERVE_TP_ARGS:-} \
       --parts vllm,yard --clients 16 64 --requests 256 --rounds 1 --max-tokens 128 --share 0.4 2>&1 \
       | grep -vE "Warning|warn\(|^\s*$" | tail -25 | tee "$OUT/$step.txt" || true
     kill $sampler || true ;;
   serve-1)  # issue 10: 16 and 64 clients, the 1.2B shape on one GPU, vLLM's server vs yard serve vs the handle
-    python3 tests/bench/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model exaone-4.0-1.2b-shape \
+    python3 tests/bench/serve/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model exaone-4.0-1.2b-shape \
       --parts vllm,yard,handle --clients 16 64 --requests 512 --rounds 3 --max-tokens 128 --share 0.3 2>&1 \
       | grep -vE "Warning|warn\(|^\s*$" | tail -40 | tee "$OUT/$step.txt" || true ;;
   *) echo "unknown step $step" >&2; exit 2 ;;

@@ -92,7 +92,10 @@ def worker(rank, dies_after_s):
     sys.exit(1)
 
 
-def engine_core(dies_after_s, fails_after_s=None):
+def engine_core(dies_after_s, fails_after_s=None, killed_after_s=None):
+    if killed_after_s is not None:  # ended from outside (SIGKILL: the OOM killer, round_kill.py): no line
+        time.sleep(killed_after_s)
+        os.kill(os.getpid(), 9)
     if fails_after_s is not None:  # the core itself fails, and exits: vLLM notices this on its own
         time.sleep(fails_after_s)
         print(f"(EngineCore pid={os.getpid()}) ValueError: the stand-in cannot load /m", file=sys.stderr, flush=True)
@@ -106,7 +109,9 @@ class LLM:
     def __init__(self, scenario="ok", **engine_args):
         dies = None if scenario == "ok" else 1.0
         fails = 1.5 if scenario == "core fails" else None
-        core = _titled("VLLM::EngineCore", f"from vllm import engine_core; engine_core({dies!r}, {fails!r})")
+        killed = 1.5 if scenario == "core killed" else None
+        core = _titled("VLLM::EngineCore",
+                       f"from vllm import engine_core; engine_core({dies!r}, {fails!r}, {killed!r})")
         if scenario == "ok":
             # a helper that is no engine process comes and goes (vLLM inspects the model in one)
             subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5)"], check=True)
@@ -184,6 +189,17 @@ def test_an_engine_core_that_fails_on_its_own_is_a_load_error_with_its_own_line(
     result = _load_with_standin(tmp_path, "core fails")
     assert result["error"] == "EngineLoadFailed" and result["seconds"] < 20
     assert result["message"] == "model m: vLLM unknown cannot load /m: ValueError: the stand-in cannot load /m"
+
+
+def test_an_engine_core_killed_from_outside_is_an_engine_that_died_not_a_model_that_cannot_load(tmp_path):
+    """SIGKILLed while it starts (the kernel's OOM killer, a reclaimed node; issue 26's
+    round_kill.py --engine-only): no line of its own, so not worded as a checkpoint vLLM cannot
+    load. Retried once all the same."""
+    result = _load_with_standin(tmp_path, "core killed")
+    assert result["error"] == "EngineDied" and result["seconds"] < 20
+    assert result["message"] == (
+        "model m: vLLM unknown engine died while starting: its process ended with no error of its own (killed?); "
+        "vLLM: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_0': -9}")
 
 
 def test_a_healthy_start_is_left_alone(tmp_path):

@@ -1,8 +1,8 @@
 """Benchmark: the Serve app's HF engine with dynamic batching vs one request at a time, and a load test.
 
-    .venv/bin/python tests/bench/bench_serve.py                      # CPU, zoo llama-a, 16 clients
-    .venv/bin/python tests/bench/bench_serve.py --load               # 200 concurrent, mixed good/bad
-    .venv/bin/python tests/bench/bench_serve.py --registry /carried/zoo/models.yaml --device cuda
+    .venv/bin/python tests/bench/serve/bench_serve.py                      # CPU, zoo llama-a, 16 clients
+    .venv/bin/python tests/bench/serve/bench_serve.py --load               # 200 concurrent, mixed good/bad
+    .venv/bin/python tests/bench/serve/bench_serve.py --registry /carried/zoo/models.yaml --device cuda
 
 Throughput mode: the same app started twice on local Ray (one candidate; `max_batch_size` = the
 client count, then 1), 16 concurrent clients over real HTTP send `--requests` greedy chat
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # run as a script from anywhere
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """Benchmark: what Ray Serve's HTTP path adds to a request, through the proxy actor and through HAProxy.
 
-    .venv/bin/python tests/bench/bench_serve_http_path.py                       # 3 runs of each mode
-    .venv/bin/python tests/bench/bench_serve_http_path.py --modes throughput direct --clients 16 64
+    .venv/bin/python tests/bench/serve/bench_serve_http_path.py                       # 3 runs of each mode
+    .venv/bin/python tests/bench/serve/bench_serve_http_path.py --modes throughput direct --clients 16 64
 
 A FastAPI ingress whose route waits `--wait-s` (a stand-in for a model's generation: no CPU, so
 what is measured is the request path alone) runs on a local Ray started by a child process per run
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 

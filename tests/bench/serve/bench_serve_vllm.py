@@ -1,6 +1,6 @@
 """Benchmark: a vLLM candidate served through modelyard's own ingress vs vLLM's own OpenAI server.
 
-    python3 tests/bench/bench_serve_vllm.py --registry /tmp/shapes/models.yaml \
+    python3 tests/bench/serve/bench_serve_vllm.py --registry /tmp/shapes/models.yaml \
         --model exaone-4.0-1.2b-shape --clients 16 64 --requests 512 --max-tokens 128 --rounds 2
 
 The same model, the same vLLM engine settings (max_model_len, gpu_memory_utilization, vLLM's
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # run as a script from anywhere
 
 KEY = "bench-key"
 TOPICS = ["weather", "food", "school", "travel", "nature", "home", "technology", "music"]
