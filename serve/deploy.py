@@ -253,6 +253,24 @@ def candidate_info(candidate_id: str) -> dict:
     return handle.info.remote().result()
 
 
-def shutdown() -> None:
-    """Stop every Serve app and Serve itself (Ray stays up)."""
+def shutdown(timeout_s: float = 30.0) -> None:
+    """Stop every Serve app and Serve itself (Ray stays up), and return once Serve's controller is
+    gone. With Ray's direct ingress (`ray_serve_mode: direct`) a Serve started again in the same
+    process before then lost its new controller ("killed by ray.kill") while its app deployed; the
+    old controller was gone 0.4 s after `serve.shutdown()` returned."""
+    import time
+
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
     serve.shutdown()
+    if not ray.is_initialized():  # nothing was running (get_actor would start a Ray)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:  # no such actor: gone
+            return
+        time.sleep(0.1)
+    log.warning("Serve's controller still there %.0f s after shutdown", timeout_s)
