@@ -26,6 +26,23 @@ log = logging.getLogger(__name__)
 
 ASSUMED_TRIAL_S = {"gpu": 900.0, "cpu": 60.0}
 ASSUMED_PREPARE_S = {"gpu": 300.0, "cpu": 30.0}
+# a timing visit (tune/sweep/timing.py): HF times base and candidate for `min_visit_s` in one
+# process (a load or two on top); vLLM starts a process and an engine per visit (82-99 s for a new
+# engine on the H200, issue 26), then generates for seconds
+ASSUMED_VISIT_OVERHEAD_S = {"hf": 2.0, "vllm": 90.0}
+
+
+def timing_plan(cfg, trials: int) -> tuple[float, str] | None:
+    """(seconds, what they assume) of the timing phase after `trials` trials; None when it is off."""
+    t = cfg.timing
+    if not t.enabled or trials < 1:
+        return None
+    engine = cfg.eval.engine.name
+    if engine == "vllm":  # every visit a process of its own, the base's included
+        visits, each = (trials + 1) * t.rounds, ASSUMED_VISIT_OVERHEAD_S["vllm"] + t.min_visit_s
+    else:
+        visits, each = trials * t.rounds, ASSUMED_VISIT_OVERHEAD_S["hf"] + t.min_visit_s
+    return visits * each, f"timing phase: {visits} visits x {each:.0f} s ({engine}; each trial kept)"
 
 
 def _measured_trial_s(store, name: str) -> tuple[float | None, str]:
@@ -59,8 +76,15 @@ def sweep_plan(cfg, store) -> dict:
     waves = math.ceil(trials / max(cfg.search.max_concurrent_trials, 1))
     basis = {"prepare": "assumed", "trials": f"{trials} x {trial_s:.0f} s, " + (
         f"measured (sweep run {run})" if measured is not None else "assumed")}
+    wall = prepare_s + waves * trial_s
+    timing = timing_plan(cfg, trials)
+    if timing is not None:
+        units.append({**unit, "unit": "timing", "phases": {"evaluate": timing[0]}})
+        basis["timing"] = "assumed"
+        assumptions.append(timing[1])
+        wall += timing[0]
     return {"kind": "sweep", "units": units, "basis": basis, "groups": {"trials": "trial "}, "trials": trials,
-            "trial_s": round(trial_s, 1), "wall_s": round(prepare_s + waves * trial_s, 1), "assumptions": assumptions}
+            "trial_s": round(trial_s, 1), "wall_s": round(wall, 1), "assumptions": assumptions}
 
 
 def plan_text(plan: dict, prices) -> str:

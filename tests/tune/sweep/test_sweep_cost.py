@@ -26,8 +26,16 @@ def test_plan_assumes_without_history_and_measures_with_it(tmp_path):
     trials = cfg.search.trial_count()
     plan = sweep_plan(cfg, store)
     assert plan["trials"] == trials and plan["trial_s"] == ASSUMED_TRIAL_S["cpu"]
-    assert plan["wall_s"] == ASSUMED_PREPARE_S["cpu"] + -(-trials // 2) * ASSUMED_TRIAL_S["cpu"]
+    timing_s = trials * cfg.timing.rounds * (2.0 + cfg.timing.min_visit_s)  # HF: a visit per candidate a round
+    assert plan["wall_s"] == ASSUMED_PREPARE_S["cpu"] + -(-trials // 2) * ASSUMED_TRIAL_S["cpu"] + timing_s
     assert "assumed" in plan["basis"]["trials"] and any("per trial" in a for a in plan["assumptions"])
+    assert f"timing phase: {trials * cfg.timing.rounds} visits" in " ".join(plan["assumptions"])
+    # on vLLM every visit starts a process and an engine, the base's too; no timing phase, no unit
+    qa = f"eval.benchmarks=[{{name: qa, task: qa, source: {DEMO.parent / 'bench/zoo_qa.jsonl'}}}]"
+    vllm = sweep_plan(_cfg(tmp_path, "eval.engine=vllm", qa, "resources.gpus_per_trial=1"), store)
+    assert {u["unit"]: u["phases"]["evaluate"] for u in vllm["units"] if u["unit"] == "timing"} == {
+        "timing": (trials + 1) * cfg.timing.rounds * (90.0 + cfg.timing.min_visit_s)}
+    assert "timing" not in {u["unit"] for u in sweep_plan(_cfg(tmp_path, "timing.enabled=false"), store)["units"]}
     run = store.new_run("sweep", cfg.name)
     run.put_json("rows.json", [{"trial_id": "a", "status": "ok", "wall_s": 10.0},
                                {"trial_id": "b", "status": "ok", "seconds": 20.0},
@@ -61,7 +69,7 @@ def test_trials_become_ledger_rows_and_the_leaderboard_gets_plan_and_cost(tmp_pa
     rows = {r[0]: r for r in plan_vs_actual(job.plan, job.ledger.entries, load_prices())}
     assert rows["trials"][2] == "105.0" and rows["trials"][5] == "5"
     assert rows["trials"][6] == "1 failed, 1 kept, 1 stalled, 1 stopped"
-    assert rows["timing"][-1] == "not planned"
+    assert rows["timing"][-1] != "not planned"  # the plan prices the timing phase too
 
 
 @pytest.mark.parametrize("flag", ["--plan", "--dry-run"])
