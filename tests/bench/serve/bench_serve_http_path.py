@@ -42,12 +42,9 @@ def child(args) -> None:
     import os
     import time
 
-    from serve.deploy import DIRECT_ENV, THROUGHPUT_ENV, haproxy_binary
+    from serve.deploy import DIRECT_ENV, THROUGHPUT_ENV
 
-    flags = {"throughput": THROUGHPUT_ENV, "direct": DIRECT_ENV}.get(args.child, {})
-    os.environ.update(flags)
-    if args.child == "direct":
-        os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = haproxy_binary() or ""
+    os.environ.update({"throughput": THROUGHPUT_ENV, "direct": DIRECT_ENV}.get(args.child, {}))
     import httpx
     import ray
     from fastapi import FastAPI
