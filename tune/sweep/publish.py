@@ -66,6 +66,10 @@ def publish(store: ArtifactStore, cfg: SweepConfig, run: str, rows: list[dict], 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_leaderboard(rows, baseline, Path(tmp), title=f"sweep {cfg.name} ({run}) on {cfg.base}")
         killed = incidents_markdown(summary.get("incidents") or [])
+        if summary.get("timing_failed"):
+            killed = (f"\n## The timing phase failed\n\n{summary['timing_failed']}\n\nsec_per_token, speed_norm "
+                      "and the Score are each trial's own, timed beside the other trials. `yard sweep CONFIG "
+                      "--resume` times the models again, alone, and keeps every trial.\n") + killed
         cost = "\n".join(summary.get("cost_md") or [])  # last: the leaderboard ends with its cost line
         if killed or cost:
             with open(paths["md"], "a", encoding="utf-8") as md:
@@ -106,10 +110,14 @@ def print_rows(rows: list[dict], summary: dict) -> None:
     console = make_console()
     console.print(table)
     timing = summary.get("timing")
+    if summary.get("timing_failed"):
+        console.print(f"[red]timing phase failed[/]: {summary['timing_failed']}; speed is each trial's own "
+                      "(timed beside other trials); --resume times them again")
     if timing:
         console.print(f"speed: every model timed alone after the trials, {timing['rounds']} interleaved rounds of "
                       f"{timing['prompts']} prompts x {timing['new_tokens']} tokens "
                       f"(fastest runs; ± = half the range over rounds; ≈ = within noise of the row above)")
+    rate = f"{summary['trials_per_hour']} trials/hour" if summary.get("trials_per_hour") else "no trial ran in this job"
     console.print(f"teacher forward passes: {summary['teacher_forward_passes']} (once per sweep); "
-                  f"{summary['trials_per_hour']} trials/hour; leaderboard: {summary['report']}")
+                  f"{rate}; leaderboard: {summary['report']}")
     console.print(f"TensorBoard: tensorboard --logdir {summary['tune_dir']}")

@@ -346,13 +346,21 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
         trial_seconds = time.time() - t_trials
         rows = killed_reasons(rows_from_results(grid, asha=cfg.search.asha.enabled), incidents)
         baseline = _baseline_row(cfg, prep)
-        timing = None
+        timing, timing_failed = None, None
+        # a resume after a failed timing phase: every trial finished in (and is on the ledger of) that job
+        trials_recorded = bool(state) and state.get("status") == "timing_failed"
         candidates = {r["trial_id"]: r["candidate"] for r in rows if r["status"] == "ok" and r.get("candidate")}
         if cfg.timing.enabled and candidates:
             reporter.phase("timing")
-            timing = time_candidates(cfg, registry_paths, store, checked.benchmarks, candidates, job.job_id)
+            try:
+                timing = time_candidates(cfg, registry_paths, store, checked.benchmarks, candidates, job.job_id)
+            except Exception as e:  # the trials' results stay: published below, and --resume times them again
+                timing_failed = f"{type(e).__name__}: {e}".splitlines()[0]
+                log.error("timing phase failed: %s; the leaderboard ranks each trial's own speed", timing_failed,
+                          exc_info=True)
+            else:
+                rows = apply_timing(rows, baseline, timing)
             summary_timing_s = time.time() - t_trials - trial_seconds
-            rows = apply_timing(rows, baseline, timing)
         seconds = time.time() - t0
         ok = [r for r in rows if r["status"] == "ok"]
         scored = [r for r in ok if r.get("score") is not None]  # none when the base's perf is 0
@@ -364,24 +372,32 @@ def run_sweep(cfg: SweepConfig, *, config_path: str | None = None, resume: bool 
                    "baseline_cached": prep["baseline_cached"], "seconds": round(seconds, 1),
                    "trial_seconds": round(trial_seconds, 1),
                    # over the trial phase: the prepare step (teacher, baseline) is paid once per sweep
-                   "trials_per_hour": round(len(rows) / trial_seconds * 3600, 1) if trial_seconds > 0 else None,
+                   "trials_per_hour": round(len(rows) / trial_seconds * 3600, 1)
+                   if trial_seconds > 0 and not trials_recorded else None,
                    "incidents": incidents, "tune_dir": path,
                    "best": max(scored, key=lambda r: r["score"])["trial_id"] if scored else None,
-                   "timing": timing_summary(timing)}
+                   "timing": timing_summary(timing), "timing_failed": timing_failed}
         reporter.phase("publish")
         summary["cost_md"] = record_sweep(job, rows, cfg, prices, prepare_s=t_trials - t0, incidents=incidents,
-                                          timing_s=summary_timing_s if timing else 0.0)
+                                          timing_s=summary_timing_s if candidates and cfg.timing.enabled else 0.0,
+                                          timing_failed=timing_failed,
+                                          trials_recorded=trials_recorded)
         prefix = publish(store, cfg, run, rows, baseline, summary, timing)
         summary["report"] = store.locate(f"{prefix}/leaderboard.md")
         summary["registered"] = register_candidates(store, rows, cfg, registry_paths)
-        store.put_state(_state_key(cfg.name, run), {"run": run, "experiment": experiment, "status": "published",
+        # a failed timing phase leaves the run resumable: --resume keeps every trial and times them again
+        store.put_state(_state_key(cfg.name, run), {"run": run, "experiment": experiment,
+                                                     "status": "timing_failed" if timing_failed else "published",
                                                      "tune_path": path, "job_id": job.job_id, "prefix": prefix})
         job.add_artifact(prefix)
         job.summary = summary
         print_rows(rows, summary)
         bad = [r for r in rows if r["status"] == "error"]
-        code = 0 if ok and not bad else 1
-        if code:
+        code = 0 if ok and not bad and not timing_failed else 1
+        if timing_failed:
+            job.fail(f"timing phase failed ({timing_failed}); {len(ok)} trial(s) kept and published with their own "
+                     f"speed; `yard sweep {config_path or 'CONFIG'} --resume` times them again without rerunning them")
+        elif code:
             job.fail(f"{len(bad)} trial(s) errored, {len(ok)} scored")
         reporter.finish("succeeded" if code == 0 else "failed")
     return code, {"status": "ok" if code == 0 else "failed", **summary}

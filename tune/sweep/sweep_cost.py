@@ -104,9 +104,13 @@ def plan_text(plan: dict, prices) -> str:
 
 
 def record_sweep(job, rows: list[dict], cfg, prices, *, prepare_s: float, timing_s: float = 0.0,
-                 incidents: list[dict] | None = None) -> list[str]:
+                 incidents: list[dict] | None = None, timing_failed: str | None = None,
+                 trials_recorded: bool = False) -> list[str]:
     """Ledger rows for the prepare step, every trial and the timing step; returns the leaderboard's
-    cost section (plan beside actual, then the cost line, last)."""
+    cost section (plan beside actual, then the cost line, last). A timing step that failed
+    (`timing_failed`: its error) is a failed row with that reason: its time is waste, not hidden.
+    `trials_recorded`: the trials are on an earlier job's ledger (a resume after that job's timing
+    step failed), so this job adds none of them: they were paid once."""
     from cluster.capacity.cost import JobCost
     from cluster.capacity.cost_report import report_section
 
@@ -116,7 +120,7 @@ def record_sweep(job, rows: list[dict], cfg, prices, *, prepare_s: float, timing
     stalled = {i.get("trial_id") for i in incidents or [] if "stall" in str(i.get("kind", "")) and not i.get("retried")}
     attempts = _attempt_records(job.store, job.job_id)
     job.ledger.add(unit="prepare", phases={"evaluate": prepare_s}, outcome="kept", **res)
-    for r in rows:
+    for r in [] if trials_recorded else rows:
         task = trial_task(r["trial_id"])
         killed = sorted((t for t in attempts if t.startswith(f"{task}.killed")), key=lambda t: int(t.rsplit("killed", 1)[1]))
         for n, name in enumerate(killed, start=1):
@@ -129,7 +133,8 @@ def record_sweep(job, rows: list[dict], cfg, prices, *, prepare_s: float, timing
         job.ledger.add(unit=f"trial {r['trial_id']}", phases={"train": wall}, outcome=outcome, attempt=len(killed) + 1,
                        where=task, reason=str(r.get("error") or ""), **res)
     if timing_s:
-        job.ledger.add(unit="timing", phases={"evaluate": timing_s}, outcome="kept", **res)
+        job.ledger.add(unit="timing", phases={"evaluate": timing_s}, outcome="failed" if timing_failed else "kept",
+                       reason=timing_failed or "", **res)
     this = JobCost(job.job_id, "sweep", "running", "", None, job.ledger.entries, job.plan)
     return ["", *report_section(this, prices), ""]
 

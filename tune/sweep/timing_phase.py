@@ -142,12 +142,17 @@ def time_candidates(cfg, registry_paths: list[str], store, benchmarks: list,
 
 
 def _time_vllm(cfg, registry_paths: list[str], store, benchmarks: list, candidates: dict[str, str],
-               job_id: str | None) -> dict:
+               job_id: str | None, visit=None) -> dict:
+    """`visit` is `time_one_vllm`; a test passes a CPU stand-in with its signature."""
+    import math
+
     import ray
 
-    # max_calls=1: the worker exits after its visit, so the next visit is a new process and its engine the first
-    task = ray.remote(time_one_vllm).options(num_cpus=cfg.resources.cpus_per_trial,
-                                             num_gpus=int(cfg.resources.gpus_per_trial), max_calls=1)
+    # max_calls=1: the worker exits after its visit, so the next visit is a new process and its
+    # engine the first. Ray takes max_calls in ray.remote only, not in .options(). A visit gets
+    # whole GPUs (0.25 of one per trial still times on the whole card, alone).
+    task = ray.remote(num_cpus=cfg.resources.cpus_per_trial, num_gpus=math.ceil(cfg.resources.gpus_per_trial),
+                      max_calls=1)(visit or time_one_vllm)
     args = (cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url, benchmarks)
     reporter = None
     if job_id is not None:

@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS), help=f"which paths, of {', '.join(PARTS)}")
     p.add_argument("--share", type=float, default=0.25, help="GPU memory share of each engine")
     p.add_argument("--port", type=int, default=8100)
-    p.add_argument("--ray-serve-mode", default="throughput", choices=["throughput", "direct", "default"],
+    p.add_argument("--ray-serve-mode", default="auto", choices=["auto", "direct", "throughput", "default"],
                    help="yard serve's ray_serve_mode (Ray Serve's request-path flags; direct: HAProxy in front of "
                    "the ingress replica's own HTTP server, no proxy actor)")
     p.add_argument("--ingress", default="auto", choices=["auto", "colocated", "separate"],

@@ -72,6 +72,19 @@ def test_trials_become_ledger_rows_and_the_leaderboard_gets_plan_and_cost(tmp_pa
     assert rows["timing"][-1] != "not planned"  # the plan prices the timing phase too
 
 
+def test_a_failed_timing_step_is_waste_with_its_reason_and_a_resume_adds_no_trial_twice(tmp_path):
+    cfg = _cfg(tmp_path)
+    rows = [{"trial_id": "t1", "status": "ok", "wall_s": 30.0}]
+    job = JobContext("sweep", "sweep-1", open_store(str(tmp_path)), cfg, None, ledger=Ledger("sweep-1", "sweep"))
+    record_sweep(job, rows, cfg, load_prices(), prepare_s=2.0, timing_s=4.0, timing_failed="ValueError: boom")
+    assert [(e.unit, e.outcome, e.seconds, e.reason) for e in job.ledger.entries] == [
+        ("prepare", "kept", 2.0, ""), ("trial t1", "kept", 30.0, ""), ("timing", "failed", 4.0, "ValueError: boom")]
+    # the resume times them again: its ledger holds its own prepare and timing, not the trials again
+    again = JobContext("sweep", "sweep-2", open_store(str(tmp_path)), cfg, None, ledger=Ledger("sweep-2", "sweep"))
+    record_sweep(again, rows, cfg, load_prices(), prepare_s=1.0, timing_s=5.0, trials_recorded=True)
+    assert [(e.unit, e.outcome) for e in again.ledger.entries] == [("prepare", "kept"), ("timing", "kept")]
+
+
 @pytest.mark.parametrize("flag", ["--plan", "--dry-run"])
 def test_yard_sweep_plan_prints_and_runs_nothing(tmp_path, capsys, flag, monkeypatch):
     import cluster.runtime
