@@ -110,7 +110,7 @@ def record_sweep(job, rows: list[dict], cfg, prices, *, prepare_s: float, timing
     cost section (plan beside actual, then the cost line, last). A timing step that failed
     (`timing_failed`: its error) is a failed row with that reason: its time is waste, not hidden.
     `trials_recorded`: the trials are on an earlier job's ledger (a resume after that job's timing
-    step failed), so this job adds none of them: they were paid once."""
+    step failed), so this job adds only those that ran in it (`--restart-errored`): each is paid once."""
     from cluster.capacity.cost import JobCost
     from cluster.capacity.cost_report import report_section
 
@@ -120,8 +120,10 @@ def record_sweep(job, rows: list[dict], cfg, prices, *, prepare_s: float, timing
     stalled = {i.get("trial_id") for i in incidents or [] if "stall" in str(i.get("kind", "")) and not i.get("retried")}
     attempts = _attempt_records(job.store, job.job_id)
     job.ledger.add(unit="prepare", phases={"evaluate": prepare_s}, outcome="kept", **res)
-    for r in [] if trials_recorded else rows:
+    for r in rows:
         task = trial_task(r["trial_id"])
+        if trials_recorded and task not in attempts:  # finished in the earlier job, on its ledger
+            continue
         killed = sorted((t for t in attempts if t.startswith(f"{task}.killed")), key=lambda t: int(t.rsplit("killed", 1)[1]))
         for n, name in enumerate(killed, start=1):
             job.ledger.add(unit=f"trial {r['trial_id']}", phases={"train": attempts[name][0]}, outcome="stalled",

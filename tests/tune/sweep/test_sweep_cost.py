@@ -79,10 +79,15 @@ def test_a_failed_timing_step_is_waste_with_its_reason_and_a_resume_adds_no_tria
     record_sweep(job, rows, cfg, load_prices(), prepare_s=2.0, timing_s=4.0, timing_failed="ValueError: boom")
     assert [(e.unit, e.outcome, e.seconds, e.reason) for e in job.ledger.entries] == [
         ("prepare", "kept", 2.0, ""), ("trial t1", "kept", 30.0, ""), ("timing", "failed", 4.0, "ValueError: boom")]
-    # the resume times them again: its ledger holds its own prepare and timing, not the trials again
+    # the resume times them again: its ledger holds its own prepare and timing, and of the trials only
+    # t2, which ran in it (errored before, rerun with --restart-errored: its progress record is this job's)
     again = JobContext("sweep", "sweep-2", open_store(str(tmp_path)), cfg, None, ledger=Ledger("sweep-2", "sweep"))
+    again.store.put_state("progress/sweep-2/trial-t2.json", {"task": "trial-t2", "started_at": 10.0,
+                                                             "updated_at": 17.0, "status": "succeeded"})
+    rows = [*rows, {"trial_id": "t2", "status": "ok", "wall_s": 7.0}]
     record_sweep(again, rows, cfg, load_prices(), prepare_s=1.0, timing_s=5.0, trials_recorded=True)
-    assert [(e.unit, e.outcome) for e in again.ledger.entries] == [("prepare", "kept"), ("timing", "kept")]
+    assert [(e.unit, e.outcome, e.seconds) for e in again.ledger.entries] == [
+        ("prepare", "kept", 1.0), ("trial t2", "kept", 7.0), ("timing", "kept", 5.0)]
 
 
 @pytest.mark.parametrize("flag", ["--plan", "--dry-run"])
