@@ -97,8 +97,8 @@ def time_one_vllm(cfg_dict: dict, registry_paths: list[str], store_uri: str, end
             model, tokenizer = load_vllm(cfg.base, registry, settings)[:2]
         else:
             path = _model_dir(open_store(store_uri, endpoint_url), prefix, Path(tmp))
-            model, tokenizer = load_vllm_dir(name, str(path), settings, num_gpus=int(cfg.resources.gpus_per_trial)), \
-                _tokenizer(path)
+            # as the trial evaluated it (tune/sweep/trial.py); int(gpus_per_trial) was 0 for a shared GPU
+            model, tokenizer = load_vllm_dir(name, str(path), settings), _tokenizer(path)
         try:
             texts, special = render_for(tokenizer, cfg.eval, registry.get(cfg.base), cfg.base,
                                         generation_prompts(benchmarks, timing.prompts))

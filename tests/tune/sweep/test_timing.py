@@ -131,6 +131,17 @@ def test_a_vllm_visit_times_exact_token_counts_and_keeps_the_fastest(zoo, tmp_pa
     assert calls == [(1, 2, 0, False, True)] + [(3, 7, 7, True, True)] * 3
     assert (seconds, tokens) == (2.0, 21) and closed == [True] and device
 
+    # a candidate's visit: its saved model/ on one GPU, as its trial evaluated it, also where trials
+    # share a GPU (int(0.25) GPUs was a tensor-parallel size of 0)
+    (tmp_path / "cand").mkdir()
+    (tmp_path / "cand" / "model").symlink_to(zoo.zoo_dir / cfg.base)
+    loaded, calls[:] = [], []
+    monkeypatch.setattr(engine_vllm, "load_vllm_dir", lambda model_id, path, settings, num_gpus=1: (
+        loaded.append((model_id, path, num_gpus)), StandIn())[1])
+    shared = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"gpus_per_trial": 0.25})})
+    time_one_vllm(shared.model_dump(), [str(zoo.registry_path)], str(tmp_path), None, checked.benchmarks, "t1", "cand")
+    assert loaded == [("t1", str(tmp_path / "cand" / "model"), 1)] and len(calls) == 4
+
 
 def test_time_models_needs_the_baseline():
     with pytest.raises(ValueError, match="baseline"):
