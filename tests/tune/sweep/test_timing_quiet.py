@@ -16,7 +16,6 @@ def _visit(cfg_dict, registry_paths, store_uri, endpoint_url, benchmarks, name, 
     return (0.01 if name == BASELINE else 0.02), 100, f"pid {os.getpid()}"
 
 
-@pytest.mark.quiet
 def test_every_vllm_timing_visit_is_a_process_of_its_own(ray_local, zoo, tmp_path):
     # the Ray task the vLLM timing phase runs, through real Ray: a worker serves one visit and exits
     from tune.sweep.timing_phase import _time_vllm
