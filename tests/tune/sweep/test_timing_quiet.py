@@ -22,7 +22,7 @@ def test_every_vllm_timing_visit_is_a_process_of_its_own(ray_local, zoo, tmp_pat
 
     qa = f"eval.benchmarks=[{{name: qa, task: qa, source: {DEMO.parents[1] / 'configs/bench/zoo_qa.jsonl'}}}]"
     cfg = _cfg(zoo, tmp_path, qa, "eval.engine=vllm", "timing={rounds: 2, prompts: 3, new_tokens: 5}")
-    timing = _time_vllm(cfg, [str(zoo.registry_path)], LocalStore(str(tmp_path)), [], {"a": "p/a"}, None,
+    timing = _time_vllm(cfg, [str(zoo.registry_path)], LocalStore(str(tmp_path)), [], {"a": "p/a"}, None, 0,
                         visit=_visit)
     assert len(set(timing["device"].removesuffix(" (vLLM)").split(" + "))) == 4  # 2 rounds x (base, a)
     assert timing["models"]["a"]["speed_norm_runs"] == pytest.approx([-1.0, -1.0])
