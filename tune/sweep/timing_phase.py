@@ -89,8 +89,9 @@ def time_one_vllm(cfg_dict: dict, registry_paths: list[str], store_uri: str, end
             model, tokenizer = load_vllm(cfg.base, registry, settings)[:2]
         else:
             path = _model_dir(open_store(store_uri, endpoint_url), prefix, Path(tmp))
-            # as the trial evaluated it (tune/sweep/trial.py); int(gpus_per_trial) was 0 for a shared GPU
-            model, tokenizer = load_vllm_dir(name, str(path), settings), _tokenizer(path)
+            # as the trial evaluated it (tune/sweep/trial.py): on the base's num_gpus
+            model = load_vllm_dir(name, str(path), settings, num_gpus=registry.get(cfg.base).num_gpus)
+            tokenizer = _tokenizer(path)
         try:
             texts, special = render_for(tokenizer, cfg.eval, registry.get(cfg.base), cfg.base,
                                         generation_prompts(benchmarks, timing.prompts))
@@ -113,12 +114,15 @@ def time_candidates(cfg, registry_paths: list[str], store, benchmarks: list,
                     candidates: dict[str, str], job_id: str | None) -> dict:
     """The timing phase after every trial has finished: the base and each candidate timed alone,
     interleaved and repeated. HF: one Ray task (`run_timing`), a whole GPU when trials use one.
-    vLLM: every visit a Ray task of its own (`time_one_vllm`), on the trials' GPUs."""
+    vLLM: every visit a Ray task of its own (`time_one_vllm`) on the base's num_gpus, as each trial evaluated."""
     import ray
 
     gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0  # alone on a whole GPU, also where trials share one
-    if cfg.eval.engine.name == "vllm":
-        return _time_vllm(cfg, registry_paths, store, benchmarks, candidates, job_id, gpus)
+    if cfg.eval.engine.name == "vllm":  # a visit loads on the base's num_gpus, as every trial did
+        from cluster.models.registry import ModelRegistry
+
+        tp = ModelRegistry.load(registry_paths).get(cfg.base).num_gpus
+        return _time_vllm(cfg, registry_paths, store, benchmarks, candidates, job_id, tp)
     task = ray.remote(run_timing).options(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus)
     timing = ray.get(task.remote(cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url,
                                  benchmarks, candidates, job_id))

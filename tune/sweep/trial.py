@@ -247,7 +247,8 @@ def _pipeline(config: dict, setup: TrialSetup, trial_id: str, cfg, store, cid: s
 
             del candidate
             release_memory()
-            candidate = load_vllm_dir(cid, q.path, cfg.eval.engine.vllm)
+            # tensor parallel as the base's baseline ran (its registry num_gpus; validate() checked the trial has them)
+            candidate = load_vllm_dir(cid, q.path, cfg.eval.engine.vllm, num_gpus=spec.num_gpus)
             try:
                 result = evaluate(candidate, tokenizer, setup.benchmarks, cfg.eval, spec=spec, model_id=cid,
                                   on_progress=on_progress)

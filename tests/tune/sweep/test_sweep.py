@@ -60,6 +60,31 @@ def test_bad_input_rejected_before_any_trial(zoo, tmp_path, overrides, message):
     assert not (tmp_path / "store").exists()  # nothing ran, nothing written
 
 
+def two_gpu_base_registry(zoo, tmp_path) -> Path:
+    """The zoo's registry with the sweep's base, exaone4-c, on num_gpus 2 (a model that needs tensor
+    parallel), sources made absolute: its path."""
+    models = yaml.safe_load(Path(zoo.registry_path).read_text())
+    for spec in models["models"].values():
+        spec["source"] = str((Path(zoo.registry_path).parent / spec["source"]).resolve())
+    models["models"]["exaone4-c"]["num_gpus"] = 2
+    path = tmp_path / "two-gpu-base.yaml"
+    path.write_text(yaml.safe_dump(models))
+    return path
+
+
+def test_a_vllm_sweep_gives_each_trial_the_gpus_its_base_runs_on(zoo, tmp_path):
+    # a candidate runs in vLLM as its base does, tensor parallel over the base's num_gpus: a trial
+    # with fewer GPUs would either fail in vLLM or compare candidate and base on different hardware
+    registry = two_gpu_base_registry(zoo, tmp_path)
+    qa = f"eval.benchmarks=[{{name: qa, task: qa, source: {REPO / 'configs/bench/zoo_qa.jsonl'}}}]"
+    cfg = _cfg(zoo, tmp_path, f"registry=[{registry}]", "eval.engine=vllm", "resources.gpus_per_trial=1", qa)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, str(DEMO), [str(registry)])
+    assert str(info.value) == (f"{DEMO}: resources.gpus_per_trial: 1: eval.engine vllm runs each candidate as its "
+                               f"base exaone4-c runs, on num_gpus 2 ({registry}): at least 2")
+    assert not (tmp_path / "store").exists()
+
+
 def test_empty_calibration_file_and_wrong_benchmark_schema(zoo, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n  \n")

@@ -6,6 +6,7 @@ import pytest
 
 from cluster.models.loading import load_model
 from cluster.models.registry import ModelRegistry
+from tests.tune.sweep.test_sweep import two_gpu_base_registry
 from tune.sweep.leaderboard import rank_rows, render_markdown
 from tune.sweep.timing import (BASELINE, TimingConfig, apply_timing, generate_fixed, time_in_fresh_processes,
                                time_models)
@@ -131,8 +132,8 @@ def test_a_vllm_visit_times_exact_token_counts_and_keeps_the_fastest(zoo, tmp_pa
     assert calls == [(1, 2, 0, False, True)] + [(3, 7, 7, True, True)] * 3
     assert (seconds, tokens) == (2.0, 21) and closed == [True] and device
 
-    # a candidate's visit: its saved model/ on one GPU, as its trial evaluated it, also where trials
-    # share a GPU (int(0.25) GPUs was a tensor-parallel size of 0)
+    # a candidate's visit: its saved model/ on the base's num_gpus (1 here), as its trial evaluated
+    # it, also where trials share a GPU (int(0.25) GPUs was a tensor-parallel size of 0)
     (tmp_path / "cand").mkdir()
     (tmp_path / "cand" / "model").symlink_to(zoo.zoo_dir / cfg.base)
     loaded, calls[:] = [], []
@@ -141,6 +142,13 @@ def test_a_vllm_visit_times_exact_token_counts_and_keeps_the_fastest(zoo, tmp_pa
     shared = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"gpus_per_trial": 0.25})})
     time_one_vllm(shared.model_dump(), [str(zoo.registry_path)], str(tmp_path), None, checked.benchmarks, "t1", "cand")
     assert loaded == [("t1", str(tmp_path / "cand" / "model"), 1)] and len(calls) == 4
+
+    # a base that runs tensor parallel (registry num_gpus 2): its candidate's visit does too
+    loaded[:], calls[:] = [], []
+    two = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"gpus_per_trial": 2})})
+    time_one_vllm(two.model_dump(), [str(two_gpu_base_registry(zoo, tmp_path))], str(tmp_path), None,
+                  checked.benchmarks, "t1", "cand")
+    assert loaded == [("t1", str(tmp_path / "cand" / "model"), 2)]
 
 
 def test_time_models_needs_the_baseline():
