@@ -164,6 +164,8 @@ class ResourcesConfig(YardModel):
 
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0, description="e.g. 0.25: four trials share one GPU")
+    reuse_trial_process: bool = Field(True, description="a finished trial's process (imports, CUDA context) "
+                                      "runs the next trial (Tune's reuse_actors); false: every trial a new process")
 
     @model_validator(mode="after")
     def _gpus(self) -> "ResourcesConfig":

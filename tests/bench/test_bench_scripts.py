@@ -1,5 +1,6 @@
 """The benchmark scripts cannot rot unseen: each compiles, each Python one prints its `--help`
-without running the benchmark or importing a GPU or model library, each shell one parses.
+without running the benchmark or importing a GPU or model library, each shell one parses, each
+config (the GPU runs') loads with its kind's schema.
 
 `make bench` runs them rarely and the GPU ones run on other machines; a script that no longer
 starts (a SyntaxError from a global declared after use went unnoticed) should fail here, in
@@ -51,3 +52,14 @@ def test_script_compiles_and_prints_its_help_without_heavy_imports(script, tmp_p
 def test_shell_script_parses(script):
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+CONFIGS = sorted(BENCH.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(BENCH).as_posix())
+def test_config_loads_with_the_schema_its_kind_names(config):
+    # the GPU runs' configs are read on the device only: a field renamed here must fail here
+    from cluster.config import load_config
+
+    assert CONFIGS and load_config(config) is not None

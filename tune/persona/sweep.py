@@ -249,7 +249,8 @@ def run_persona_sweep(cfg: PersonaSweepConfig, *, config_path: str | None = None
         storage_path, filesystem = tune_storage(store, persona.storage.endpoint_url)
         walls: dict[str, float] = {}
         tuner = tune.Tuner(trainable, param_space=cfg.search.space.to_tune(),
-                           tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=cfg.search.num_samples),
+                           tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=cfg.search.num_samples,
+                                                       reuse_actors=cfg.resources.reuse_trial_process),
                            run_config=tune.RunConfig(name=f"{cfg.name}-{run}", storage_path=storage_path,
                                                      storage_filesystem=filesystem, verbose=tune_verbosity(),
                                                      failure_config=tune.FailureConfig(max_failures=0),

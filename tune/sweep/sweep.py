@@ -273,10 +273,9 @@ def _tuner(cfg: SweepConfig, trainable, storage_path: str, filesystem, experimen
     return tune.Tuner(
         trainable,
         param_space=cfg.search.space.to_tune(),
-        # reuse_actors: a trial process (imports, CUDA context) serves the next trial too
         # max_concurrent_trials: inside search_alg (search_algorithm)
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=cfg.search.num_samples,
-                                    reuse_actors=True),
+                                    reuse_actors=cfg.resources.reuse_trial_process),
         run_config=tune.RunConfig(name=experiment, storage_path=storage_path, storage_filesystem=filesystem,
                                   callbacks=[_Progress(reporter), *(callbacks or [])], failure_config=tune.FailureConfig(max_failures=0),
                                   # Tune's per-trial tables: the job log's (our live view shows trials)

@@ -167,7 +167,7 @@ def _pipeline(config: dict, setup: TrialSetup, trial_id: str, cfg, store, cid: s
     threads = max(1, int(cfg.resources.cpus_per_trial))
     torch.set_num_threads(threads)  # a trial owns the CPUs Ray gave it, and no more
     store.put_state(f"sweeps/{setup.sweep_name}/{setup.sweep_run}/starts/{trial_id}-{time.time_ns()}",
-                    {"trial_id": trial_id, "config": config})
+                    {"trial_id": trial_id, "config": config, "pid": os.getpid()})
     depth, kd_samples = int(config["prune_depth"]), int(config["kd_samples"])
     lora_rank, scheme = int(config["lora_rank"]), str(config["quant"])
     ffn_keep = float(config.get("ffn_keep_ratio", 1.0))

@@ -149,6 +149,7 @@ for step in "$@"; do
     yard sweep tests/bench/device/sweep.identity.vllm.yaml ${EXTRA:-} > "$OUT/identity.txt" 2>&1 || true
     find /tmp/identity-store -name rows.json -exec cp {} "$OUT/identity-rows.json" \; 2>/dev/null || true
     python3 -c "import json; [print(r['trial_id'], r.get('status'), 'timed', r.get('sec_per_token'), r.get('speed_norm'), 'in trial', r.get('sec_per_token_in_trial'), r.get('speed_norm_in_trial')) for r in json.load(open('$OUT/identity-rows.json'))]" || tail -30 "$OUT/identity.txt"
+    find /tmp/identity-store -path "*_state/sweeps/*/starts/*" -exec sh -c 'cat "$1"; echo' _ {} \; | tee "$OUT/identity-starts.txt" || true
     find /tmp/identity-store -name "*.log" -path "*logs*" -exec tail -c 300000 {} \; > "$OUT/identity-job.log" 2>/dev/null || true ;;
   bg)  # the remaining steps in a process session of their own: it outlives this device call (not the machine)
     shift_steps=("${@:$((idx + 1))}")

@@ -1,7 +1,9 @@
 """`yard sweep --resume` after a kill between Tune's two state uploads: a trial the restored experiment
 holds as finished, still "live" in the restored search algorithm's state, must not hold the sweep's one
 trial slot forever (`release_finished`, tune/search_alg.py). No Ray: the search algorithms are driven
-directly (the end-to-end resume: test_sweep.py)."""
+directly (the end-to-end resume: test_sweep.py). Last, on a local Ray: whether Tune runs the next trial in
+a finished trial's process (`resources.reuse_trial_process`)."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -64,3 +66,31 @@ def test_random_search_honours_the_concurrency_limit_and_optuna_is_limited_too()
     finished = SimpleNamespace(trial_id="t1", status=Trial.TERMINATED)
     release_finished(limited).on_step_begin(0, [finished])
     assert limited.live_trials == set() and limited.num_unfinished_live_trials == 0
+
+
+def _pid_trainable(config):
+    import os
+
+    from ray import tune
+
+    tune.report({"pid": os.getpid()})
+
+
+@pytest.mark.parametrize("reuse, processes", [(True, 1), (False, 2)])
+def test_resources_reuse_trial_process_decides_whether_two_trials_share_a_process(ray_local, tmp_path, reuse, processes):
+    # Tune's reuse_actors, as the sweep's tuner sets it, on a local Ray: two trials one after the other
+    # (the sweep's own trainable would time seconds of training; this one reports its process id)
+    from cluster.config import load_config
+    from tune.config import SweepConfig
+    from tune.sweep.sweep import _tuner
+
+    demo = Path(__file__).resolve().parents[3] / "configs" / "sweep.demo.yaml"
+    cfg = load_config(demo, SweepConfig, ["zoo=null", "registry=[]", f"storage.uri={tmp_path}", "search.num_samples=2",
+                                          "search.max_concurrent_trials=1", "search.asha.enabled=false",
+                                          f"resources.reuse_trial_process={str(reuse).lower()}",
+                                          *[f"search.space.{k}={{value: {v}}}" for k, v in
+                                            (("prune_depth", 0), ("quant", "none"), ("kd_samples", 0), ("lora_rank", 0))]])
+    progress = SimpleNamespace(heartbeat=lambda **kw: None, advance=lambda **kw: None)
+    results = _tuner(cfg, _pid_trainable, str(tmp_path / "tune"), None, "pids", progress).fit()
+    assert len(results) == 2 and not results.errors
+    assert len({r.metrics["pid"] for r in results}) == processes
