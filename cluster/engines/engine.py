@@ -26,7 +26,9 @@ token-id prompts, `RequestOutput.outputs[0].token_ids`.
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Literal
 
@@ -117,3 +119,18 @@ def check_engine(engine: EngineConfig, field: str, *, gpus: int | None = None, s
     if count < 1:
         raise EngineUnavailable(f"{where}{field}: vllm needs a CUDA GPU and there is none here "
                                 f"(use engine: hf on CPU)")
+
+
+@contextmanager
+def gc_paused():
+    """Garbage collection off for the block, as timeit does, and back on after (if it was on). Where a
+    generation is timed, a collection pass belongs to whichever model it happens to hit; a full pass
+    walks every object of the process, so a process that has loaded more (a trial process after its
+    training, a warm host after many models) would pay more for the same generation."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()

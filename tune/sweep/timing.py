@@ -30,15 +30,14 @@ test one (`quiet` marker, tests/conftest.py).
 """
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 
 from pydantic import Field
 
 from cluster.config import YardModel
+from cluster.engines.engine import gc_paused
 
 BASELINE = "__baseline__"
 # Models kept loaded between rounds while their weights add up to less than this (else reloaded
@@ -87,19 +86,6 @@ def generate_fixed(model, tokenizer, texts: list[str], new_tokens: int, batch_si
         seconds = time.perf_counter() - started
     check_tokens("timing", tokens, len(texts) * new_tokens)
     return seconds, tokens
-
-
-@contextmanager
-def gc_paused():
-    """Garbage collection off while timed, as timeit does: a collection pass belongs to whichever
-    model it happens to hit."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def check_tokens(what: str, tokens: int, expected: int) -> None:

@@ -16,8 +16,9 @@ import logging
 import tempfile
 from pathlib import Path
 
+from cluster.engines.engine import gc_paused
 from tune.config import SweepConfig
-from tune.sweep.timing import BASELINE, Loader, check_tokens, gc_paused, time_in_fresh_processes, time_models
+from tune.sweep.timing import BASELINE, Loader, check_tokens, time_in_fresh_processes, time_models
 
 log = logging.getLogger(__name__)
 

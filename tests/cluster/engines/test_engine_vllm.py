@@ -2,6 +2,8 @@
 (vLLM itself runs on the GPU machine: tests/bench/bench_vllm_dna.py, BENCHMARKS.md)."""
 import json
 
+import pytest
+
 
 def test_engine_signature_allows_a_swap_only_for_the_same_shape_tokenizer_and_settings(tmp_path):
     import shutil
@@ -54,6 +56,42 @@ def test_tensor_parallel_args_turn_off_multicast_all_reduce_unless_asked(monkeyp
     assert mixed["compilation_config"]["pass_config"] == {"fuse_allreduce_rms": False, "x": 1}
     assert "compilation_config" not in tensor_parallel_args({"tensor_parallel_size": 2}, multicast=True)
 
+
+
+def test_vllm_generates_with_garbage_collection_off_and_turns_it_back_on(monkeypatch):
+    # a stand-in `vllm` (vLLM needs a CUDA GPU): what its LLM.generate saw of the collector, and
+    # that the collector is as it was afterwards, also where generate raises
+    import gc
+    import sys
+    import types
+
+    from cluster.engines.engine_vllm import VllmModel
+
+    seen = []
+
+    class LLM:
+        def generate(self, prompts, params, use_tqdm):
+            seen.append(gc.isenabled())
+            if prompts[0]["prompt_token_ids"] == [0]:
+                raise RuntimeError("engine died")
+            done = types.SimpleNamespace(text=" hi ", token_ids=[5, 6, 2])
+            return [types.SimpleNamespace(outputs=[done]) for _ in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **kw: kw))
+    model = VllmModel.__new__(VllmModel)
+    model.llm = LLM()
+    assert gc.isenabled()
+    out = model.generate([[1, 2], [3]], max_new_tokens=3)
+    assert (out.texts, out.new_tokens, seen, gc.isenabled()) == (["hi", "hi"], [3, 3], [False], True)
+    with pytest.raises(RuntimeError, match="engine died"):
+        model.generate([[0]], max_new_tokens=3)
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:  # a caller that turned it off (the timing phase) finds it off
+        model.generate([[1]], max_new_tokens=3)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 # --- a vLLM engine that dies while it starts ------------------------------------------------------
 # vLLM cannot run on this machine (no GPU), so these tests run a stand-in `vllm` package: its
