@@ -118,12 +118,12 @@ def time_candidates(cfg, registry_paths: list[str], store, benchmarks: list,
     vLLM: every visit a Ray task of its own (`time_one_vllm`) on the base's num_gpus, as each trial evaluated."""
     import ray
 
-    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0  # alone on a whole GPU, also where trials share one
     if cfg.eval.engine.name == "vllm":  # a visit loads on the base's num_gpus, as every trial did
         from cluster.models.registry import ModelRegistry
 
         tp = ModelRegistry.load(registry_paths).get(cfg.base).num_gpus
         return _time_vllm(cfg, registry_paths, store, benchmarks, candidates, job_id, tp)
+    gpus = 1 if cfg.resources.gpus_per_trial > 0 else 0  # alone on a whole GPU, also where trials share one
     task = ray.remote(run_timing).options(num_cpus=cfg.resources.cpus_per_trial, num_gpus=gpus)
     timing = ray.get(task.remote(cfg.model_dump(), registry_paths, store.uri, cfg.storage.endpoint_url,
                                  benchmarks, candidates, job_id))
