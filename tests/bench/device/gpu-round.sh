@@ -42,9 +42,11 @@ NEW='models=[exaone-s0,exaone-s1,exaone-s2,exaone-s3,qwen17-s0,qwen17-s1,qwen17-
 KILL_MODEL=qwen17-s1
 gpus=${GPUS:-$(nvidia-smi -L | wc -l)}  # GPUS=2 EXTRA="engine=hf": a CPU rehearsal with tiny shapes
 
-sample_gpus() {  # sample_gpus FILE: nvidia-smi's processes every 5 s until killed
+sample_gpus() {  # sample_gpus FILE [PROCS]: nvidia-smi's processes every 5 s until killed; with PROCS, also
+  # vLLM's processes on the host (pid, parent, CPU %, title): an engine left running by an earlier one
   while true; do
-    { echo "== $(date +%T)"; nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv,noheader || true; } >> "$1"
+    { echo "== $(date +%T)"; nvidia-smi --query-compute-apps=pid,gpu_bus_id,used_memory --format=csv,noheader || true
+      if [ -n "${2:-}" ]; then ps -eo pid,ppid,pcpu,args | grep -E "VLLM::|EngineCore" | grep -v grep || true; fi; } >> "$1"
     sleep 5
   done
 }
@@ -146,7 +148,9 @@ for step in "$@"; do
     grep -hE "engine died|retrying|EngineDied" /tmp/enginedie/logs/*.log "$OUT/enginedie-run.txt" | cut -c1-300 | head -8
     grep -E "exaone-s[01] " "$OUT/enginedie-run.txt" | head -4 ;;
   identity)  # item 4: 3 identity trials of exaone-s0 evaluated by vLLM on 183 prompts x 256 tokens
+    sample_gpus "$OUT/identity-procs.txt" procs & sampler=$!  # does a trial's engine outlive its evaluation?
     yard sweep tests/bench/device/sweep.identity.vllm.yaml ${EXTRA:-} > "$OUT/identity.txt" 2>&1 || true
+    kill $sampler 2>/dev/null || true
     find /tmp/identity-store -name rows.json -exec cp {} "$OUT/identity-rows.json" \; 2>/dev/null || true
     python3 -c "import json; [print(r['trial_id'], r.get('status'), 'timed', r.get('sec_per_token'), r.get('speed_norm'), 'in trial', r.get('sec_per_token_in_trial'), r.get('speed_norm_in_trial')) for r in json.load(open('$OUT/identity-rows.json'))]" || tail -30 "$OUT/identity.txt"
     find /tmp/identity-store -path "*_state/sweeps/*/starts/*" -exec sh -c 'cat "$1"; echo' _ {} \; | tee "$OUT/identity-starts.txt" || true
