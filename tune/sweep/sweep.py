@@ -106,14 +106,15 @@ def _validate(cfg: SweepConfig, config_path: str | None, registry_paths: list[st
         raise ConfigError(f"search.space.prune_depth: {depth} >= {layers}, the decoder layers of {cfg.base} "
                           f"(at most {layers - 1})")
     gpus = cfg.resources.gpus_per_trial
-    if cfg.eval.engine.name == "vllm" and (gpus < 1 or gpus != int(gpus)):
-        raise ConfigError(f"resources.gpus_per_trial: {gpus:g}: eval.engine vllm evaluates on whole GPUs (vLLM sizes "
-                          f"its cache to a share of the device; 1 or more)")
-    tp = registry.get(cfg.base).num_gpus
-    if cfg.eval.engine.name == "vllm" and gpus < tp:
-        # each candidate runs in vLLM as its base does: tensor parallel over the base's num_gpus (trial.py)
-        raise ConfigError(f"resources.gpus_per_trial: {gpus:g}: eval.engine vllm runs each candidate as its base "
-                          f"{cfg.base} runs, on num_gpus {tp} ({registry.sources.get(cfg.base, 'the registry')}): at least {tp}")
+    if cfg.eval.engine.name == "vllm":
+        if gpus < 1 or gpus != int(gpus):
+            raise ConfigError(f"resources.gpus_per_trial: {gpus:g}: eval.engine vllm evaluates on whole GPUs (vLLM "
+                              f"sizes its cache to a share of the device; 1 or more)")
+        tp = registry.get(cfg.base).num_gpus
+        if gpus < tp:  # each candidate runs in vLLM as its base does: tensor parallel over the base's num_gpus
+            raise ConfigError(f"resources.gpus_per_trial: {gpus:g}: eval.engine vllm runs each candidate as its base "
+                              f"{cfg.base} runs, on num_gpus {tp} ({registry.sources.get(cfg.base, 'the registry')}): "
+                              f"at least {tp}")
     if cfg.quant.python and shutil.which(cfg.quant.python) is None:
         raise ConfigError(f"quant.python: {cfg.quant.python}: no such executable")
     caps = _trial_capabilities(gpus)

@@ -16,7 +16,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-from cluster.engines.engine import gc_paused
 from tune.config import SweepConfig
 from tune.sweep.timing import BASELINE, Loader, check_tokens, time_in_fresh_processes, time_models
 
@@ -100,9 +99,9 @@ def time_one_vllm(cfg_dict: dict, registry_paths: list[str], store_uri: str, end
             model.generate(ids[:1], max_new_tokens=2)  # untimed: first-call costs are not the model's speed
             best, tokens = float("inf"), 0
             for _ in range(timing.repeats):
-                with gc_paused():
-                    out = model.generate(ids, max_new_tokens=timing.new_tokens, min_new_tokens=timing.new_tokens,
-                                         ignore_eos=True)
+                # garbage collection is off inside VllmModel.generate (and its seconds are generate's alone)
+                out = model.generate(ids, max_new_tokens=timing.new_tokens, min_new_tokens=timing.new_tokens,
+                                     ignore_eos=True)
                 tokens = sum(out.new_tokens)
                 check_tokens(f"timing {name}", tokens, len(ids) * timing.new_tokens)
                 best = min(best, out.seconds)
