@@ -170,7 +170,12 @@ from cluster.engines.engine import VllmSettings
 ev.ENGINE_POLL_S, ev.ENGINE_GRACE_S = 0.5, 1.0
 scenario, out = sys.argv[1], sys.argv[2]
 if scenario == "ok":  # a closed engine's core, still exiting while the next one starts
-    subprocess.Popen(["VLLM::EngineCore", "-c", "import time; time.sleep(1.0)"], executable=sys.executable)
+    closing = psutil.Process(subprocess.Popen(["VLLM::EngineCore", "-c", "import time; time.sleep(2.0)"],
+                                              executable=sys.executable).pid)
+    # Popen returns once the child has begun its exec, before the kernel set its new argv: until then
+    # it has no title. A closed engine's core was titled long before; so is this one before the start.
+    while closing.cmdline()[:1] != ["VLLM::EngineCore"]:
+        time.sleep(0.01)
 started = time.monotonic()
 try:
     ev.VllmModel("m", "/m", settings=VllmSettings(engine_kwargs={"scenario": scenario}), signature=None, dtype="auto")
