@@ -9,6 +9,7 @@
 #   plan    `yard dna --dry-run` for (a) and (b), priced as measured and with the seed's node start
 #   a       (a) tests/bench/device/dna.round.yaml as shipped; a host killed on qwen17-s1 (spot interruption)
 #   b       (b) the same with hosts.fresh_per_model=true, store /tmp/round-b, the same kill
+#   b1, b2  (b) in two halves on stores of their own (/tmp/round-b1, -b2), for two short sessions: see B1, B2
 #   rerun   (a) again on its store with exaone-s4 and exaone-s5 added: only those are new work
 #   cost    `yard cost` of both stores (tables, csv, plot)
 #   enginedie item 5: a host's vLLM engine processes killed while it starts: noticed within a minute, retried
@@ -40,6 +41,10 @@ yard() { python3 -m cluster "$@"; }
 CFG=tests/bench/device/dna.round.yaml
 NEW='models=[exaone-s0,exaone-s1,exaone-s2,exaone-s3,qwen17-s0,qwen17-s1,qwen17-s2,qwen4-s0,qwen4-s1,llama8-s0,olmoe-s0,exaone-eos,exaone-broken,exaone-s4,exaone-s5]'
 KILL_MODEL=qwen17-s1
+# (b)'s halves (steps b1, b2), about 11 minutes each on one GPU; their shapes: SHAPE_IDS='exaone-s[0-3] |qwen4-s0'
+# for b1 and SHAPE_IDS='exaone-s0 |qwen17|qwen4-s1|llama8|olmoe' for b2 (exaone-s0: the faulty copies' source)
+B1='models=[exaone-s0,exaone-s1,exaone-s2,exaone-s3,qwen4-s0,exaone-eos,exaone-broken]'
+B2='models=[qwen17-s0,qwen17-s1,qwen17-s2,qwen4-s1,llama8-s0,olmoe-s0]'
 gpus=${GPUS:-$(nvidia-smi -L | wc -l)}  # GPUS=2 EXTRA="engine=hf": a CPU rehearsal with tiny shapes
 
 sample_gpus() {  # sample_gpus FILE [PROCS]: nvidia-smi's processes every 5 s until killed; with PROCS, also
@@ -105,12 +110,22 @@ for step in "$@"; do
     tail -n 25 "$OUT/plan-a.txt" "$OUT/plan-b-seed.txt" ;;
   a) cold; round a /tmp/round-a ;;
   b) cold; round b /tmp/round-b hosts.fresh_per_model=true ;;
+  b1|b2)  # (b) in two halves, for sessions with less than (b)'s ~25 device-minutes: the seed's way shares
+    # nothing between models (a fresh host each), so (b)'s cost is the sum of its halves' ledgers. Each half
+    # starts with an empty compile cache, which costs (b) one compile more than one run would (not in its favour).
+    half=$([ $step = b1 ] && echo "$B1" || echo "$B2")
+    yard dna $CFG ${EXTRA:-} storage.uri=/tmp/round-$step hosts.max_hosts="$gpus" hosts.fresh_per_model=true "$half" \
+      --dry-run > "$OUT/plan-$step.txt" 2>&1 || true
+    tail -n 22 "$OUT/plan-$step.txt"
+    kill_model=$KILL_MODEL; [[ $half == *$KILL_MODEL* ]] || kill_model=none
+    cold; KILL_MODEL=$kill_model round $step /tmp/round-$step hosts.fresh_per_model=true "$half" ;;
   rerun)
     yard dna $CFG ${EXTRA:-} storage.uri=/tmp/round-a hosts.max_hosts="$gpus" "$NEW" --dry-run > "$OUT/plan-rerun.txt" 2>&1 || true
     tail -20 "$OUT/plan-rerun.txt"
     KILL_MODEL=none round rerun /tmp/round-a "$NEW" ;;
   cost)
-    for s in a b; do
+    for s in a b b1 b2; do
+      [ -d /tmp/round-$s ] || continue
       yard cost --store /tmp/round-$s --out "$OUT/cost-$s" 2>&1 | tail -40 | tee "$OUT/cost-$s.txt" || true
     done ;;
   genspeed)
@@ -165,7 +180,7 @@ for step in "$@"; do
   poll)  # wait up to the next argument's seconds for the background steps, then bring back what they wrote
     limit=${*:$((idx + 1)):1}; waited=0
     while [ ! -e /tmp/round-out/.done ] && [ "$waited" -lt "${limit:-540}" ]; do sleep 5; waited=$((waited + 5)); done
-    for store in /tmp/round-a /tmp/round-b; do  # a round still running: its ledger so far (the machine may go first)
+    for store in /tmp/round-a /tmp/round-b /tmp/round-b1 /tmp/round-b2; do  # a round still running: its ledger so far (the machine may go first)
       [ -d "$store" ] && [ ! -e /tmp/round-out/.done ] && mkdir -p "/tmp/round-out/live-$(basename "$store")" && \
         find "$store" \( -name "ledger*.json*" -o -name "job.json" -o -name "outcome.json" \) -size -2M \
           -exec cp --parents {} "/tmp/round-out/live-$(basename "$store")" \; 2>/dev/null || true
