@@ -27,6 +27,10 @@
 # A round is longer than one 10-minute device call, so:  bg shapes plan a b rerun cost,  then
 # poll 560  until it says done. On one H200 (30 device-minutes a session) (a) with its rerun is ~16 min
 # and (b) ~25: there, one session runs  bg shapes plan a rerun cost  and the next  bg shapes b cost.
+# A session whose budget failed starts have eaten (about 90 s each) picks steps by device-minutes on one
+# GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve ~7 a run, identity ~15 (the trials
+# took 9.5, the timing phase is new) and genspeed ~6 a shape in the host's mode only; b1 ~11 and b2 ~12
+# are estimates from (a)'s new engines (82-103 s a model), not yet run.
 # Both runs start with an empty vLLM compile cache (a cold machine). (b) keeps the cache between its
 # own models, which a fresh spot node would not have: that favours (b), so the comparison is conservative.
 # Needs: vLLM in /tmp/vllm-site (../shared/device/vllm), Ray in /tmp/site (stage-yard-deps.sh),
