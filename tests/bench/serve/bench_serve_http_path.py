@@ -5,8 +5,9 @@
 
 A FastAPI ingress whose route waits `--wait-s` (a stand-in for a model's generation: no CPU, so
 what is measured is the request path alone) runs on a local Ray started by a child process per run
-and mode, with the flags `yard serve`'s `ray_serve_mode` sets (serve/deploy.py: MODE_ENV). For each client count, the same requests go through HTTP and through a deployment
-handle (no HTTP); each latency minus the wait is what the path added. The modes alternate run by
+and mode, with the flags `yard serve`'s `ray_serve_mode` sets (serve/deploy.py: MODE_ENV). For each
+client count, the same requests go through HTTP and through a deployment handle (no HTTP); each
+latency minus the wait is what the path added. The modes alternate run by
 run. Prints per run, then the median over runs of the p50 added by HTTP, and direct's over
 throughput's. Needs Ray Serve (ray[serve] brings HAProxy on Linux) and httpx.
 """

@@ -57,7 +57,6 @@ def test_tensor_parallel_args_turn_off_multicast_all_reduce_unless_asked(monkeyp
     assert "compilation_config" not in tensor_parallel_args({"tensor_parallel_size": 2}, multicast=True)
 
 
-
 def test_vllm_generates_with_garbage_collection_off_and_turns_it_back_on(monkeypatch):
     # a stand-in `vllm` (vLLM needs a CUDA GPU): what its LLM.generate saw of the collector, and
     # that the collector is as it was afterwards, also where generate raises
@@ -92,6 +91,7 @@ def test_vllm_generates_with_garbage_collection_off_and_turns_it_back_on(monkeyp
         assert not gc.isenabled()
     finally:
         gc.enable()
+
 
 # --- a vLLM engine that dies while it starts ------------------------------------------------------
 # vLLM cannot run on this machine (no GPU), so these tests run a stand-in `vllm` package: its
