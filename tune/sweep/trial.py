@@ -121,6 +121,9 @@ def run_pipeline(config: dict, setup: TrialSetup, trial_id: str, report=_report)
 
     started = time.perf_counter()
     reporter = trial_reporter(store, setup.job_id, trial_id, cfg.stall_after_s)
+    # until its base is loaded a trial is under the load limit, as a DNA host is: a fresh process
+    # (a rerun, reuse_trial_process false) imports the compression stack before its first phase
+    reporter.phase("starting", item=cfg.base, stall_after_s=cfg.load_stall_after_s)
     try:
         metrics = _pipeline(config, setup, trial_id, cfg, store, cid, started, reporter, report)
     except BaseException as exc:

@@ -61,3 +61,25 @@ def test_a_finished_trial_is_reported_from_the_store_not_redone(sweep):
     again = run_pipeline({"prune_depth": 0, "quant": "none", "kd_samples": 0, "lora_rank": 0}, setup, "t2",
                          report=lambda m, payload=None: reports.append(m))
     assert again == first and all(m["resumed_from_store"] for m in reports) and len(reports) == 4
+
+
+def test_a_trial_is_under_the_load_limit_until_its_first_phase(sweep, monkeypatch):
+    # A rerun's fresh process imports the compression stack before it loads the base: under
+    # stall_after_s (seconds, for steps) a busy machine had the watchdog kill it while starting.
+    import dataclasses
+
+    import tune.sweep.trial as trial
+    from cluster.ops.progress import read_task
+
+    cfg, setup = sweep
+    seen = {}
+
+    def pipeline(config, setup, trial_id, cfg, store, cid, started, reporter, report):  # where the work begins
+        seen.update(read_task(store, setup.job_id, trial.trial_task(trial_id)))
+        return {}
+
+    monkeypatch.setattr(trial, "_pipeline", pipeline)
+    run_pipeline({"prune_depth": 1, "quant": "none", "kd_samples": 0, "lora_rank": 0},
+                 dataclasses.replace(setup, job_id="sweep-start-limit"), "t3", report=lambda m, payload=None: None)
+    assert seen["phase"] == "starting" and seen["item"] == cfg.base
+    assert seen["stall_after_s"] == cfg.load_stall_after_s > cfg.stall_after_s
