@@ -27,6 +27,8 @@
 # A round is longer than one 10-minute device call, so:  bg shapes plan a b rerun cost,  then
 # poll 560  until it says done. On one H200 (30 device-minutes a session) (a) with its rerun is ~16 min
 # and (b) ~25: there, one session runs  bg shapes plan a rerun cost  and the next  bg shapes b cost.
+# On one H100, shapes, plans, (a), its rerun and cost took 17.5 min (2026-12-06); (a) exists on both cards,
+# so (b) or its halves pair with the (a) of the card they run on.
 # A session whose budget failed starts have eaten (about 90 s each) picks steps by device-minutes on one
 # GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve ~7 a run, identity ~15 (the trials
 # took 9.5, the timing phase is new) and genspeed ~6 a shape in the host's mode only; b1 ~11 and b2 ~12
