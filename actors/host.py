@@ -285,6 +285,8 @@ class ModelHost:
                 self._engine = model  # the next model may swap its weights in
             else:
                 model.close()  # the engine's memory goes back before the check below
+        # a model that failed before its load touched the warm engine leaves that engine running
+        keep = keep or (model is None and self._engine is not None)
         model = tokenizer = result = generate = None  # noqa: F841
         if keep:
             timings["unload_s"] = 0.0
@@ -338,8 +340,10 @@ class ModelHost:
                 model, tokenizer, plan, reused = load_vllm(model_id, self.registry, self.cfg.engine.vllm, self.node,
                                                            reuse=reuse)
             except BaseException:
-                if reuse is not None:
-                    reuse.close()  # a failed swap leaves the engine in no known state
+                if reuse is not None and reuse.llm is not None:
+                    # refused before the engine was touched (a broken checkpoint): it stays warm for the
+                    # next model (load_vllm closes an engine whose swap failed)
+                    self._engine = reuse
                 raise
             out["engine_reused"] = reused
             return model, tokenizer, plan, generate_vllm

@@ -391,13 +391,15 @@ def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, no
               reuse: VllmModel | None = None):
     """Decide (as the HF path does), resolve the source, load into vLLM: (model, tokenizer, plan,
     reused). With `reuse` (a running engine) and the same `engine_signature`, the weights are
-    swapped into it; otherwise `reuse` is closed first and a new engine starts."""
+    swapped into it; otherwise `reuse` is closed first and a new engine starts. A model refused
+    before `reuse` is touched (a LoadError, a broken checkpoint, its tokenizer) leaves `reuse`
+    running, for the caller to keep; a failed swap closes it (its weights are in no known state)."""
     spec = registry.get(model_id)
     plan = decide_load(model_id, spec, node or node_facts())
     if plan.device_map is None:
         raise LoadError(f"model {model_id}: the vllm engine needs a CUDA GPU; this node has none")
     path = resolve_source(plan)
-    check_checkpoint(model_id, path)  # a broken copy fails in a second, and the warm engine stays
+    check_checkpoint(model_id, path)  # a broken copy fails in a second, and `reuse` stays warm
     tokenizer = load_tokenizer(plan, path)
     args = dict(dtype=plan.dtype, num_gpus=spec.num_gpus, revision=plan.revision,
                 trust_remote_code=plan.trust_remote_code,
@@ -405,7 +407,11 @@ def load_vllm(model_id: str, registry: ModelRegistry, settings: VllmSettings, no
     signature = engine_signature(path, settings=settings.model_dump(), **args)
     if reuse is not None:
         if signature is not None and signature == reuse.signature:
-            reuse.swap(model_id, path)
+            try:
+                reuse.swap(model_id, path)
+            except BaseException:
+                reuse.close()
+                raise
             return reuse, tokenizer, plan, True
         reuse.close()
     return VllmModel(model_id, path, settings=settings, signature=signature, **args), tokenizer, plan, False

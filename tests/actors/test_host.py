@@ -200,3 +200,76 @@ def test_a_probe_hash_that_does_not_match_its_probes_is_refused(zoo, store):
     host = ModelHost("h", make_cfg(), [str(zoo.registry_path)], store.uri, None, None)
     out = host.run_model("llama-a", PROBES, "test-probes_8", "0" * 64)
     assert out["status"] == "error" and "does not match its 8 probes" in out["reason"]
+
+
+class StandInEngine:
+    """vLLM's engine as the host drives it (a stand-in: vLLM runs on a CUDA GPU only; the real one
+    ran in issue 26's round on the H100). Starts, swaps and closes are recorded in `events`."""
+
+    engine = "vllm"
+    events: list = []
+
+    def __init__(self, model_id, path, *, settings, signature, **_):
+        self.model_id, self.path, self.signature, self.llm = model_id, path, signature, object()
+        self.events.append(("start", model_id))
+
+    def swap(self, model_id, path):
+        if model_id.endswith("bad-swap"):
+            self.events.append(("swap failed", model_id))
+            raise RuntimeError("reload_weights failed")
+        self.events.append(("swap", model_id))
+        self.model_id, self.path = model_id, path
+
+    def close(self):
+        if self.llm is not None:
+            self.events.append(("close", self.model_id))
+        self.llm = None
+
+    def generate(self, prompt_ids, *, max_new_tokens, min_new_tokens=0, **_):
+        from cluster.engines.engine_vllm import VllmOutput
+
+        texts = [f"{self.model_id} answers prompt {i}: " + "a reply long enough for every gate, " * 4
+                 for i in range(len(prompt_ids))]
+        return VllmOutput(texts, [max_new_tokens] * len(prompt_ids), 0.01)
+
+
+def test_a_broken_checkpoint_leaves_the_warm_vllm_engine_and_a_failed_swap_closes_it(zoo, tmp_path, store, monkeypatch):
+    """On the H100 (issue 26) the round's broken copy was refused by the checkpoint check, and the
+    warm engine was closed anyway: 6 s there, a whole new engine (80-120 s) had the next model had the
+    same shape. load_vllm, the check, the tokenizer and the host's queue are real here; the engine is
+    the stand-in above."""
+    import shutil
+
+    import cluster.engines.engine_vllm as ev
+    from cluster.node import NodeFacts
+
+    broken = tmp_path / "llama-a-broken"
+    shutil.copytree(zoo.zoo_dir / "llama-a", broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**cfg, "hidden_size": cfg["hidden_size"] * 2}))
+    same = {"source": str(zoo.zoo_dir / "llama-a"), "params_b": 0.001, "family": "llama"}
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"kind": "models", "models": {
+        "llama-a-broken": {**same, "source": str(broken)}, "llama-a-copy": same, "llama-a-bad-swap": same,
+        "llama-a-copy2": same}}))
+    monkeypatch.setattr(ev, "VllmModel", StandInEngine)
+    monkeypatch.setattr(StandInEngine, "events", [])
+    host = ModelHost("host-0", make_cfg(), [str(zoo.registry_path), str(extra)], store.uri, None, start_job(store, "dna"))
+    host.engine = "vllm"  # after the start: the host's own start checks for a GPU, as it should
+    host.node = NodeFacts("gpu-node", cuda=True, gpu_names=("H100",), cuda_capabilities=(9.0,), gpu_mem_gib=(80.0,),
+                          cpu_mem_gib=64.0, cpu_count=16)
+    models = ["llama-a", "llama-a-broken", "llama-a-copy", "llama-a-bad-swap", "llama-a-copy2"]
+    outcomes = host.run_queue([(m, *ITEM) for m in models])
+
+    assert [o["status"] for o in outcomes] == ["ok", "error", "ok", "error", "ok"]
+    assert "CheckpointMismatch" in outcomes[1]["reason"] and "reload_weights failed" in outcomes[3]["reason"]
+    assert StandInEngine.events == [
+        ("start", "llama-a"),
+        ("swap", "llama-a-copy"),  # the broken copy between them left the engine warm
+        ("swap failed", "llama-a-bad-swap"), ("close", "llama-a-copy"),  # weights in no known state: closed
+        ("start", "llama-a-copy2")]
+    assert [o["engine_reused"] for o in (outcomes[0], outcomes[2], outcomes[4])] == [False, True, False]
+    assert outcomes[1]["memory"]["engine_kept"] is True  # not an unload whose memory failed to come back
+    assert host.host_report()["memory_leaks"] == []
+    host.close()
+    assert StandInEngine.events[-1] == ("close", "llama-a-copy2")
