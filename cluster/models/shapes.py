@@ -151,11 +151,12 @@ def build_shape(name: str, out_dir: str | Path, *, seed: int = 0, device: str = 
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     del model
-    if str(device).startswith("cuda"):  # give the GPU back: kept in torch's cache, an 8B shape's 16 GB leave a
-        import gc  # vLLM started later in this process short of the memory it asks for (an H100: 63 of 79 GiB free)
+    if str(device).startswith("cuda"):
+        # give the GPU back: left in torch's cache, an 8B shape's 16 GB leave a vLLM started later in
+        # this process short of the memory it asks for (an H100: 63 of 79 GiB free)
+        from cluster.models.loading import release_memory
 
-        gc.collect()
-        torch.cuda.empty_cache()
+        release_memory()
     if target.exists():
         import shutil
 

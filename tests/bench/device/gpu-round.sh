@@ -30,9 +30,9 @@
 # On one H100, shapes, plans, (a), its rerun and cost took 17.5 min (2026-12-06); (a) exists on both cards,
 # so (b) or its halves pair with the (a) of the card they run on.
 # A session whose budget failed starts have eaten (about 90 s each) picks steps by device-minutes on one
-# GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve ~7 a run, identity ~15 (the trials
-# took 9.5, the timing phase is new) and genspeed ~6 a shape in the host's mode only; b1 ~11 and b2 ~12
-# are estimates from (a)'s new engines (82-103 s a model), not yet run.
+# GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve ~7 a run, identity ~20 (the trials
+# took 7-9.5, then 8 timing visits in fresh processes; not yet run whole) and genspeed ~6 a shape in the
+# host's mode only; b1 ~11 and b2 ~12 are estimates from (a)'s new engines (82-123 s a model), not yet run.
 # Both runs start with an empty vLLM compile cache (a cold machine). (b) keeps the cache between its
 # own models, which a fresh spot node would not have: that favours (b), so the comparison is conservative.
 # Needs: vLLM in /tmp/vllm-site (../shared/device/vllm), Ray in /tmp/site (stage-yard-deps.sh),
