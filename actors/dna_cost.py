@@ -5,8 +5,9 @@
     meter = DnaMeter(job.ledger); meter.submitted(mid); meter.attempt(slot, mid, raw, final, attempt)
 
 Plan: each model's expected seconds come from its latest fingerprint in the store (`timings.json`:
-load, generate scaled to this job's probe count, embed) when there is one, else from the stated
-assumptions below; a host's start from the last DNA ledger in the store that measured one, else
+load, generate scaled to this job's probe count, embed) when there is one, else from a fingerprint
+of a model of its shape (on vLLM one that was loaded the same way: weights swapped in, or a new
+engine), else from the stated assumptions below; a host's start from the last DNA ledger in the store that measured one, else
 an assumption. A host runs its models one after another, so a host's wall time is its start plus
 its models', and the job's expected wall time is its slowest host's (or, where hosts queue for
 GPUs, the GPU-seconds over the GPUs). A measured time holds for the
@@ -41,6 +42,7 @@ ASSUMED_EMBED_S_PER_PROMPT = 0.05
 # weights into the running engine (2.1-2.4 s for 1.3 B): fixed s + s per billion parameters each
 ASSUMED_VLLM_ENGINE_S = (90.0, 2.0)
 ASSUMED_VLLM_SWAP_S = (1.0, 0.5)
+SIBLINGS_LOOKED_AT = 8  # a model with no fingerprint of its own: same-shape models' fingerprints read for one
 PHASE_OF = {"starting": "start", "loading": "load", "unloading": "load", "gate": "generate",
             "generating": "generate", "validating": "evaluate", "embedding": "evaluate", "idle": "idle"}
 
@@ -62,7 +64,32 @@ def _measured_model(store, mid: str, probes: int) -> dict | None:
     scale = probes / max(int(t.get("prompts") or probes), 1)
     return {"load": float(t.get("load_s", 0)) + float(t.get("unload_s", 0)),
             "generate": float(t.get("gate_s", 0)) + float(t.get("generate_s", 0)) * scale,
-            "evaluate": float(t.get("embed_s", 0)) * scale, "run": art.run.name}
+            "evaluate": float(t.get("embed_s", 0)) * scale, "run": art.run.name,
+            "engine_reused": t.get("engine_reused")}
+
+
+def _measured_sibling(store, registry, mid: str, probes: int, swap: bool | None, cache: dict) -> dict | None:
+    """A model without a fingerprint of its own priced by one of its shape that has one (the same
+    architecture, size and dtype load and generate alike): the first in registry order whose
+    measurement matches `swap` (vLLM: weights swapped in, or a new engine; None: the HF path, any).
+    A vLLM measurement that does not say which it was is not used. At most `SIBLINGS_LOOKED_AT`
+    fingerprints are read per shape."""
+    shape = shape_key(registry.get(mid))
+    key = (shape, swap)
+    if key not in cache:
+        cache[key] = None
+        looked = 0
+        for other in registry.ids():
+            if other == mid or shape_key(registry.get(other)) != shape:
+                continue
+            if looked >= SIBLINGS_LOOKED_AT:
+                break
+            looked += 1
+            found = _measured_model(store, other, probes)
+            if found is not None and (swap is None or found["engine_reused"] is swap):
+                cache[key] = {**found, "model": other}
+                break
+    return cache[key]
 
 
 def _measured_start(store) -> float | None:
@@ -94,7 +121,7 @@ def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
     gen = cfg.generation
     fresh = cfg.hosts.fresh_per_model
     start_measured = _measured_start(store)
-    units, basis, walls, assumed, host_starts = [], {}, [], set(), 0
+    units, basis, walls, assumed, host_starts, siblings = [], {}, [], set(), 0, {}
     for host in plan.hosts:
         device = _device(host.node_kind)
         vllm = cfg.engine.name == "vllm" and device == "gpu"
@@ -110,9 +137,15 @@ def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
             shape = shape_key(registry.get(mid))
             swap = vllm and not fresh and cfg.engine.vllm.reuse_engine and shape == previous
             previous = shape
+            sibling = None if measured is not None else _measured_sibling(
+                store, registry, mid, probes, swap if vllm else None, siblings)
             if measured is not None:
                 phases = {k: measured[k] for k in ("load", "generate", "evaluate")}
                 basis[mid] = f"measured (run {measured['run']})"
+            elif sibling is not None:
+                phases = {k: sibling[k] for k in ("load", "generate", "evaluate")}
+                basis[mid] = (f"measured on {sibling['model']}, the same shape (run {sibling['run']}"
+                              + ("; weights swapped in)" if swap else "; a new engine)" if vllm else ")"))
             else:
                 fixed, per_b = ASSUMED_LOAD_S[device]
                 if vllm:

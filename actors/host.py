@@ -212,6 +212,8 @@ class ModelHost:
             model, tokenizer, plan, generate = self._load(model_id, out)
             ref = weakref.ref(model)
             timings["load_s"] = _since(t0)
+            if "engine_reused" in out:  # vLLM: a swap or a new engine (a later plan prices its siblings by it)
+                timings["engine_reused"] = out["engine_reused"]
             out["plan"] = {"dtype": plan.dtype, "device_map": plan.device_map, "quantization": plan.quantization}
 
             self._phase("gate", model_id, out)

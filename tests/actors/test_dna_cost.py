@@ -225,3 +225,32 @@ def test_a_vllm_plan_prices_a_new_engine_per_shape_and_a_swap_for_the_next_model
     # the HF path is priced as before
     hf = plan_cost(DnaConfig(registry=[str(zoo.registry_path)]), _plan([models]), registry, store, probes=8)
     assert set(hf["basis"].values()) == {"assumed"}
+
+
+def test_a_model_with_no_fingerprint_is_priced_by_one_of_its_shape_loaded_the_same_way(zoo, tmp_path):
+    # issue 26's rerun priced its two new EXAONE copies by the assumption (a new engine 90 s + 2 s/B)
+    # though the store had four of their shape measured; llama-a and llama-a-lora share a shape
+    registry = ModelRegistry.load([zoo.registry_path])
+    store = open_store(str(tmp_path / "store"))
+    run = store.new_run("dna", "llama-a")
+    run.put_json("timings.json", {"load_s": 40.0, "gate_s": 1.0, "generate_s": 8.0, "embed_s": 2.0, "unload_s": 0.0,
+                                  "prompts": 4, "engine_reused": False})
+    run.complete()
+    vllm = DnaConfig(registry=[str(zoo.registry_path)], engine="vllm")
+    plan = plan_cost(vllm, _plan([["llama-a-lora", "qwen3-b"]]), registry, store, probes=8)
+    lora = next(u for u in plan["units"] if u["unit"] == "llama-a-lora")
+    assert lora["phases"]["load"] == 40.0 and lora["phases"]["generate"] == 17.0  # 8 probes: generation doubles
+    assert plan["basis"]["llama-a-lora"].startswith("measured on llama-a, the same shape (run ")
+    assert plan["basis"]["llama-a-lora"].endswith("; a new engine)") and plan["basis"]["qwen3-b"] == "assumed (new engine)"
+    assert "Measured: llama-a-lora: measured on llama-a" in plan_table_markdown(plan, load_prices())
+    # after llama-a the copy swaps its weights in: a new engine's load is not a swap's, so it stays assumed
+    swap = plan_cost(vllm, _plan([["llama-a", "llama-a-lora"]]), registry, store, probes=8)
+    assert swap["basis"]["llama-a-lora"] == "assumed (weights swapped in)"
+    # a fingerprint that does not say how its engine loaded prices vLLM nothing, the HF path alike
+    run = store.new_run("dna", "llama-a")
+    run.put_json("timings.json", {"load_s": 3.0, "gate_s": 1.0, "generate_s": 8.0, "embed_s": 2.0, "prompts": 4})
+    run.complete()
+    again = plan_cost(vllm, _plan([["llama-a-lora"]]), registry, store, probes=8)
+    assert again["basis"]["llama-a-lora"] == "assumed (new engine)"
+    hf = plan_cost(DnaConfig(registry=[str(zoo.registry_path)]), _plan([["llama-a-lora"]]), registry, store, probes=8)
+    assert hf["basis"]["llama-a-lora"].startswith("measured on llama-a") and hf["units"][0]["phases"]["load"] == 3.0

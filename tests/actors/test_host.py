@@ -269,6 +269,8 @@ def test_a_broken_checkpoint_leaves_the_warm_vllm_engine_and_a_failed_swap_close
         ("swap failed", "llama-a-bad-swap"), ("close", "llama-a-copy"),  # weights in no known state: closed
         ("start", "llama-a-copy2")]
     assert [o["engine_reused"] for o in (outcomes[0], outcomes[2], outcomes[4])] == [False, True, False]
+    # and the fingerprint's timings.json says so, for a later plan to price same-shape models by
+    assert store.get_json(outcomes[2]["artifact"] + "/timings.json")["engine_reused"] is True
     assert outcomes[1]["memory"]["engine_kept"] is True  # not an unload whose memory failed to come back
     assert host.host_report()["memory_leaks"] == []
     host.close()
