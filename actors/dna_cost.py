@@ -7,7 +7,8 @@
 Plan: each model's expected seconds come from its latest fingerprint in the store (`timings.json`:
 load, generate scaled to this job's probe count, embed) when there is one, else from a fingerprint
 of a model of its shape (on vLLM one that was loaded the same way: weights swapped in, or a new
-engine), else from the stated assumptions below; a host's start from the last DNA ledger in the store that measured one, else
+engine; a model's own fingerprint that loaded the other way gives all but its load), else from the
+stated assumptions below; a host's start from the last DNA ledger in the store that measured one, else
 an assumption. A host runs its models one after another, so a host's wall time is its start plus
 its models', and the job's expected wall time is its slowest host's (or, where hosts queue for
 GPUs, the GPU-seconds over the GPUs). A measured time holds for the
@@ -112,6 +113,20 @@ def _measured_start(store) -> float | None:
     return None
 
 
+def _assumed_load(device: str, vllm: bool, swap: bool, spec, assumed: set) -> float:
+    """The stated load assumption for a model (vLLM: a new engine or a swap), noted in `assumed`."""
+    fixed, per_b = ASSUMED_LOAD_S[device]
+    if vllm:
+        fixed, per_b = ASSUMED_VLLM_SWAP_S if swap else ASSUMED_VLLM_ENGINE_S
+        assumed.add(f"vLLM: a new engine per shape {ASSUMED_VLLM_ENGINE_S[0]:.0f} s + "
+                    f"{ASSUMED_VLLM_ENGINE_S[1]:g} s per billion parameters; the next model of the "
+                    f"same shape swaps its weights in: {ASSUMED_VLLM_SWAP_S[0]:g} s + "
+                    f"{ASSUMED_VLLM_SWAP_S[1]:g} s per billion")
+    else:
+        assumed.add(f"load {fixed:.0f} s + {per_b:.0f} s per billion parameters on {device}")
+    return fixed + per_b * spec.params_b
+
+
 def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
     """The job's plan as ledger-shaped units (outcome "planned"): per model its node type,
     resources and expected phases; `basis` says per model where its figures come from. A host's
@@ -137,31 +152,28 @@ def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
             shape = shape_key(registry.get(mid))
             swap = vllm and not fresh and cfg.engine.vllm.reuse_engine and shape == previous
             previous = shape
-            sibling = None if measured is not None else _measured_sibling(
-                store, registry, mid, probes, swap if vllm else None, siblings)
+            want = swap if vllm else None  # vLLM: the way the model will load (HF: one way)
+            how = " (weights swapped in)" if swap else " (new engine)" if vllm else ""
+            # a model's own fingerprint whose engine loaded the other way prices all but its load
+            own_load = measured is not None and (want is None or measured["engine_reused"] in (None, want))
+            sibling = None if own_load else _measured_sibling(store, registry, mid, probes, want, siblings)
+            batches = math.ceil(probes / gen.batch_size)
             if measured is not None:
                 phases = {k: measured[k] for k in ("load", "generate", "evaluate")}
                 basis[mid] = f"measured (run {measured['run']})"
+                if not own_load:
+                    phases["load"] = sibling["load"] if sibling else _assumed_load(device, vllm, swap, registry.get(mid),
+                                                                                  assumed)
+                    basis[mid] = (f"measured (run {measured['run']}, loaded the other way); its load{how}: "
+                                  + (f"measured on {sibling['model']} (run {sibling['run']})" if sibling else "assumed"))
             elif sibling is not None:
                 phases = {k: sibling[k] for k in ("load", "generate", "evaluate")}
-                basis[mid] = (f"measured on {sibling['model']}, the same shape (run {sibling['run']}"
-                              + ("; weights swapped in)" if swap else "; a new engine)" if vllm else ")"))
+                basis[mid] = f"measured on {sibling['model']}, the same shape (run {sibling['run']}){how}"
             else:
-                fixed, per_b = ASSUMED_LOAD_S[device]
-                if vllm:
-                    fixed, per_b = ASSUMED_VLLM_SWAP_S if swap else ASSUMED_VLLM_ENGINE_S
-                    assumed.add(f"vLLM: a new engine per shape {ASSUMED_VLLM_ENGINE_S[0]:.0f} s + "
-                                f"{ASSUMED_VLLM_ENGINE_S[1]:g} s per billion parameters; the next model of the "
-                                f"same shape swaps its weights in: {ASSUMED_VLLM_SWAP_S[0]:g} s + "
-                                f"{ASSUMED_VLLM_SWAP_S[1]:g} s per billion")
-                params_b = registry.get(mid).params_b
-                batches = math.ceil(probes / gen.batch_size)
-                phases = {"load": fixed + per_b * params_b,
+                phases = {"load": _assumed_load(device, vllm, swap, registry.get(mid), assumed),
                           "generate": batches * gen.max_new_tokens / ASSUMED_TOKENS_PER_S[device],
                           "evaluate": probes * ASSUMED_EMBED_S_PER_PROMPT}
-                basis[mid] = "assumed" + (" (weights swapped in)" if swap else " (new engine)" if vllm else "")
-                if not vllm:
-                    assumed.add(f"load {fixed:.0f} s + {per_b:.0f} s per billion parameters on {device}")
+                basis[mid] = "assumed" + how
                 assumed.add(f"{ASSUMED_TOKENS_PER_S[device]:.0f} new tokens/s per sequence on {device}, "
                             f"batches of {gen.batch_size}, {gen.max_new_tokens} new tokens each")
                 assumed.add(f"embedding {ASSUMED_EMBED_S_PER_PROMPT} s per probe")

@@ -241,7 +241,7 @@ def test_a_model_with_no_fingerprint_is_priced_by_one_of_its_shape_loaded_the_sa
     lora = next(u for u in plan["units"] if u["unit"] == "llama-a-lora")
     assert lora["phases"]["load"] == 40.0 and lora["phases"]["generate"] == 17.0  # 8 probes: generation doubles
     assert plan["basis"]["llama-a-lora"].startswith("measured on llama-a, the same shape (run ")
-    assert plan["basis"]["llama-a-lora"].endswith("; a new engine)") and plan["basis"]["qwen3-b"] == "assumed (new engine)"
+    assert plan["basis"]["llama-a-lora"].endswith(") (new engine)") and plan["basis"]["qwen3-b"] == "assumed (new engine)"
     assert "Measured: llama-a-lora: measured on llama-a" in plan_table_markdown(plan, load_prices())
     # after llama-a the copy swaps its weights in: a new engine's load is not a swap's, so it stays assumed
     swap = plan_cost(vllm, _plan([["llama-a", "llama-a-lora"]]), registry, store, probes=8)
@@ -254,3 +254,37 @@ def test_a_model_with_no_fingerprint_is_priced_by_one_of_its_shape_loaded_the_sa
     assert again["basis"]["llama-a-lora"] == "assumed (new engine)"
     hf = plan_cost(DnaConfig(registry=[str(zoo.registry_path)]), _plan([["llama-a-lora"]]), registry, store, probes=8)
     assert hf["basis"]["llama-a-lora"].startswith("measured on llama-a") and hf["units"][0]["phases"]["load"] == 3.0
+
+
+def test_a_fingerprint_whose_engine_loaded_the_other_way_prices_all_but_the_load(zoo, tmp_path):
+    # (a) swapped llama-a's weights in; the seed's way (a fresh host each) starts an engine for it
+    registry = ModelRegistry.load([zoo.registry_path])
+    store = open_store(str(tmp_path / "store"))
+    for mid, load, reused in (("llama-a", 1.5, True), ("llama-a-lora", 40.0, False)):
+        run = store.new_run("dna", mid)
+        run.put_json("timings.json", {"load_s": load, "gate_s": 1.0, "generate_s": 8.0, "embed_s": 2.0, "prompts": 8,
+                                      "engine_reused": reused})
+        run.complete()
+    fresh = DnaConfig(registry=[str(zoo.registry_path)], engine="vllm", hosts={"fresh_per_model": True})
+    plan = plan_cost(fresh, _plan([["llama-a", "llama-a-lora"]]), registry, store, probes=8)
+    load = {u["unit"]: u["phases"]["load"] for u in plan["units"]}
+    gen = {u["unit"]: u["phases"]["generate"] for u in plan["units"]}
+    assert load == {"llama-a": 40.0, "llama-a-lora": 40.0} and gen == {"llama-a": 9.0, "llama-a-lora": 9.0}
+    assert plan["basis"]["llama-a"].startswith("measured (run ") and "loaded the other way); its load (new engine): " \
+        "measured on llama-a-lora (run " in plan["basis"]["llama-a"]
+    assert plan["basis"]["llama-a-lora"].startswith("measured (run ") and "other way" not in plan["basis"]["llama-a-lora"]
+    # warm, the other order: each is now loaded the way the other one was measured
+    warm = plan_cost(DnaConfig(registry=[str(zoo.registry_path)], engine="vllm"), _plan([["llama-a", "llama-a-lora"]]),
+                     registry, store, probes=8)
+    assert {u["unit"]: u["phases"]["load"] for u in warm["units"]} == {"llama-a": 40.0, "llama-a-lora": 1.5}
+    # no fingerprint of the wanted way in the store: the load is the stated assumption, the rest measured
+    alone = open_store(str(tmp_path / "alone"))
+    run = alone.new_run("dna", "llama-a")
+    run.put_json("timings.json", {"load_s": 1.5, "gate_s": 1.0, "generate_s": 8.0, "embed_s": 2.0, "prompts": 8,
+                                  "engine_reused": True})
+    run.complete()
+    solo = plan_cost(fresh, _plan([["llama-a"]]), registry, alone, probes=8)
+    (unit,) = solo["units"]
+    assert unit["phases"]["load"] == pytest.approx(90.0 + 2.0 * registry.get("llama-a").params_b)
+    assert unit["phases"]["generate"] == 9.0 and solo["basis"]["llama-a"].endswith("its load (new engine): assumed")
+    assert any(a.startswith("vLLM: a new engine per shape 90 s") for a in solo["assumptions"])
