@@ -34,9 +34,14 @@ from cluster.capacity.ledger import Ledger, node_type_facts
 log = logging.getLogger(__name__)
 
 # Stated assumptions where the store has no measurement (the plan prints them).
-ASSUMED_START_S = {"gpu": 60.0, "cpu": 20.0}  # imports, CUDA init, encoder load
+# imports, CUDA init, encoder load; GPU: 17.8-22.4 s measured for a host's start on an H100 (issue 26's
+# round, 2026-12-06: 9 hosts, 1.2-8 B shapes, a MiniLM-sized encoder)
+ASSUMED_START_S = {"gpu": 25.0, "cpu": 20.0}
 ASSUMED_LOAD_S = {"gpu": (10.0, 2.0), "cpu": (2.0, 30.0)}  # fixed s + s per billion parameters
 ASSUMED_TOKENS_PER_S = {"gpu": 25.0, "cpu": 40.0}  # per sequence of a batch; CPU: the toy zoo's size
+# vLLM decodes every probe at once: per sequence, 138 tokens/s for the 8 B shape and 230-310 for 1.2-4 B
+# with 40 probes on an H100 (issue 26's round, BENCHMARKS.md)
+ASSUMED_VLLM_TOKENS_PER_S = 100.0
 ASSUMED_EMBED_S_PER_PROMPT = 0.05
 # engine vllm on a GPU: a model of a new shape starts an engine (spawn, import, torch.compile, CUDA
 # graphs: 45-132 s measured on an H200, BENCHMARKS.md), one of the previous model's shape swaps its
@@ -170,12 +175,18 @@ def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
                 phases = {k: sibling[k] for k in ("load", "generate", "evaluate")}
                 basis[mid] = f"measured on {sibling['model']}, the same shape (run {sibling['run']}){how}"
             else:
+                if vllm:  # all probes in one go (up to max_num_seqs)
+                    rounds, tokens_per_s = math.ceil(probes / cfg.engine.vllm.max_num_seqs), ASSUMED_VLLM_TOKENS_PER_S
+                    assumed.add(f"vLLM: {tokens_per_s:.0f} new tokens/s per sequence, up to "
+                                f"{cfg.engine.vllm.max_num_seqs} at once, {gen.max_new_tokens} new tokens each")
+                else:
+                    rounds, tokens_per_s = batches, ASSUMED_TOKENS_PER_S[device]
+                    assumed.add(f"{tokens_per_s:.0f} new tokens/s per sequence on {device}, "
+                                f"batches of {gen.batch_size}, {gen.max_new_tokens} new tokens each")
                 phases = {"load": _assumed_load(device, vllm, swap, registry.get(mid), assumed),
-                          "generate": batches * gen.max_new_tokens / ASSUMED_TOKENS_PER_S[device],
+                          "generate": rounds * gen.max_new_tokens / tokens_per_s,
                           "evaluate": probes * ASSUMED_EMBED_S_PER_PROMPT}
                 basis[mid] = "assumed" + how
-                assumed.add(f"{ASSUMED_TOKENS_PER_S[device]:.0f} new tokens/s per sequence on {device}, "
-                            f"batches of {gen.batch_size}, {gen.max_new_tokens} new tokens each")
                 assumed.add(f"embedding {ASSUMED_EMBED_S_PER_PROMPT} s per probe")
             phases["start"] = start / share
             if node_start is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from actors.config import DnaConfig
-from actors.dna_cost import DnaMeter, plan_cost, plan_table_markdown
+from actors.dna_cost import ASSUMED_START_S, ASSUMED_VLLM_TOKENS_PER_S, DnaMeter, plan_cost, plan_table_markdown
 from actors.dna_job import DEMO_CONFIG, run_dna
 from actors.planner import HostPlan, Plan
 from cluster.capacity.ledger import Ledger
@@ -83,9 +83,10 @@ def test_plan_uses_measured_timings_where_the_store_has_them(zoo, tmp_path):
     units = {u["unit"]: u for u in plan["units"]}
     # measured on 4 prompts, planned for 8: generation and embedding double, load does not
     assert units["llama-a"]["phases"]["load"] == 4.0 and units["llama-a"]["phases"]["generate"] == 17.0
-    assert units["llama-a"]["phases"]["evaluate"] == 4.0 and units["llama-a"]["phases"]["start"] == 30.0
+    half = ASSUMED_START_S["gpu"] / 2  # the stated host start, shared by the host's two models
+    assert units["llama-a"]["phases"]["evaluate"] == 4.0 and units["llama-a"]["phases"]["start"] == half
     assert plan["basis"]["llama-a"].startswith("measured") and plan["basis"]["qwen3-b"] == "assumed"
-    assert units["qwen3-b"]["accelerator"] == "H100" and units["qwen3-b"]["phases"]["start"] == 30.0  # shared
+    assert units["qwen3-b"]["accelerator"] == "H100" and units["qwen3-b"]["phases"]["start"] == half
     assert plan["wall_s"] == pytest.approx(sum(sum(u["phases"].values()) for u in plan["units"]), abs=0.1)
     text = plan_table_markdown(plan, load_prices())
     assert "| 1xH100 | 1 | 2 |" in text and "Measured: llama-a: measured" in text
@@ -145,15 +146,16 @@ def test_a_fresh_host_per_model_and_the_seeds_node_start_are_priced_and_stated(z
     fresh_cfg = DnaConfig(registry=[str(zoo.registry_path)], hosts={"fresh_per_model": True})
     fresh = plan_cost(fresh_cfg, _plan([models]), registry, store, probes=8, node_start=seed.node_start)
     w, f = ({u["unit"]: u for u in p["units"]} for p in (warm, fresh))
-    # nothing measured: a 60 s host start (GPU) and the seed's 540 s allocation + 660 s (the middle of 7-15 min)
-    assert w["llama-a"]["phases"]["start"] == pytest.approx((60 + 540) / 3)
-    assert f["llama-a"]["phases"]["start"] == pytest.approx(60 + 540)
+    # nothing measured: the stated host start (GPU) and the seed's 540 s allocation + 660 s (the middle of 7-15 min)
+    start = ASSUMED_START_S["gpu"]
+    assert w["llama-a"]["phases"]["start"] == pytest.approx((start + 540) / 3)
+    assert f["llama-a"]["phases"]["start"] == pytest.approx(start + 540)
     assert f["llama-a"]["phases"]["load"] - w["llama-a"]["phases"]["load"] == pytest.approx(660 - 660 / 3)
     assert (warm["host_starts"], fresh["host_starts"]) == (1, 3)
     assert {u["where"] for u in warm["units"]} == {"host-0"}
     assert [f[m]["where"] for m in models] == ["host-0", "host-0.2", "host-0.3"]  # the scheduler's names
     seconds = {name: sum(sum(u["phases"].values()) for u in p["units"]) for name, p in (("w", warm), ("f", fresh))}
-    assert seconds["f"] - seconds["w"] == pytest.approx(2 * (60 + 1200))  # two more hosts, two more nodes
+    assert seconds["f"] - seconds["w"] == pytest.approx(2 * (start + 1200))  # two more hosts, two more nodes
     text = plan_table_markdown(fresh, seed)
     assert "A fresh host per model (`hosts.fresh_per_model`): 3 host starts" in text and "| total | 3 | 3 |" in text
     assert ("- assumed: node start per host started: 540 s allocation and image pull + 420-900 s weight loading, "
@@ -215,6 +217,11 @@ def test_a_vllm_plan_prices_a_new_engine_per_shape_and_a_swap_for_the_next_model
                              "qwen3-b": "assumed (new engine)"}
     assert load["llama-a-lora"] < 5 < 90 < load["llama-a"] and load["qwen3-b"] > 90
     assert any(a.startswith("vLLM: a new engine per shape 90 s") for a in plan["assumptions"])
+    # vLLM decodes the 8 probes at once (max_num_seqs 256): one round of max_new_tokens, not 8 / batch_size
+    one_round = vllm.generation.max_new_tokens / ASSUMED_VLLM_TOKENS_PER_S
+    assert all(u["phases"]["generate"] == pytest.approx(one_round) for u in plan["units"])
+    assert any(a.startswith(f"vLLM: {ASSUMED_VLLM_TOKENS_PER_S:.0f} new tokens/s per sequence, up to 256 at once")
+               for a in plan["assumptions"])
     prices = load_prices()
     assert "Measured:" not in plan_table_markdown(plan, prices)  # assumed, new engine or swap alike
     # the seed's way starts an engine for every model; so does reuse_engine: false
