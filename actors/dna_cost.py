@@ -162,7 +162,6 @@ def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
             # a model's own fingerprint whose engine loaded the other way prices all but its load
             own_load = measured is not None and (want is None or measured["engine_reused"] in (None, want))
             sibling = None if own_load else _measured_sibling(store, registry, mid, probes, want, siblings)
-            batches = math.ceil(probes / gen.batch_size)
             if measured is not None:
                 phases = {k: measured[k] for k in ("load", "generate", "evaluate")}
                 basis[mid] = f"measured (run {measured['run']})"
@@ -180,7 +179,7 @@ def plan_cost(cfg, plan, registry, store, probes: int, node_start=None) -> dict:
                     assumed.add(f"vLLM: {tokens_per_s:.0f} new tokens/s per sequence, up to "
                                 f"{cfg.engine.vllm.max_num_seqs} at once, {gen.max_new_tokens} new tokens each")
                 else:
-                    rounds, tokens_per_s = batches, ASSUMED_TOKENS_PER_S[device]
+                    rounds, tokens_per_s = math.ceil(probes / gen.batch_size), ASSUMED_TOKENS_PER_S[device]
                     assumed.add(f"{tokens_per_s:.0f} new tokens/s per sequence on {device}, "
                                 f"batches of {gen.batch_size}, {gen.max_new_tokens} new tokens each")
                 phases = {"load": _assumed_load(device, vllm, swap, registry.get(mid), assumed),
