@@ -316,18 +316,23 @@ class DnaMeter:
             return
         wall = time.time() - self.started.pop(mid, time.time())
         timings = raw.get("timings") or {}
+        where = slot.host_id or slot.plan.host_id
+        start = float(raw.get("host_start_s") or 0.0)
+        if start and raw.get("host_init_at") and getattr(slot, "started_at", 0.0):
+            # a new host's process start (Ray placing it, the worker's own imports) is cold start too
+            start += min(max(float(raw["host_init_at"]) - slot.started_at, 0.0), wall)
         if timings:
-            start = float(raw.get("host_start_s") or 0.0)
-            if start and raw.get("host_init_at") and getattr(slot, "started_at", 0.0):
-                # a new host's process start (Ray placing it, the worker's own imports) is cold start too
-                start += min(max(float(raw["host_init_at"]) - slot.started_at, 0.0), wall)
             phases = {"start": start,
                       "load": timings.get("load_s", 0.0) + timings.get("unload_s", 0.0),
                       "generate": timings.get("gate_s", 0.0) + timings.get("generate_s", 0.0),
                       "evaluate": timings.get("embed_s", 0.0)}
             phases["idle"] = max(wall - sum(phases.values()), 0.0)
-        else:  # the host died or was killed: only the wall time is known
-            phases = {PHASE_OF.get(raw.get("phase") or "", "generate"): wall}
+        else:  # the host died or was killed: its last progress record says where (the wall time is known)
+            # its start, when this was its first model (a warm host's start is on its earlier rows)
+            start = 0.0 if any(e.where == where for e in self.ledger.entries) else min(start, wall)
+            phases = {"start": start} if start else {}
+            last = PHASE_OF.get(raw.get("phase") or "", "generate")
+            phases[last] = phases.get(last, 0.0) + wall - start
         if raw.get("stalled"):
             outcome = "stalled"
         elif final is None:
@@ -337,4 +342,4 @@ class DnaMeter:
         accel, _ = node_type_facts(slot.plan.node_kind)
         self.ledger.add(unit=mid, node_type=slot.plan.node_kind, accelerator=accel, gpus=slot.plan.num_gpus,
                         cpus=slot.plan.num_cpus, phases=phases, outcome=outcome, attempt=attempt,
-                        where=slot.host_id or slot.plan.host_id, reason=str((final or raw).get("reason") or ""))
+                        where=where, reason=str((final or raw).get("reason") or ""))

@@ -202,7 +202,7 @@ class Scheduler:
                     line = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                     note = f"host died while on {mid}"
                 slot.actor = None  # a fresh host takes the rest of this queue
-                outcome = {"model_id": mid, "status": "infra", "reason": line}
+                outcome = {"model_id": mid, "status": "infra", "reason": line, **self._last_record(slot)}
                 if self.job_id:  # its own record still says running: it died mid-phase
                     from cluster.ops.progress import mark_task
 
@@ -249,8 +249,15 @@ class Scheduler:
                                    "heartbeat_age_s": round(late[0], 1), "limit_s": late[1], "reason": reason})
             del inflight[ref]
             slot.actor = None
-            self._record(slot, mid, {"model_id": mid, "status": "infra", "reason": reason, "stalled": True, "phase": phase})
+            self._record(slot, mid, {"model_id": mid, "status": "infra", "reason": reason, "stalled": True,
+                                     **_last_known(record), "phase": phase})
             self._submit(slot, inflight)
+
+    def _last_record(self, slot: HostSlot) -> dict:
+        """What a dead host's own progress record last said (read before it is marked failed)."""
+        from cluster.ops.progress import read_task
+
+        return _last_known(read_task(self.store, self.job_id, slot.host_id) if self.job_id else None)
 
     def _retire(self, slot: HostSlot) -> None:
         """Keep the host's report, finish its progress record and end the actor."""
@@ -265,6 +272,19 @@ class Scheduler:
 
     def host_reports(self) -> list[dict]:
         return [r for s in self.slots for r in s.reports]
+
+
+def _last_known(record: dict | None) -> dict:
+    """From a host's last progress record, what its ledger row needs when the host is gone: the
+    phase it was in and, once it had started, its start (as a live host reports them in its outcome)."""
+    if not record:
+        return {}
+    out = {"phase": record.get("phase")}
+    start = record.get("host_start") or {}
+    if start.get("host_start_total_s") is not None:
+        out["host_start_s"] = float(start["host_start_total_s"])
+        out["host_init_at"] = record.get("started_at")
+    return out
 
 
 def analyse(cfg: DnaConfig, store, registry: ModelRegistry, outcomes, host_reports, accept_suspicious: bool,

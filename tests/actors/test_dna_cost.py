@@ -116,6 +116,31 @@ def test_meter_books_phases_and_outcomes():
     assert sum(e.seconds for e in ledger.entries) == pytest.approx(seconds, abs=1e-3)
 
 
+def test_a_dead_hosts_row_books_its_start_and_the_phase_its_last_record_names():
+    """Seen in issue 26's round: a fresh host killed while loading was booked as 37 s of generating."""
+    import time
+
+    from actors.dna_job import _last_known
+
+    ledger = Ledger("job-1", "dna")
+    meter = DnaMeter(ledger)
+    asked = time.time() - 37.0
+    slot = type("Slot", (), {"plan": HostPlan("host-0", "1xH100", 4, 1, []), "host_id": "host-0.4", "started_at": asked})()
+    record = {"phase": "loading", "started_at": asked + 2.0, "host_start": {"host_start_total_s": 14.0}}
+    meter.started["m"] = asked
+    meter.attempt(slot, "m", {"status": "infra", "reason": "ActorDiedError", **_last_known(record)}, None, 1)
+    meter.submitted("n")  # the same host dies later on its second model: its start is on the first row
+    meter.attempt(slot, "n", {"status": "infra", "reason": "ActorDiedError", **_last_known(record)}, None, 1)
+    meter.submitted("o")  # no record at all: the wall time alone, as before
+    meter.attempt(slot, "o", {"status": "infra", "reason": "ActorDiedError", **_last_known(None)}, None, 1)
+    first, second, unknown = ledger.entries
+    assert first.outcome == "retried" and set(first.phases) == {"start", "load"}
+    assert first.phases["start"] == pytest.approx(16.0, abs=0.01)  # 2 s to a process + 14 s of its own start
+    assert first.seconds == pytest.approx(37.0, abs=0.5)
+    assert set(second.phases) == {"load"} and set(unknown.phases) == {"generate"}
+    assert _last_known({"phase": "starting", "started_at": asked}) == {"phase": "starting"}  # not started yet
+
+
 def test_expected_wall_time_counts_hosts_queueing_for_gpus():
     """Seen on 2 x H200: a 2-GPU host and two 1-GPU hosts cannot all run at once; the plan said the
     slowest host's time (93 s) while the job took 122 s."""

@@ -89,6 +89,15 @@ def test_a_crashed_or_hung_host_is_replaced_and_its_model_retried(ray_local, zoo
     assert tasks["host-0.4"].status == "SUCCEEDED" and job.status == "SUCCEEDED"
     report = Path(summary["report"]).read_text()
     assert "## Hosts the job killed" in report and f"| {incident['host']} | qwen3-b | generating |" in report
+    from cluster.capacity.cost import read_jobs
+
+    (ledger,) = read_jobs(store, ["dna"])
+    died = next(e for e in ledger.entries if e.unit == "llama-a" and e.outcome == "retried")
+    hung = next(e for e in ledger.entries if e.unit == "qwen3-b" and e.outcome == "stalled")
+    # each row books the phase its host's last progress record named (and the host's start, when it
+    # was that host's first model): llama-a's host died before loading it, qwen3-b's hung generating
+    assert not {"load", "generate"} & set(died.phases), died.phases
+    assert hung.phases["generate"] >= 5.9 and set(hung.phases) <= {"start", "generate"}, hung.phases
 
 
 def make_leaky_host():
