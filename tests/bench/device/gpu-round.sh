@@ -32,8 +32,9 @@
 # A session whose budget failed starts have eaten (about 90 s each) picks steps by device-minutes on one
 # GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve ~7 a run, identity ~20 (the trials
 # took 7-9.5, then 8 timing visits in fresh processes; not yet run whole) and genspeed ~6 a shape in the
-# host's mode only; b1 took 14 on the H100 (2026-12-06: plan 0.5, `yard dna` 13.5; its shapes 0.9), and b2
-# is ~16 with its shapes (not yet run: 6 fresh hosts of 18-22 s, a new engine each, 81-117 s, and the kill's retry).
+# host's mode only; on the H100 (2026-12-06) b1 took 14 (plan 0.5, `yard dna` 13.5; its shapes 0.9) and b2
+# 12.7 (plan 0.7, `yard dna` 12.0; its shapes 1.0); a Serve run 4.9-6. Call again within 30 s of a poll's
+# return: an idle machine goes back, and the next call starts a bare one.
 # Both runs start with an empty vLLM compile cache (a cold machine). (b) keeps the cache between its
 # own models, which a fresh spot node would not have: that favours (b), so the comparison is conservative.
 # Needs: vLLM in /tmp/vllm-site (../shared/device/vllm), Ray in /tmp/site (stage-yard-deps.sh),
@@ -48,7 +49,7 @@ yard() { python3 -m cluster "$@"; }
 CFG=tests/bench/device/dna.round.yaml
 NEW='models=[exaone-s0,exaone-s1,exaone-s2,exaone-s3,qwen17-s0,qwen17-s1,qwen17-s2,qwen4-s0,qwen4-s1,llama8-s0,olmoe-s0,exaone-eos,exaone-broken,exaone-s4,exaone-s5]'
 KILL_MODEL=qwen17-s1
-# (b)'s halves (steps b1, b2), b1 14 minutes on one H100, b2 ~16 (header); their shapes: SHAPE_IDS='exaone-s[0-3] |qwen4-s0'
+# (b)'s halves (steps b1, b2), 14 and 12.7 minutes on one H100 (header); their shapes: SHAPE_IDS='exaone-s[0-3] |qwen4-s0'
 # for b1 and SHAPE_IDS='exaone-s0 |qwen17|qwen4-s1|llama8|olmoe' for b2 (exaone-s0: the faulty copies' source)
 B1='models=[exaone-s0,exaone-s1,exaone-s2,exaone-s3,qwen4-s0,exaone-eos,exaone-broken]'
 B2='models=[qwen17-s0,qwen17-s1,qwen17-s2,qwen4-s1,llama8-s0,olmoe-s0]'
