@@ -202,10 +202,11 @@ class Scheduler:
                     line = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                     note = f"host died while on {mid}"
                 slot.actor = None  # a fresh host takes the rest of this queue
-                outcome = {"model_id": mid, "status": "infra", "reason": line, **self._last_record(slot)}
+                outcome = {"model_id": mid, "status": "infra", "reason": line}
                 if self.job_id:  # its own record still says running: it died mid-phase
-                    from cluster.ops.progress import mark_task
+                    from cluster.ops.progress import mark_task, read_task
 
+                    outcome.update(_last_known(read_task(self.store, self.job_id, slot.host_id)))  # before marking it
                     mark_task(self.store, self.job_id, slot.host_id, "failed", f"{note}: {outcome['reason'][:200]}")
             self._record(slot, mid, outcome)
             if (outcome.get("memory") or {}).get("returned") is False and slot.actor is not None:
@@ -252,12 +253,6 @@ class Scheduler:
             self._record(slot, mid, {"model_id": mid, "status": "infra", "reason": reason, "stalled": True,
                                      **_last_known(record), "phase": phase})
             self._submit(slot, inflight)
-
-    def _last_record(self, slot: HostSlot) -> dict:
-        """What a dead host's own progress record last said (read before it is marked failed)."""
-        from cluster.ops.progress import read_task
-
-        return _last_known(read_task(self.store, self.job_id, slot.host_id) if self.job_id else None)
 
     def _retire(self, slot: HostSlot) -> None:
         """Keep the host's report, finish its progress record and end the actor."""
