@@ -193,6 +193,9 @@ for step in "$@"; do
         find "$store" \( -name "ledger*.json*" -o -name "job.json" -o -name "outcome.json" \) -size -2M \
           -exec cp --parents {} "/tmp/round-out/live-$(basename "$store")" \; 2>/dev/null || true
     done
+    [ -d /tmp/identity-store ] && [ ! -e /tmp/round-out/.done ] && mkdir -p /tmp/round-out/live-identity && \
+      find /tmp/identity-store \( -name "*.json" -o -name "*.jsonl" -o -name "*.csv" \) -size -2M \
+        -exec cp --parents {} /tmp/round-out/live-identity \; 2>/dev/null || true  # a sweep still running: its trials so far
     tar czf "$OUT/round-out.tgz" -C /tmp/round-out . 2>/dev/null || true  # one file: a call brings back only a few
     grep -vE "Warning|warn\(|logging.cc" /tmp/round-out/round.log | tail -25
     [ -e /tmp/round-out/.done ] && echo "background steps done: exit $(cat /tmp/round-out/.done)" || echo "still running"
