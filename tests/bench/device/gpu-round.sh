@@ -30,10 +30,11 @@
 # On one H100, shapes, plans, (a), its rerun and cost took 17.5 min (2026-12-06); (a) exists on both cards,
 # so (b) or its halves pair with the (a) of the card they run on.
 # A session whose budget failed starts have eaten (about 90 s each) picks steps by device-minutes on one
-# GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve ~7 a run, identity ~20 (the trials
-# took 7-9.5, then 8 timing visits in fresh processes; not yet run whole) and genspeed ~6 a shape in the
+# GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve ~7 a run, identity 13.5 on the H100
+# (2026-12-06: the trials 5.7, then 8 timing visits in fresh processes 7.4) and genspeed ~6 a shape in the
 # host's mode only; on the H100 (2026-12-06) b1 took 14 (plan 0.5, `yard dna` 13.5; its shapes 0.9) and b2
-# 12.7 (plan 0.7, `yard dna` 12.0; its shapes 1.0); a Serve run 4.9-6. Call again within 30 s of a poll's
+# 12.7 (plan 0.7, `yard dna` 12.0; its shapes 1.0); a Serve run 4.9-6 at 512 requests a row
+# (about 2 more at 32 a client). Call again within 30 s of a poll's
 # return: an idle machine goes back, and the next call starts a bare one.
 # Both runs start with an empty vLLM compile cache (a cold machine). (b) keeps the cache between its
 # own models, which a fresh spot node would not have: that favours (b), so the comparison is conservative.
@@ -150,10 +151,12 @@ for step in "$@"; do
     done ;;
   serve)  # item 6: yard serve (the engine in the ingress's replica, ingress auto) against vLLM's own server,
     # exaone-s0 (the 1.2B shape), 16 and 64 clients; SERVE_RUNS runs of the command (default 3), 3 rounds each;
-    # SERVE_ARGS (default --ray-serve-mode direct: HAProxy, no proxy actor; the proxy's path added ~80 ms a request)
+    # SERVE_ARGS (default --ray-serve-mode direct: HAProxy, no proxy actor; the proxy's path added ~80 ms a request).
+    # 32 requests per client a row (512 at 16 clients, 2048 at 64) since 2026-12-06's tenth attempt; runs 1-5 had
+    # 512 at both, 3-4 s rounds at 64 clients (SERVE_REQS='--requests 512' repeats those)
     for i in $(seq 1 "${SERVE_RUNS:-3}"); do
       python3 tests/bench/serve/bench_serve_vllm.py --registry /tmp/shapes/models.yaml --model exaone-s0 \
-        --parts vllm,yard,handle --clients 16 64 --requests 512 --rounds 3 --max-tokens 128 --share 0.3 ${SERVE_ARGS:---ray-serve-mode direct} \
+        --parts vllm,yard,handle --clients 16 64 ${SERVE_REQS:---per-client 32} --rounds 3 --max-tokens 128 --share 0.3 ${SERVE_ARGS:---ray-serve-mode direct} \
         > "$OUT/serve-$i.txt" 2>&1 || true
       tail -c 20000 "$OUT/vllm-server.log" > "$OUT/serve-$i-vllm-server.log" 2>/dev/null || true; rm -f "$OUT/vllm-server.log"
       grep -E "GET /health|clients: |^path|^(vllm|yard|handle) " "$OUT/serve-$i.txt" | sed "s/^/run $i: /"
