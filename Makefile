@@ -54,7 +54,8 @@ pictures: env browser
 	YARD_TEST_ARTIFACTS=docs/img $(BIN)/python -m pytest -q -p no:cacheprovider tests/serve/test_app.py -k browser
 
 bench: env
-	for b in tests/bench/bench_*.py tests/bench/serve/bench_serve.py tests/bench/serve/bench_serve_http_path.py; do $(BIN)/python $$b || exit 1; done
+	for b in tests/bench/bench_*.py tests/bench/serve/bench_serve.py tests/bench/serve/bench_serve_http_path.py \
+		tests/bench/serve/bench_serve_ingress_cpu.py; do $(BIN)/python $$b || exit 1; done
 
 clean-env:
 	rm -rf $(VENV)

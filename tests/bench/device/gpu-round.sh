@@ -30,12 +30,12 @@
 # On one H100, shapes, plans, (a), its rerun and cost took 17.5 min (2026-12-06); (a) exists on both cards,
 # so (b) or its halves pair with the (a) of the card they run on.
 # A session whose budget failed starts have eaten (about 90 s each) picks steps by device-minutes on one
-# GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve ~7 a run, identity 13.5 on the H100
+# GPU: staging 1-1.5 (6 calls), shapes 0.5-2 (with SHAPE_IDS), serve 7-8.5 a run, identity 13.5 on the H100
 # (2026-12-06: the trials 5.7, then 8 timing visits in fresh processes 7.4) and genspeed ~6 a shape in the
 # host's mode only; on the H100 (2026-12-06) b1 took 14 (plan 0.5, `yard dna` 13.5; its shapes 0.9) and b2
-# 12.7 (plan 0.7, `yard dna` 12.0; its shapes 1.0); a Serve run 4.9-6 at 512 requests a row (about 2 more
-# at 32 a client). Call again within 30 s of a poll's return: an idle machine goes back, and the next call
-# starts a bare one.
+# 12.7 (plan 0.7, `yard dna` 12.0; its shapes 1.0); a Serve run 4.9-6 at 512 requests a row, 8.5 at 32 a
+# client (2026-12-06, three runs 25.4). Call again within 30 s of a poll's return: an idle machine goes back,
+# and the next call starts a bare one.
 # Both runs start with an empty vLLM compile cache (a cold machine). (b) keeps the cache between its
 # own models, which a fresh spot node would not have: that favours (b), so the comparison is conservative.
 # Needs: vLLM in /tmp/vllm-site (../shared/device/vllm), Ray in /tmp/site (stage-yard-deps.sh),
