@@ -278,15 +278,9 @@ def child(args) -> None:
 
 def model_dir(args) -> str:
     from cluster.models.registry import ModelRegistry
+    from tests.bench.serve.bench_serve import _registry  # --registry, else the zoo in --zoo-dir
 
-    if args.registry:
-        registry = str(Path(args.registry).expanduser().resolve())
-    else:
-        from cluster.models.zoo import build_zoo, default_zoo_config
-
-        cfg = default_zoo_config().model_copy(update={"zoo_dir": str(Path(args.zoo_dir).expanduser())})
-        registry = str(build_zoo(cfg).registry_path)
-    return ModelRegistry.load([registry]).get(args.model).source
+    return ModelRegistry.load([_registry(args)]).get(args.model).source
 
 
 def main(argv=None) -> int:
